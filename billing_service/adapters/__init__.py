@@ -1,0 +1,1 @@
+"""Adapters: the store and the payment processors behind the ports."""

@@ -1,0 +1,1 @@
+"""Payment processor adapters: Stripe, PayPal and the built-in fake, with the same verbs."""

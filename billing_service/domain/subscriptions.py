@@ -1,0 +1,304 @@
+"""Plans, subscriptions and invoices with explicit state machines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from billing_service.domain.common import Processor
+from billing_service.domain.errors import IllegalTransition, InvalidArgument
+from billing_service.domain.money import Money
+
+
+class Interval(StrEnum):
+    """Billing period unit."""
+
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    YEAR = "year"
+
+
+# Longest period we allow per interval unit (Stripe's limit: one year).
+MAX_INTERVAL_COUNT = {Interval.DAY: 365, Interval.WEEK: 52, Interval.MONTH: 12, Interval.YEAR: 1}
+MAX_TRIAL_DAYS = 730
+
+
+class PlanStatus(StrEnum):
+    """Whether new subscriptions may use the plan."""
+
+    ACTIVE = "active"
+    ARCHIVED = "archived"
+
+
+@dataclass
+class Plan:
+    """A price for a recurring service.
+
+    Attributes:
+        processor_refs: Per processor, the ids of what mirrors the plan there
+            (``stripe`` -> price id, ``stripe_product`` -> product id, ...).
+    """
+
+    id: str
+    name: str
+    description: str
+    price: Money
+    interval: Interval
+    interval_count: int
+    trial_period_days: int
+    status: PlanStatus
+    metadata: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+    processor_refs: dict[str, str] = field(default_factory=dict)
+    version: int = 0
+
+    @staticmethod
+    def validate_schedule(interval: Interval, interval_count: int, trial_period_days: int) -> None:
+        """Checks interval count and trial length."""
+        if not 1 <= interval_count <= MAX_INTERVAL_COUNT[interval]:
+            raise InvalidArgument.field(
+                "interval_count", f"must be between 1 and {MAX_INTERVAL_COUNT[interval]} for {interval.value}"
+            )
+        if not 0 <= trial_period_days <= MAX_TRIAL_DAYS:
+            raise InvalidArgument.field("trial_period_days", f"must be between 0 and {MAX_TRIAL_DAYS}")
+
+    def archive(self, now: datetime) -> tuple[str, str]:
+        """Archives the plan; existing subscriptions keep it."""
+        if self.status is PlanStatus.ARCHIVED:
+            raise IllegalTransition(f"plan {self.id} is already archived", reason="PLAN_ARCHIVED")
+        before = self.status
+        self.status = PlanStatus.ARCHIVED
+        self.updated_at = now
+        return before.value, self.status.value
+
+    def ensure_active(self) -> None:
+        """Raises unless new subscriptions may use the plan."""
+        if self.status is not PlanStatus.ACTIVE:
+            raise IllegalTransition(f"plan {self.id} is archived", reason="PLAN_ARCHIVED")
+
+
+class SubscriptionStatus(StrEnum):
+    """Lifecycle of a subscription."""
+
+    INCOMPLETE = "incomplete"
+    TRIALING = "trialing"
+    ACTIVE = "active"
+    PAST_DUE = "past_due"
+    PAUSED = "paused"
+    CANCELED = "canceled"
+
+
+_S = SubscriptionStatus
+_SUBSCRIPTION_MOVES: dict[SubscriptionStatus, frozenset[SubscriptionStatus]] = {
+    _S.INCOMPLETE: frozenset({_S.TRIALING, _S.ACTIVE, _S.PAST_DUE, _S.CANCELED}),
+    _S.TRIALING: frozenset({_S.ACTIVE, _S.PAST_DUE, _S.PAUSED, _S.CANCELED}),
+    _S.ACTIVE: frozenset({_S.PAST_DUE, _S.PAUSED, _S.CANCELED}),
+    _S.PAST_DUE: frozenset({_S.ACTIVE, _S.PAUSED, _S.CANCELED}),
+    _S.PAUSED: frozenset({_S.ACTIVE, _S.TRIALING, _S.PAST_DUE, _S.CANCELED}),
+    _S.CANCELED: frozenset(),
+}
+
+
+class ProrationBehavior(StrEnum):
+    """How a plan or quantity change is charged."""
+
+    CREATE_PRORATIONS = "create_prorations"
+    NONE = "none"
+    ALWAYS_INVOICE = "always_invoice"
+
+
+@dataclass
+class ProcessorSubscriptionState:
+    """A processor's view of a subscription in our terms."""
+
+    processor_id: str
+    status: SubscriptionStatus
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    trial_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = None
+    approval_url: str = ""
+
+
+@dataclass
+class Subscription:
+    """A customer's recurring purchase of a plan."""
+
+    id: str
+    customer_id: str
+    plan_id: str
+    payment_method_id: str
+    quantity: int
+    status: SubscriptionStatus
+    processor: Processor
+    metadata: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+    processor_id: str = ""
+    trial_end: datetime | None = None
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = None
+    paused_at: datetime | None = None
+    approval_url: str = ""
+    version: int = 0
+
+    def _refuse(self, what: str, reason: str) -> IllegalTransition:
+        return IllegalTransition(
+            f"subscription {self.id} is {self.status.value} and cannot be {what}",
+            reason=reason,
+            metadata={"subscription_id": self.id, "status": self.status.value},
+        )
+
+    def ensure_updatable(self) -> None:
+        """Raises unless a plan or quantity change is allowed."""
+        if self.status in (_S.CANCELED, _S.INCOMPLETE):
+            raise self._refuse("changed", "SUBSCRIPTION_NOT_UPDATABLE")
+
+    def ensure_cancelable(self, at_period_end: bool) -> None:
+        """Raises unless the subscription can be canceled this way."""
+        if self.status is _S.CANCELED:
+            raise self._refuse("canceled", "SUBSCRIPTION_CANCELED")
+        if at_period_end and self.cancel_at_period_end:
+            raise self._refuse("canceled again at period end", "SUBSCRIPTION_ALREADY_CANCELING")
+
+    def ensure_pausable(self) -> None:
+        """Raises unless the subscription may be paused."""
+        if self.status not in (_S.ACTIVE, _S.TRIALING, _S.PAST_DUE):
+            raise self._refuse("paused", "SUBSCRIPTION_NOT_PAUSABLE")
+
+    def ensure_resumable(self) -> None:
+        """Raises unless the subscription is paused."""
+        if self.status is not _S.PAUSED:
+            raise self._refuse("resumed", "SUBSCRIPTION_NOT_PAUSED")
+
+    def apply_processor_state(self, state: ProcessorSubscriptionState, now: datetime) -> bool:
+        """Converges on the processor's view; never moves the status backwards.
+
+        Returns:
+            True when anything changed.
+        """
+        if state.processor_id:
+            self.processor_id = state.processor_id
+        if state.status != self.status and state.status not in _SUBSCRIPTION_MOVES[self.status]:
+            return False
+        before = (
+            self.status,
+            self.current_period_start,
+            self.current_period_end,
+            self.trial_end,
+            self.cancel_at_period_end,
+            self.canceled_at,
+            self.approval_url,
+        )
+        if state.status is _S.PAUSED and self.status is not _S.PAUSED:
+            self.paused_at = now
+        elif state.status is not _S.PAUSED:
+            self.paused_at = None
+        self.status = state.status
+        self.current_period_start = state.current_period_start or self.current_period_start
+        self.current_period_end = state.current_period_end or self.current_period_end
+        self.trial_end = state.trial_end
+        self.cancel_at_period_end = state.cancel_at_period_end
+        self.canceled_at = state.canceled_at or self.canceled_at
+        self.approval_url = state.approval_url
+        after = (
+            self.status,
+            self.current_period_start,
+            self.current_period_end,
+            self.trial_end,
+            self.cancel_at_period_end,
+            self.canceled_at,
+            self.approval_url,
+        )
+        if before != after:
+            self.updated_at = now
+            return True
+        return False
+
+
+class InvoiceStatus(StrEnum):
+    """Lifecycle of an invoice."""
+
+    DRAFT = "draft"
+    OPEN = "open"
+    PAID = "paid"
+    VOID = "void"
+    UNCOLLECTIBLE = "uncollectible"
+
+
+_INVOICE_MOVES: dict[InvoiceStatus, frozenset[InvoiceStatus]] = {
+    InvoiceStatus.DRAFT: frozenset({InvoiceStatus.OPEN, InvoiceStatus.PAID, InvoiceStatus.VOID}),
+    InvoiceStatus.OPEN: frozenset({InvoiceStatus.PAID, InvoiceStatus.VOID, InvoiceStatus.UNCOLLECTIBLE}),
+    InvoiceStatus.UNCOLLECTIBLE: frozenset({InvoiceStatus.PAID, InvoiceStatus.VOID}),
+    InvoiceStatus.PAID: frozenset(),
+    InvoiceStatus.VOID: frozenset(),
+}
+
+
+@dataclass
+class InvoiceLine:
+    """One line of an invoice."""
+
+    description: str
+    amount: Money
+    quantity: int
+    proration: bool = False
+
+
+@dataclass
+class ProcessorInvoiceState:
+    """A processor's invoice in our terms (mirrored, never computed by us)."""
+
+    processor_id: str
+    processor_subscription_id: str
+    status: InvoiceStatus
+    amount_due: Money
+    amount_paid: Money
+    period_start: datetime | None
+    period_end: datetime | None
+    lines: list[InvoiceLine] = field(default_factory=list)
+    created_at: datetime | None = None
+
+
+@dataclass
+class Invoice:
+    """A mirrored processor invoice for one subscription period."""
+
+    id: str
+    subscription_id: str
+    customer_id: str
+    processor: Processor
+    processor_id: str
+    status: InvoiceStatus
+    amount_due: Money
+    amount_paid: Money
+    period_start: datetime | None
+    period_end: datetime | None
+    lines: list[InvoiceLine]
+    created_at: datetime
+    updated_at: datetime
+    version: int = 0
+
+    def apply_processor_state(self, state: ProcessorInvoiceState, now: datetime) -> bool:
+        """Converges on the processor's invoice; never moves backwards."""
+        if state.status != self.status and state.status not in _INVOICE_MOVES[self.status]:
+            return False
+        changed = (state.status, state.amount_due, state.amount_paid, state.lines) != (
+            self.status,
+            self.amount_due,
+            self.amount_paid,
+            self.lines,
+        )
+        self.status = state.status
+        self.amount_due = state.amount_due
+        self.amount_paid = state.amount_paid
+        self.lines = list(state.lines)
+        if changed:
+            self.updated_at = now
+        return changed

@@ -1,0 +1,1 @@
+"""Generated gRPC client for the billing service (package billing.v1)."""

@@ -1,0 +1,1 @@
+"""Generated code for billing.v1. Do not edit: run `make gen`."""
