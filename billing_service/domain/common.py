@@ -32,11 +32,15 @@ def validate_metadata(metadata: dict[str, str], *, field_path: str = "metadata")
         raise InvalidArgument.field(field_path, f"at most {MAX_METADATA_KEYS} keys are allowed")
     for key, value in metadata.items():
         if not key or len(key) > MAX_METADATA_KEY_LEN:
-            raise InvalidArgument.field(f"{field_path}[{key[:40]}]", f"keys must be 1 to {MAX_METADATA_KEY_LEN} characters")
+            raise InvalidArgument.field(
+                f"{field_path}[{key[:40]}]", f"keys must be 1 to {MAX_METADATA_KEY_LEN} characters"
+            )
         if key.startswith("$") or "." in key:
             raise InvalidArgument.field(f"{field_path}[{key}]", "keys must not start with '$' or contain '.'")
         if len(value) > MAX_METADATA_VALUE_LEN:
-            raise InvalidArgument.field(f"{field_path}[{key}]", f"values must be at most {MAX_METADATA_VALUE_LEN} characters")
+            raise InvalidArgument.field(
+                f"{field_path}[{key}]", f"values must be at most {MAX_METADATA_VALUE_LEN} characters"
+            )
     return dict(metadata)
 
 

@@ -88,9 +88,7 @@ class PaymentMethod:
             IllegalTransition: Already detached.
         """
         if self.status is PaymentMethodStatus.DETACHED:
-            raise IllegalTransition(
-                f"payment method {self.id} is already detached", reason="PAYMENT_METHOD_DETACHED"
-            )
+            raise IllegalTransition(f"payment method {self.id} is already detached", reason="PAYMENT_METHOD_DETACHED")
         before = self.status
         self.status = PaymentMethodStatus.DETACHED
         self.updated_at = now
@@ -99,6 +97,4 @@ class PaymentMethod:
     def ensure_usable(self) -> None:
         """Raises unless the method can be charged."""
         if self.status is not PaymentMethodStatus.ATTACHED:
-            raise IllegalTransition(
-                f"payment method {self.id} is detached", reason="PAYMENT_METHOD_DETACHED"
-            )
+            raise IllegalTransition(f"payment method {self.id} is detached", reason="PAYMENT_METHOD_DETACHED")

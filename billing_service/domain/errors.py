@@ -7,7 +7,7 @@ code in exactly one table (``entrypoints/grpc_api/errors.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 
@@ -182,7 +182,9 @@ class ProcessorError(BillingError):
 class ProcessorUnavailable(ProcessorError):
     """The processor could not be reached or kept failing after retries."""
 
-    def __init__(self, message: str, *, retry_after_seconds: float = 1.0, metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_seconds: float = 1.0, metadata: dict[str, str] | None = None
+    ) -> None:
         super().__init__(
             message,
             reason="PROCESSOR_UNAVAILABLE",
@@ -203,3 +205,15 @@ class StoreUnavailable(BillingError):
     """The store could not complete an operation; nothing was half-written."""
 
     reason = "STORE_UNAVAILABLE"
+
+
+class Unauthenticated(BillingError):
+    """The caller presented no valid credentials."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(BillingError):
+    """The caller may not call this method."""
+
+    reason = "PERMISSION_DENIED"

@@ -65,9 +65,8 @@ _PAYMENT_MOVES: dict[PaymentStatus, frozenset[PaymentStatus]] = {
     PaymentStatus.PROCESSING: frozenset(
         {PaymentStatus.REQUIRES_CAPTURE, PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.CANCELED}
     ),
-    PaymentStatus.REQUIRES_CAPTURE: frozenset(
-        {PaymentStatus.PROCESSING, PaymentStatus.SUCCEEDED, PaymentStatus.CANCELED, PaymentStatus.FAILED}
-    ),
+    # No way back to PROCESSING: a stale "processing" report must not undo an authorization.
+    PaymentStatus.REQUIRES_CAPTURE: frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.CANCELED, PaymentStatus.FAILED}),
     PaymentStatus.SUCCEEDED: frozenset(),
     PaymentStatus.FAILED: frozenset(),
     PaymentStatus.CANCELED: frozenset(),

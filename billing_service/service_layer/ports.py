@@ -317,9 +317,7 @@ class BillingStore(Protocol):
         """Loads the first entity whose fields equal ``filters`` (e.g. processor ids)."""
         ...
 
-    async def list_page(
-        self, kind: type[E], filters: Mapping[str, Any], *, limit: int, after: str | None
-    ) -> Page[E]:
+    async def list_page(self, kind: type[E], filters: Mapping[str, Any], *, limit: int, after: str | None) -> Page[E]:
         """Lists entities newest first, ``limit`` at most, strictly after cursor ``after``."""
         ...
 

@@ -1,0 +1,125 @@
+"""Wiring: builds the store, processors and use-case dependencies from settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from billing_service.adapters.mongo.embedded import EmbeddedMongo
+from billing_service.adapters.mongo.store import MongoBillingStore
+from billing_service.config import Settings
+from billing_service.domain.common import Processor
+from billing_service.service_layer.clock import SystemClock
+from billing_service.service_layer.core import Deps
+from billing_service.service_layer.idempotency import Idempotency
+from billing_service.service_layer.ports import Clock, PaymentProcessor
+
+log = logging.getLogger(__name__)
+
+
+def build_processors(settings: Settings, clock: Clock) -> dict[Processor, PaymentProcessor]:
+    """Creates one adapter per enabled processor, each with its own client."""
+    processors: dict[Processor, PaymentProcessor] = {}
+    if settings.enable_fake:
+        from billing_service.adapters.processors.fake import FakePaymentProcessor
+
+        processors[Processor.FAKE] = FakePaymentProcessor(clock)
+    if settings.stripe_secret_key:
+        from billing_service.adapters.processors.stripe import StripePaymentProcessor, StripeSettings
+
+        processors[Processor.STRIPE] = StripePaymentProcessor(
+            StripeSettings(
+                secret_key=settings.stripe_secret_key.value,
+                api_base=settings.stripe_api_base,
+                max_attempts=settings.stripe_max_attempts,
+                webhook_secrets=tuple(s.value for s in settings.stripe_webhook_secrets),
+            )
+        )
+    if settings.paypal_client_id:
+        from billing_service.adapters.processors.paypal import PayPalPaymentProcessor, PayPalSettings
+
+        processors[Processor.PAYPAL] = PayPalPaymentProcessor(
+            PayPalSettings(
+                client_id=settings.paypal_client_id,
+                client_secret=settings.paypal_client_secret.value,
+                environment=settings.paypal_environment,
+                base_url=settings.paypal_base_url or None,
+                webhook_id=settings.paypal_webhook_id,
+            )
+        )
+    return processors
+
+
+@dataclass
+class Runtime:
+    """Everything a process built from settings owns, closed in reverse order."""
+
+    settings: Settings
+    store: MongoBillingStore
+    deps: Deps
+    idempotency: Idempotency
+    embedded: EmbeddedMongo | None = None
+    processors: Mapping[Processor, PaymentProcessor] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        """Closes processors, the store client and the embedded server."""
+        for processor in self.processors.values():
+            try:
+                await processor.aclose()
+            except Exception:
+                log.warning("processor close failed", exc_info=True)
+        await self.store.aclose()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+async def start_embedded_store(settings: Settings) -> EmbeddedMongo:
+    """Starts the embedded MongoDB-wire server with data under the configured directory."""
+    embedded = EmbeddedMongo(settings.embedded_data_dir)
+    await embedded.start()
+    log.info("embedded store started", extra={"data_dir": str(settings.embedded_data_dir), "uri": embedded.uri})
+    return embedded
+
+
+async def bootstrap(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    processors: Mapping[Processor, PaymentProcessor] | None = None,
+    mongodb_uri: str | None = None,
+) -> Runtime:
+    """Builds a runtime: store (embedded when no URI is set), processors and deps.
+
+    Args:
+        settings: Validated settings.
+        clock: Time source (tests pass a manual clock).
+        processors: Adapters to use instead of building them from settings (tests).
+        mongodb_uri: Overrides ``settings.mongodb_uri`` (the supervisor passes the
+            embedded server's URI to its children).
+    """
+    clock = clock or SystemClock()
+    embedded: EmbeddedMongo | None = None
+    uri = mongodb_uri or settings.mongodb_uri.value
+    if not uri:
+        embedded = await start_embedded_store(settings)
+        uri = embedded.uri
+    store = MongoBillingStore.connect(uri, settings.mongodb_database)
+    try:
+        await store.ensure_indexes()
+    except Exception:
+        await store.aclose()
+        if embedded is not None:
+            embedded.stop()
+        raise
+    procs = dict(processors) if processors is not None else build_processors(settings, clock)
+    deps = Deps(store=store, processors=procs, default_processor=settings.default_processor, clock=clock)
+    idempotency = Idempotency(
+        store,
+        clock,
+        lease_seconds=settings.idempotency_lease_seconds,
+        ttl_seconds=settings.idempotency_ttl_hours * 3600,
+    )
+    return Runtime(
+        settings=settings, store=store, deps=deps, idempotency=idempotency, embedded=embedded, processors=procs
+    )

@@ -1,0 +1,1 @@
+"""Entrypoints: the gRPC API and the webhook sidecar. Only these import generated code."""

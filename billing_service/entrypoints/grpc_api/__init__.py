@@ -1,0 +1,1 @@
+"""The gRPC API: servicers, conversions and the one error mapping table."""

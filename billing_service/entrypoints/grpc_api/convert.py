@@ -1,0 +1,293 @@
+"""Conversions between billing.v1 messages and domain objects.
+
+Parsing functions raise ``InvalidArgument`` naming the offending request field, before
+anything is written.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from billing.v1 import billing_service_pb2 as bpb
+from billing.v1 import common_pb2 as cpb
+from billing.v1 import subscription_service_pb2 as spb
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from billing_service.domain.common import AuditEvent, Processor
+from billing_service.domain.customers import Customer, PaymentMethod, PaymentMethodStatus, PaymentMethodType
+from billing_service.domain.errors import InvalidArgument
+from billing_service.domain.money import Money
+from billing_service.domain.payments import (
+    CaptureMethod,
+    NextAction,
+    Payment,
+    PaymentStatus,
+    Refund,
+    RefundReason,
+    RefundStatus,
+)
+from billing_service.domain.subscriptions import (
+    Interval,
+    Invoice,
+    InvoiceStatus,
+    Plan,
+    PlanStatus,
+    ProrationBehavior,
+    Subscription,
+    SubscriptionStatus,
+)
+
+PROCESSOR_TO_PB = {
+    Processor.STRIPE: cpb.PROCESSOR_STRIPE,
+    Processor.PAYPAL: cpb.PROCESSOR_PAYPAL,
+    Processor.FAKE: cpb.PROCESSOR_FAKE,
+}
+PROCESSOR_FROM_PB = {v: k for k, v in PROCESSOR_TO_PB.items()}
+PAYMENT_STATUS_TO_PB = {s: bpb.PaymentStatus.Value(f"PAYMENT_STATUS_{s.name}") for s in PaymentStatus}
+PAYMENT_STATUS_FROM_PB = {v: k for k, v in PAYMENT_STATUS_TO_PB.items()}
+REFUND_STATUS_TO_PB = {s: bpb.RefundStatus.Value(f"REFUND_STATUS_{s.name}") for s in RefundStatus}
+REFUND_REASON_TO_PB = {
+    r: bpb.RefundReason.Value(f"REFUND_REASON_{r.name}") for r in RefundReason if r is not RefundReason.UNSPECIFIED
+} | {RefundReason.UNSPECIFIED: bpb.REFUND_REASON_UNSPECIFIED}
+REFUND_REASON_FROM_PB = {v: k for k, v in REFUND_REASON_TO_PB.items()}
+CAPTURE_TO_PB = {CaptureMethod.AUTOMATIC: bpb.CAPTURE_METHOD_AUTOMATIC, CaptureMethod.MANUAL: bpb.CAPTURE_METHOD_MANUAL}
+CAPTURE_FROM_PB = {v: k for k, v in CAPTURE_TO_PB.items()} | {bpb.CAPTURE_METHOD_UNSPECIFIED: CaptureMethod.AUTOMATIC}
+PM_TYPE_TO_PB = {t: bpb.PaymentMethodType.Value(f"PAYMENT_METHOD_TYPE_{t.name}") for t in PaymentMethodType}
+PM_STATUS_TO_PB = {s: bpb.PaymentMethodStatus.Value(f"PAYMENT_METHOD_STATUS_{s.name}") for s in PaymentMethodStatus}
+INTERVAL_TO_PB = {i: spb.Interval.Value(f"INTERVAL_{i.name}") for i in Interval}
+INTERVAL_FROM_PB = {v: k for k, v in INTERVAL_TO_PB.items()}
+PLAN_STATUS_TO_PB = {s: spb.PlanStatus.Value(f"PLAN_STATUS_{s.name}") for s in PlanStatus}
+SUB_STATUS_TO_PB = {s: spb.SubscriptionStatus.Value(f"SUBSCRIPTION_STATUS_{s.name}") for s in SubscriptionStatus}
+SUB_STATUS_FROM_PB = {v: k for k, v in SUB_STATUS_TO_PB.items()}
+PRORATION_FROM_PB = {
+    spb.PRORATION_BEHAVIOR_UNSPECIFIED: ProrationBehavior.CREATE_PRORATIONS,
+    spb.PRORATION_BEHAVIOR_CREATE_PRORATIONS: ProrationBehavior.CREATE_PRORATIONS,
+    spb.PRORATION_BEHAVIOR_NONE: ProrationBehavior.NONE,
+    spb.PRORATION_BEHAVIOR_ALWAYS_INVOICE: ProrationBehavior.ALWAYS_INVOICE,
+}
+INVOICE_STATUS_TO_PB = {s: spb.InvoiceStatus.Value(f"INVOICE_STATUS_{s.name}") for s in InvoiceStatus}
+
+
+# ---------------------------------------------------------------------------
+# request parsing
+# ---------------------------------------------------------------------------
+
+
+def enum_in(value: int, table: dict[int, object], field_path: str) -> None:
+    """Refuses enum numbers the contract does not define."""
+    if value not in table:
+        raise InvalidArgument.field(field_path, f"unknown value {value}")
+
+
+def processor_from_pb(value: int, field_path: str, *, required: bool = False) -> Processor | None:
+    """Parses an optional Processor enum."""
+    if value == cpb.PROCESSOR_UNSPECIFIED:
+        if required:
+            raise InvalidArgument.field(field_path, "is required")
+        return None
+    enum_in(value, PROCESSOR_FROM_PB, field_path)  # type: ignore[arg-type]
+    return PROCESSOR_FROM_PB[value]  # type: ignore[index]
+
+
+def money_from_pb(msg: cpb.Money, field_path: str, *, present: bool, required: bool = True) -> Money | None:
+    """Parses a positive Money; ``present`` is the parent's HasField result."""
+    if not present:
+        if required:
+            raise InvalidArgument.field(field_path, "is required")
+        return None
+    return Money.parse(msg.amount_minor, msg.currency, field_path=field_path)
+
+
+def ts(value: datetime | None) -> Timestamp | None:
+    """Converts an aware datetime to a Timestamp (None stays unset)."""
+    if value is None:
+        return None
+    out = Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def money_pb(value: Money) -> cpb.Money:
+    """Converts Money to its message."""
+    return cpb.Money(amount_minor=value.amount_minor, currency=value.currency)
+
+
+def _refs(refs: dict[str, str]) -> list[cpb.ProcessorReference]:
+    out = []
+    for name, ref in sorted(refs.items()):
+        if name in {p.value for p in Processor}:
+            out.append(cpb.ProcessorReference(processor=PROCESSOR_TO_PB[Processor(name)], id=ref))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# domain -> messages
+# ---------------------------------------------------------------------------
+
+
+def customer_pb(c: Customer) -> bpb.Customer:
+    """Customer message."""
+    return bpb.Customer(
+        id=c.id,
+        email=c.email,
+        name=c.name,
+        description=c.description,
+        metadata=c.metadata,
+        default_processor=PROCESSOR_TO_PB[c.default_processor],
+        processor_refs=_refs(c.processor_refs),
+        create_time=ts(c.created_at),
+        update_time=ts(c.updated_at),
+    )
+
+
+def payment_method_pb(m: PaymentMethod) -> bpb.PaymentMethod:
+    """PaymentMethod message (display data only)."""
+    card = (
+        bpb.CardDetails(brand=m.brand, last4=m.last4, exp_month=m.exp_month, exp_year=m.exp_year)
+        if m.type is PaymentMethodType.CARD
+        else None
+    )
+    return bpb.PaymentMethod(
+        id=m.id,
+        customer_id=m.customer_id,
+        processor=PROCESSOR_TO_PB[m.processor],
+        processor_id=m.processor_id,
+        type=PM_TYPE_TO_PB[m.type],
+        card=card,
+        status=PM_STATUS_TO_PB[m.status],
+        create_time=ts(m.created_at),
+        update_time=ts(m.updated_at),
+    )
+
+
+def _next_action(n: NextAction | None) -> cpb.NextAction | None:
+    if n is None:
+        return None
+    return cpb.NextAction(client_secret=n.client_secret, redirect_url=n.redirect_url)
+
+
+def payment_pb(p: Payment) -> bpb.Payment:
+    """Payment message."""
+    failure = (
+        bpb.PaymentFailure(code=p.failure.code, decline_code=p.failure.decline_code, message=p.failure.message)
+        if p.failure
+        else None
+    )
+    return bpb.Payment(
+        id=p.id,
+        customer_id=p.customer_id,
+        payment_method_id=p.payment_method_id,
+        processor=PROCESSOR_TO_PB[p.processor],
+        processor_id=p.processor_id,
+        amount=money_pb(p.amount),
+        amount_capturable=money_pb(p.money(p.amount_capturable)),
+        amount_captured=money_pb(p.money(p.amount_captured)),
+        amount_refunded=money_pb(p.money(p.amount_refunded)),
+        capture_method=CAPTURE_TO_PB[p.capture_method],
+        status=PAYMENT_STATUS_TO_PB[p.status],
+        description=p.description,
+        metadata=p.metadata,
+        next_action=_next_action(p.next_action),
+        failure=failure,
+        create_time=ts(p.created_at),
+        update_time=ts(p.updated_at),
+    )
+
+
+def refund_pb(r: Refund) -> bpb.Refund:
+    """Refund message."""
+    return bpb.Refund(
+        id=r.id,
+        payment_id=r.payment_id,
+        processor=PROCESSOR_TO_PB[r.processor],
+        processor_id=r.processor_id,
+        amount=money_pb(r.amount),
+        reason=REFUND_REASON_TO_PB[r.reason],
+        status=REFUND_STATUS_TO_PB[r.status],
+        failure_reason=r.failure_reason,
+        metadata=r.metadata,
+        create_time=ts(r.created_at),
+        update_time=ts(r.updated_at),
+    )
+
+
+def audit_event_pb(e: AuditEvent) -> cpb.AuditEvent:
+    """AuditEvent message."""
+    return cpb.AuditEvent(
+        id=e.id,
+        caller=e.caller,
+        request_id=e.request_id,
+        action=e.action,
+        resource_type=e.resource_type,
+        resource_id=e.resource_id,
+        before_status=e.before_status,
+        after_status=e.after_status,
+        create_time=ts(e.at),
+        data=e.data,
+    )
+
+
+def plan_pb(p: Plan) -> spb.Plan:
+    """Plan message."""
+    return spb.Plan(
+        id=p.id,
+        name=p.name,
+        description=p.description,
+        price=money_pb(p.price),
+        interval=INTERVAL_TO_PB[p.interval],
+        interval_count=p.interval_count,
+        trial_period_days=p.trial_period_days,
+        status=PLAN_STATUS_TO_PB[p.status],
+        metadata=p.metadata,
+        processor_refs=_refs(p.processor_refs),
+        create_time=ts(p.created_at),
+        update_time=ts(p.updated_at),
+    )
+
+
+def subscription_pb(s: Subscription) -> spb.Subscription:
+    """Subscription message."""
+    return spb.Subscription(
+        id=s.id,
+        customer_id=s.customer_id,
+        plan_id=s.plan_id,
+        payment_method_id=s.payment_method_id,
+        quantity=s.quantity,
+        status=SUB_STATUS_TO_PB[s.status],
+        processor=PROCESSOR_TO_PB[s.processor],
+        processor_id=s.processor_id,
+        trial_end=ts(s.trial_end),
+        current_period_start=ts(s.current_period_start),
+        current_period_end=ts(s.current_period_end),
+        cancel_at_period_end=s.cancel_at_period_end,
+        cancel_time=ts(s.canceled_at),
+        pause_time=ts(s.paused_at),
+        metadata=s.metadata,
+        next_action=cpb.NextAction(redirect_url=s.approval_url) if s.approval_url else None,
+        create_time=ts(s.created_at),
+        update_time=ts(s.updated_at),
+    )
+
+
+def invoice_pb(i: Invoice) -> spb.Invoice:
+    """Invoice message."""
+    return spb.Invoice(
+        id=i.id,
+        subscription_id=i.subscription_id,
+        customer_id=i.customer_id,
+        processor=PROCESSOR_TO_PB[i.processor],
+        processor_id=i.processor_id,
+        status=INVOICE_STATUS_TO_PB[i.status],
+        amount_due=money_pb(i.amount_due),
+        amount_paid=money_pb(i.amount_paid),
+        period_start=ts(i.period_start),
+        period_end=ts(i.period_end),
+        lines=[
+            spb.InvoiceLine(
+                description=line.description, amount=money_pb(line.amount), quantity=line.quantity, proration=line.proration
+            )
+            for line in i.lines
+        ],
+        create_time=ts(i.created_at),
+        update_time=ts(i.updated_at),
+    )

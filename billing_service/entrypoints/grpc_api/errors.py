@@ -1,0 +1,126 @@
+"""The one table that maps domain errors to gRPC status codes (AIP-193).
+
+Every error leaves as a ``google.rpc.Status`` carrying exactly one ``ErrorInfo`` (domain
+``billing.v1``), plus ``BadRequest`` field violations for bad input and ``RetryInfo`` for
+failures worth retrying. ``INTERNAL`` is reserved for bugs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from billing_service.domain import errors as e
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "billing.v1"
+
+# Most specific class first: the first isinstance match wins.
+_TABLE: list[tuple[type[e.BillingError], grpc.StatusCode]] = [
+    (e.IdempotencyKeyReused, grpc.StatusCode.INVALID_ARGUMENT),
+    (e.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (e.NotFound, grpc.StatusCode.NOT_FOUND),
+    (e.RequestInProgress, grpc.StatusCode.ABORTED),
+    (e.ConcurrencyConflict, grpc.StatusCode.ABORTED),
+    (e.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (e.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (e.StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (e.ProcessorConfigurationError, grpc.StatusCode.FAILED_PRECONDITION),
+    (e.ProcessorError, grpc.StatusCode.FAILED_PRECONDITION),  # retryable ones: see status_code()
+]
+
+# Retry hints for the transient kinds, in seconds.
+_RETRY_AFTER: dict[type[e.BillingError], float] = {
+    e.RequestInProgress: 1.0,
+    e.ConcurrencyConflict: 0.1,
+    e.StoreUnavailable: 1.0,
+}
+
+
+def status_code(error: e.BillingError) -> grpc.StatusCode:
+    """Returns the gRPC code for a domain error."""
+    if isinstance(error, e.ProcessorError) and error.retryable:
+        return grpc.StatusCode.UNAVAILABLE
+    for cls, code in _TABLE:
+        if isinstance(error, cls):
+            return code
+    return grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def _retry_after(error: e.BillingError) -> float | None:
+    if isinstance(error, e.ProcessorError) and error.retryable:
+        return error.retry_after_seconds
+    for cls, seconds in _RETRY_AFTER.items():
+        if isinstance(error, cls):
+            return seconds
+    return None
+
+
+def to_status(error: e.BillingError) -> grpc.Status:
+    """Builds the rich status for ``error``."""
+    code = status_code(error)
+    details = [
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=ERROR_DOMAIN, metadata={k: str(v) for k, v in error.metadata.items()}
+            )
+        )
+    ]
+    violations: list[e.FieldViolation] = []
+    if isinstance(error, e.InvalidArgument):
+        violations = error.violations
+    elif isinstance(error, e.NotFound) and error.field_path:
+        details.append(
+            _pack(error_details_pb2.ResourceInfo(resource_type=error.resource_type, resource_name=error.resource_id))
+        )
+    if violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        for v in violations
+                    ]
+                )
+            )
+        )
+    retry_after = _retry_after(error)
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(retry_after * 1000))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    return rpc_status.to_status(
+        status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    )
+
+
+def internal_status(method: str) -> grpc.Status:
+    """Status for an unexpected exception (a bug); details stay in our logs."""
+    info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"method": method})
+    return rpc_status.to_status(
+        status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; it has been logged", details=[_pack(info)])
+    )
+
+
+def deadline_status(method: str) -> grpc.Status:
+    """Status for work cut off by the caller's deadline."""
+    info = error_details_pb2.ErrorInfo(reason="DEADLINE_EXCEEDED", domain=ERROR_DOMAIN, metadata={"method": method})
+    return rpc_status.to_status(
+        status_pb2.Status(
+            code=code_pb2.DEADLINE_EXCEEDED,
+            message="the deadline expired before the request finished; retry with the same request_id",
+            details=[_pack(info)],
+        )
+    )

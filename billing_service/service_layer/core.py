@@ -1,0 +1,133 @@
+"""What every use case needs: the ports bundle, audit events and conflict-safe writes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from billing_service.domain.common import AuditEvent, Processor
+from billing_service.domain.errors import ConcurrencyConflict, FailedPrecondition, NotFound
+from billing_service.domain.ids import new_id
+from billing_service.service_layer.idempotency import RequestContext
+from billing_service.service_layer.pagination import decode_token, encode_token, page_size
+from billing_service.service_layer.ports import BillingStore, Change, Clock, E, Page, PaymentProcessor
+
+# Write conflicts are retried this many times (re-reading the entity each time) before the
+# request fails with a retryable error.
+MAX_CONFLICT_RETRIES = 20
+
+
+@dataclass
+class Deps:
+    """The ports a use case runs against.
+
+    Attributes:
+        store: Durable state.
+        processors: The configured processors by name.
+        default_processor: Used when neither the request nor the customer chooses one.
+        clock: Time source.
+    """
+
+    store: BillingStore
+    processors: Mapping[Processor, PaymentProcessor]
+    default_processor: Processor
+    clock: Clock
+    audit_hooks: list[Callable[[AuditEvent], None]] = field(default_factory=list)
+
+    def processor(self, name: Processor) -> PaymentProcessor:
+        """Returns the adapter for ``name``.
+
+        Raises:
+            FailedPrecondition: The processor is not configured in this deployment.
+        """
+        try:
+            return self.processors[name]
+        except KeyError:
+            raise FailedPrecondition(
+                f"processor {name.value} is not configured on this service",
+                reason="PROCESSOR_NOT_CONFIGURED",
+                metadata={"processor": name.value},
+            ) from None
+
+
+def audit(
+    deps: Deps,
+    ctx: RequestContext,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    before: str,
+    after: str,
+    **data: object,
+) -> AuditEvent:
+    """Builds the audit event for one state change (written with the change)."""
+    return AuditEvent(
+        id=new_id("evt"),
+        caller=ctx.caller,
+        request_id=ctx.request_id,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        before_status=before,
+        after_status=after,
+        at=deps.clock.now(),
+        data={k: str(v) for k, v in data.items() if v is not None and v != ""},
+    )
+
+
+async def load(deps: Deps, kind: type[E], entity_id: str, *, resource: str, field_path: str) -> E:
+    """Loads an entity or raises NOT_FOUND naming the request field."""
+    entity = await deps.store.get(kind, entity_id) if entity_id else None
+    if entity is None:
+        raise NotFound(resource, entity_id, field_path=field_path)
+    return entity
+
+
+async def commit_with_retry(
+    deps: Deps,
+    attempt: Callable[[], Awaitable[tuple[Sequence[Change], Sequence[AuditEvent]] | None]],
+) -> None:
+    """Runs read-modify-write ``attempt`` until its commit wins the version check.
+
+    ``attempt`` must re-read what it changes on every call and return the changes and
+    events to write, or None when there is nothing to write.
+    """
+    for _ in range(MAX_CONFLICT_RETRIES):
+        planned = await attempt()
+        if planned is None:
+            return
+        changes, events = planned
+        try:
+            await deps.store.commit(changes, events)
+        except ConcurrencyConflict:
+            continue
+        for hook in deps.audit_hooks:
+            for event in events:
+                hook(event)
+        return
+    raise ConcurrencyConflict("the resource kept changing concurrently; retry the request")
+
+
+async def commit(deps: Deps, changes: Sequence[Change], events: Sequence[AuditEvent]) -> None:
+    """Writes one set of changes with their audit events atomically."""
+    await deps.store.commit(changes, events)
+    for hook in deps.audit_hooks:
+        for event in events:
+            hook(event)
+
+
+async def list_page(
+    deps: Deps,
+    kind: type[E],
+    filters: Mapping[str, Any],
+    *,
+    requested_size: int,
+    token: str,
+) -> tuple[list[E], str]:
+    """Lists one page of ``kind`` with signed page tokens."""
+    size = page_size(requested_size)
+    secret = await deps.store.page_token_secret()
+    cursor = decode_token(token, filters, secret)
+    page: Page[E] = await deps.store.list_page(kind, filters, limit=size, after=cursor)
+    return page.items, encode_token(page.next_cursor, filters, secret)

@@ -1,0 +1,229 @@
+"""Idempotent execution of mutating requests (AIP-155, Stripe's semantics).
+
+A request is keyed by (caller, method, request_id). The first execution claims the key
+with a lease and allocates the id of the resource it creates; the key's record then holds
+the serialized response (or the final error) for at least 24 hours.
+
+- Same key, same request, finished: the stored result is returned, nothing runs again.
+- Same key, different request: ``IdempotencyKeyReused``.
+- Same key while the first execution holds a live lease: ``RequestInProgress``.
+- The executor crashed or failed retryably: the lease lapses and the next retry takes
+  over, reusing the allocated resource id and the same processor idempotency keys, so it
+  resumes the work instead of doing it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from billing_service.domain.card_data import contains_card_number
+from billing_service.domain.errors import (
+    BillingError,
+    CardDataNotAllowed,
+    ConcurrencyConflict,
+    FieldViolation,
+    IdempotencyKeyReused,
+    InvalidArgument,
+    ProcessorError,
+    RequestInProgress,
+    StoreUnavailable,
+)
+from billing_service.domain.ids import new_id
+from billing_service.service_layer.ports import BillingStore, Clock, IdempotencyOutcome
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,254}$")
+_FIELD_RE = re.compile(r"^[\w.\[\]-]{0,200}$")
+
+
+def validate_request_id(request_id: str) -> str:
+    """Checks the caller's idempotency key (a UUID is recommended)."""
+    if not request_id:
+        raise InvalidArgument.field("request_id", "is required on every mutating request (use a UUID)")
+    if not _REQUEST_ID.match(request_id):
+        raise InvalidArgument.field(
+            "request_id", "must be 1-255 characters of letters, digits and . _ : - (use a UUID)"
+        )
+    digits = request_id.replace("-", "")
+    if digits.isdigit() and contains_card_number(digits):
+        raise CardDataNotAllowed(
+            "request_id looks like a card number; use a UUID",
+            violations=[FieldViolation("request_id", "looks like a card number")],
+        )
+    return request_id
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What a use case knows about the request it executes.
+
+    Attributes:
+        caller: Authenticated identity of the calling service.
+        method: Full gRPC method name (or a webhook/reconcile pseudo-method).
+        request_id: The caller's idempotency key.
+        resource_id: Id reserved for a resource this request creates; stable across a
+            crash-and-retry of the same request.
+        attempt: 1 for the first execution, more after a takeover.
+    """
+
+    caller: str
+    method: str
+    request_id: str
+    resource_id: str
+    attempt: int = 1
+
+    def processor_key(self, step: str) -> str:
+        """Idempotency key for one processor call of this request.
+
+        Derived from (caller, method, request_id) so every retry sends the same key to
+        Stripe (``Idempotency-Key``) or PayPal (``PayPal-Request-Id``).
+        """
+        digest = hashlib.sha256(f"{self.caller}\x1f{self.method}\x1f{self.request_id}".encode()).hexdigest()
+        return f"billing-{digest[:40]}-{step}"
+
+
+def error_to_record(error: BillingError) -> dict[str, Any]:
+    """Serializes a final error so a replay raises the same one."""
+    record: dict[str, Any] = {
+        "class": type(error).__name__,
+        "reason": error.reason,
+        "message": error.message,
+        "metadata": dict(error.metadata),
+    }
+    if isinstance(error, InvalidArgument):
+        record["violations"] = [[v.field, v.description] for v in error.violations]
+    return record
+
+
+def error_from_record(record: dict[str, Any]) -> BillingError:
+    """Rebuilds a stored error with the same class, reason and metadata."""
+    from billing_service.domain import errors
+
+    cls = getattr(errors, str(record.get("class")), None)
+    if not (isinstance(cls, type) and issubclass(cls, BillingError)):
+        cls = errors.FailedPrecondition
+    error = cls.__new__(cls)
+    BillingError.__init__(error, record["message"], metadata=record.get("metadata"), reason=record["reason"])
+    if isinstance(error, InvalidArgument):
+        error.violations = [FieldViolation(f, d) for f, d in record.get("violations", [])]
+    if isinstance(error, ProcessorError):
+        error.retryable = False
+        error.retry_after_seconds = 0
+    return error
+
+
+def is_final(error: BillingError) -> bool:
+    """True when the error is the request's final answer (stored and replayed).
+
+    Transient failures (store or processor unavailable, write conflicts) are not final:
+    the caller's retry executes again, resuming where the first attempt stopped.
+    """
+    if isinstance(error, StoreUnavailable | ConcurrencyConflict | RequestInProgress):
+        return False
+    return not (isinstance(error, ProcessorError) and error.retryable)
+
+
+class Idempotency:
+    """Runs mutating requests at most once per (caller, method, request_id).
+
+    Args:
+        store: Holds the idempotency records.
+        clock: Time source for leases.
+        lease_seconds: How long an execution may run before a retry may take over. Longer
+            than any processor call with its retries.
+        ttl_seconds: How long a finished result is kept (at least 24 h).
+    """
+
+    def __init__(
+        self, store: BillingStore, clock: Clock, *, lease_seconds: float = 60.0, ttl_seconds: float = 48 * 3600
+    ) -> None:
+        if ttl_seconds < 24 * 3600:
+            raise ValueError("idempotency records must be kept for at least 24 hours")
+        self._store = store
+        self._clock = clock
+        self._lease = lease_seconds
+        self._ttl = ttl_seconds
+
+    async def run(
+        self,
+        *,
+        caller: str,
+        method: str,
+        request_id: str,
+        fingerprint: str,
+        resource_prefix: str,
+        work: Callable[[RequestContext], Awaitable[bytes]],
+    ) -> bytes:
+        """Executes ``work`` once for this key, or replays its stored result.
+
+        Args:
+            fingerprint: Digest of the request without its request_id.
+            resource_prefix: Prefix of the id to reserve (``pay``, ``re``, ...).
+            work: The use case plus response serialization.
+
+        Returns:
+            The serialized response.
+
+        Raises:
+            IdempotencyKeyReused: The key was used for another request.
+            RequestInProgress: The key is being executed elsewhere right now.
+            BillingError: The request's final error (also on replay).
+        """
+        owner = secrets.token_hex(12)
+        outcome, record = await self._store.idempotency_begin(
+            caller=caller,
+            method=method,
+            request_id=request_id,
+            fingerprint=fingerprint,
+            resource_id=new_id(resource_prefix),
+            owner=owner,
+            now=self._clock.now(),
+            lease_seconds=self._lease,
+            ttl_seconds=self._ttl,
+        )
+        if outcome is IdempotencyOutcome.MISMATCH:
+            raise IdempotencyKeyReused(
+                f"request_id {request_id!r} was already used for a different {method.rsplit('/', 1)[-1]} request",
+                metadata={"request_id": request_id},
+            )
+        if outcome is IdempotencyOutcome.IN_PROGRESS:
+            raise RequestInProgress(
+                f"a request with request_id {request_id!r} is still in progress; retry shortly",
+                metadata={"request_id": request_id},
+            )
+        if outcome is IdempotencyOutcome.COMPLETED:
+            if record.error is not None:
+                raise error_from_record(record.error)
+            assert record.response is not None
+            return record.response
+
+        ctx = RequestContext(caller, method, request_id, record.resource_id, record.attempts)
+        if record.attempts > 1:
+            log.info("resuming request after takeover", extra={"request_id": request_id, "attempt": record.attempts})
+        try:
+            response = await work(ctx)
+        except BillingError as exc:
+            if is_final(exc):
+                await self._store.idempotency_complete(record.key, owner, response=None, error=error_to_record(exc))
+            else:
+                await self._release_quietly(record.key, owner)
+            raise
+        except BaseException:
+            # A bug or a cancelled call (deadline): let a retry take over and resume.
+            await self._release_quietly(record.key, owner)
+            raise
+        await self._store.idempotency_complete(record.key, owner, response=response, error=None)
+        return response
+
+    async def _release_quietly(self, key: str, owner: str) -> None:
+        try:
+            await self._store.idempotency_release(key, owner)
+        except Exception:  # the lease lapses anyway; never mask the original error
+            log.warning("could not release idempotency lease", exc_info=True)

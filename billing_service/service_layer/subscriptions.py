@@ -1,0 +1,443 @@
+"""Use cases for plans, subscriptions and (mirrored) invoices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from billing_service.domain.common import AuditEvent, Processor, validate_metadata, validate_text
+from billing_service.domain.customers import Customer, PaymentMethod
+from billing_service.domain.errors import InvalidArgument
+from billing_service.domain.ids import new_id
+from billing_service.domain.money import Money
+from billing_service.domain.subscriptions import (
+    Interval,
+    Invoice,
+    Plan,
+    PlanStatus,
+    ProcessorSubscriptionState,
+    ProrationBehavior,
+    Subscription,
+    SubscriptionStatus,
+)
+from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
+from billing_service.service_layer.customers import MAX_DESCRIPTION, MAX_NAME, ensure_processor_customer
+from billing_service.service_layer.idempotency import RequestContext
+from billing_service.service_layer.ports import Change, Insert, SubscriptionChange, SubscriptionRequest, Update
+
+MAX_QUANTITY = 10_000
+
+
+@dataclass(frozen=True)
+class CreatePlan:
+    """Command: define a recurring price."""
+
+    name: str
+    description: str
+    price: Money
+    interval: Interval
+    interval_count: int
+    trial_period_days: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raises InvalidArgument naming the first bad field."""
+        validate_text(self.name, "name", max_len=MAX_NAME, required=True)
+        validate_text(self.description, "description", max_len=MAX_DESCRIPTION)
+        Plan.validate_schedule(self.interval, self.interval_count, self.trial_period_days)
+        validate_metadata(self.metadata)
+
+
+async def create_plan(deps: Deps, ctx: RequestContext, cmd: CreatePlan) -> Plan:
+    """Stores a plan; it is mirrored at a processor when first subscribed there."""
+    existing = await deps.store.get(Plan, ctx.resource_id)
+    if existing is not None:
+        return existing
+    now = deps.clock.now()
+    plan = Plan(
+        id=ctx.resource_id,
+        name=cmd.name,
+        description=cmd.description,
+        price=cmd.price,
+        interval=cmd.interval,
+        interval_count=cmd.interval_count,
+        trial_period_days=cmd.trial_period_days,
+        status=PlanStatus.ACTIVE,
+        metadata=dict(cmd.metadata),
+        created_at=now,
+        updated_at=now,
+    )
+    event = audit(
+        deps, ctx, "plan.created", "plan", plan.id, "", plan.status.value,
+        amount_minor=plan.price.amount_minor, currency=plan.price.currency,
+    )  # fmt: skip
+    await commit(deps, [Insert(plan)], [event])
+    return plan
+
+
+async def get_plan(deps: Deps, plan_id: str) -> Plan:
+    """Returns one plan."""
+    return await load(deps, Plan, plan_id, resource="plan", field_path="plan_id")
+
+
+async def list_plans(deps: Deps, *, include_archived: bool, page_size: int, page_token: str) -> tuple[list[Plan], str]:
+    """Lists plans newest first (active only unless asked)."""
+    filters = {} if include_archived else {"status": PlanStatus.ACTIVE.value}
+    return await list_page(deps, Plan, filters, requested_size=page_size, token=page_token)
+
+
+async def archive_plan(deps: Deps, ctx: RequestContext, plan_id: str) -> Plan:
+    """Archives a plan here and at every processor that mirrors it."""
+    plan = await load(deps, Plan, plan_id, resource="plan", field_path="plan_id")
+    if ctx.attempt > 1 and plan.status is PlanStatus.ARCHIVED:
+        return plan
+    plan.archive(deps.clock.now())  # validates before touching processors
+    for processor in [p for p in Processor if p.value in plan.processor_refs]:
+        await deps.processor(processor).archive_plan(
+            plan, idempotency_key=ctx.processor_key(f"archive-{processor.value}")
+        )
+    result: list[Plan] = []
+
+    async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]]:
+        fresh = await load(deps, Plan, plan_id, resource="plan", field_path="plan_id")
+        before, after = fresh.archive(deps.clock.now())
+        result[:] = [fresh]
+        return [Update(fresh)], [audit(deps, ctx, "plan.archived", "plan", fresh.id, before, after)]
+
+    await commit_with_retry(deps, attempt)
+    return result[0]
+
+
+async def ensure_processor_plan(deps: Deps, plan: Plan, processor: Processor) -> Plan:
+    """Mirrors the plan at ``processor`` on first use; returns it with the refs set."""
+    if plan.processor_refs.get(processor.value):
+        return plan
+    refs = await deps.processor(processor).create_plan(
+        plan, idempotency_key=f"billing-plan-{plan.id}-{processor.value}"
+    )
+    result: list[Plan] = []
+
+    async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
+        fresh = await load(deps, Plan, plan.id, resource="plan", field_path="plan_id")
+        result[:] = [fresh]
+        if fresh.processor_refs.get(processor.value):
+            return None
+        fresh.processor_refs.update(refs)
+        fresh.updated_at = deps.clock.now()
+        return [Update(fresh)], []
+
+    await commit_with_retry(deps, attempt)
+    return result[0]
+
+
+@dataclass(frozen=True)
+class CreateSubscription:
+    """Command: subscribe a customer to a plan."""
+
+    customer_id: str
+    plan_id: str
+    payment_method_id: str
+    quantity: int
+    trial_period_days: int | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raises InvalidArgument naming the first bad field."""
+        if not self.customer_id:
+            raise InvalidArgument.field("customer_id", "is required")
+        if not self.plan_id:
+            raise InvalidArgument.field("plan_id", "is required")
+        if not 1 <= self.quantity <= MAX_QUANTITY:
+            raise InvalidArgument.field("quantity", f"must be between 1 and {MAX_QUANTITY}")
+        if self.trial_period_days is not None and not 0 <= self.trial_period_days <= 730:
+            raise InvalidArgument.field("trial_period_days", "must be between 0 and 730")
+        validate_metadata(self.metadata)
+
+
+async def _save_subscription_state(
+    deps: Deps, ctx: RequestContext, subscription_id: str, state: ProcessorSubscriptionState, action: str
+) -> Subscription:
+    result: list[Subscription] = []
+
+    async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
+        sub = await load(deps, Subscription, subscription_id, resource="subscription", field_path="subscription_id")
+        result[:] = [sub]
+        before = sub.status.value
+        processor_id_before = sub.processor_id
+        if not sub.apply_processor_state(state, deps.clock.now()) and processor_id_before == sub.processor_id:
+            return None
+        event = audit(
+            deps, ctx, action, "subscription", sub.id, before, sub.status.value,
+            cancel_at_period_end=sub.cancel_at_period_end, processor_id=sub.processor_id,
+        )  # fmt: skip
+        return [Update(sub)], [event]
+
+    await commit_with_retry(deps, attempt)
+    return result[0]
+
+
+async def create_subscription(deps: Deps, ctx: RequestContext, cmd: CreateSubscription) -> Subscription:
+    """Creates the subscription at the payment method's processor and mirrors it."""
+    sub = await deps.store.get(Subscription, ctx.resource_id)
+    if sub is None:
+        customer = await load(deps, Customer, cmd.customer_id, resource="customer", field_path="customer_id")
+        plan = await load(deps, Plan, cmd.plan_id, resource="plan", field_path="plan_id")
+        plan.ensure_active()
+        processor = customer.default_processor
+        if cmd.payment_method_id:
+            method = await load(
+                deps, PaymentMethod, cmd.payment_method_id, resource="payment_method", field_path="payment_method_id"
+            )
+            if method.customer_id != customer.id:
+                raise InvalidArgument.field("payment_method_id", "does not belong to this customer")
+            method.ensure_usable()
+            processor = method.processor
+        deps.processor(processor)
+        now = deps.clock.now()
+        trial_days = plan.trial_period_days if cmd.trial_period_days is None else cmd.trial_period_days
+        sub = Subscription(
+            id=ctx.resource_id,
+            customer_id=customer.id,
+            plan_id=plan.id,
+            payment_method_id=cmd.payment_method_id,
+            quantity=cmd.quantity,
+            status=SubscriptionStatus.INCOMPLETE,
+            processor=processor,
+            metadata=dict(cmd.metadata),
+            created_at=now,
+            updated_at=now,
+            trial_end=now + timedelta(days=trial_days) if trial_days else None,
+        )
+        event = audit(
+            deps, ctx, "subscription.created", "subscription", sub.id, "", sub.status.value,
+            plan_id=plan.id, quantity=sub.quantity, processor=processor.value,
+        )  # fmt: skip
+        await commit(deps, [Insert(sub)], [event])
+    if sub.processor_id:
+        return sub
+
+    customer = await load(deps, Customer, sub.customer_id, resource="customer", field_path="customer_id")
+    plan = await ensure_processor_plan(
+        deps, await load(deps, Plan, sub.plan_id, resource="plan", field_path="plan_id"), sub.processor
+    )
+    processor_customer = await ensure_processor_customer(deps, customer, sub.processor)
+    method_ref = ""
+    if sub.payment_method_id:
+        method = await load(
+            deps, PaymentMethod, sub.payment_method_id, resource="payment_method", field_path="payment_method_id"
+        )
+        method_ref = method.processor_id
+    request = SubscriptionRequest(
+        subscription_id=sub.id,
+        processor_customer_id=processor_customer,
+        processor_payment_method_id=method_ref,
+        plan=plan,
+        quantity=sub.quantity,
+        trial_end=sub.trial_end,
+        metadata=sub.metadata,
+    )
+    state = await deps.processor(sub.processor).create_subscription(
+        request, idempotency_key=ctx.processor_key("subscription")
+    )
+    sub = await _save_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
+    await sync_invoices(deps, ctx, sub)
+    return sub
+
+
+async def get_subscription(deps: Deps, subscription_id: str) -> Subscription:
+    """Returns one subscription."""
+    return await load(deps, Subscription, subscription_id, resource="subscription", field_path="subscription_id")
+
+
+async def list_subscriptions(
+    deps: Deps, *, customer_id: str, status: SubscriptionStatus | None, page_size: int, page_token: str
+) -> tuple[list[Subscription], str]:
+    """Lists subscriptions newest first, by customer and/or status."""
+    filters: dict[str, object] = {}
+    if customer_id:
+        filters["customer_id"] = customer_id
+    if status is not None:
+        filters["status"] = status.value
+    return await list_page(deps, Subscription, filters, requested_size=page_size, token=page_token)
+
+
+@dataclass(frozen=True)
+class UpdateSubscription:
+    """Command: change plan and/or quantity."""
+
+    subscription_id: str
+    plan_id: str
+    quantity: int
+    proration: ProrationBehavior
+
+    def validate(self) -> None:
+        """Raises InvalidArgument naming the first bad field."""
+        if not self.subscription_id:
+            raise InvalidArgument.field("subscription_id", "is required")
+        if not self.plan_id and self.quantity == 0:
+            raise InvalidArgument.field("plan_id", "a new plan_id or quantity is required")
+        if self.quantity < 0 or self.quantity > MAX_QUANTITY:
+            raise InvalidArgument.field("quantity", f"must be between 1 and {MAX_QUANTITY}")
+
+
+async def update_subscription(deps: Deps, ctx: RequestContext, cmd: UpdateSubscription) -> Subscription:
+    """Changes plan and/or quantity at the processor with the caller's proration choice."""
+    sub = await get_subscription(deps, cmd.subscription_id)
+    sub.ensure_updatable()
+    new_plan: Plan | None = None
+    if cmd.plan_id and cmd.plan_id != sub.plan_id:
+        new_plan = await load(deps, Plan, cmd.plan_id, resource="plan", field_path="plan_id")
+        new_plan.ensure_active()
+        old_plan = await load(deps, Plan, sub.plan_id, resource="plan", field_path="plan_id")
+        if new_plan.price.currency != old_plan.price.currency:
+            raise InvalidArgument.field("plan_id", f"must be priced in {old_plan.price.currency} like the current plan")
+        new_plan = await ensure_processor_plan(deps, new_plan, sub.processor)
+    quantity = cmd.quantity if cmd.quantity and cmd.quantity != sub.quantity else None
+    if new_plan is None and quantity is None:
+        return sub  # nothing to change
+    change = SubscriptionChange(plan=new_plan, quantity=quantity, proration=cmd.proration)
+    state = await deps.processor(sub.processor).update_subscription(
+        sub.processor_id, change, idempotency_key=ctx.processor_key("update")
+    )
+    result: list[Subscription] = []
+
+    async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]]:
+        fresh = await get_subscription(deps, cmd.subscription_id)
+        before = fresh.status.value
+        old_plan_id, old_quantity = fresh.plan_id, fresh.quantity
+        if new_plan is not None:
+            fresh.plan_id = new_plan.id
+        if quantity is not None:
+            fresh.quantity = quantity
+        fresh.apply_processor_state(state, deps.clock.now())
+        fresh.updated_at = deps.clock.now()
+        result[:] = [fresh]
+        event = audit(
+            deps, ctx, "subscription.updated", "subscription", fresh.id, before, fresh.status.value,
+            old_plan_id=old_plan_id, plan_id=fresh.plan_id, old_quantity=old_quantity, quantity=fresh.quantity,
+            proration=cmd.proration.value,
+        )  # fmt: skip
+        return [Update(fresh)], [event]
+
+    await commit_with_retry(deps, attempt)
+    await sync_invoices(deps, ctx, result[0])
+    return result[0]
+
+
+async def cancel_subscription(
+    deps: Deps, ctx: RequestContext, subscription_id: str, at_period_end: bool
+) -> Subscription:
+    """Cancels now or at the end of the current period."""
+    sub = await get_subscription(deps, subscription_id)
+    if ctx.attempt > 1 and (sub.status is SubscriptionStatus.CANCELED or (at_period_end and sub.cancel_at_period_end)):
+        return sub
+    sub.ensure_cancelable(at_period_end)
+    state = await deps.processor(sub.processor).cancel_subscription(
+        sub.processor_id, at_period_end=at_period_end, idempotency_key=ctx.processor_key("cancel")
+    )
+    action = "subscription.cancel_scheduled" if at_period_end else "subscription.canceled"
+    return await _save_subscription_state(deps, ctx, sub.id, state, action)
+
+
+async def pause_subscription(deps: Deps, ctx: RequestContext, subscription_id: str) -> Subscription:
+    """Pauses collection; no invoices are charged while paused."""
+    sub = await get_subscription(deps, subscription_id)
+    if ctx.attempt > 1 and sub.status is SubscriptionStatus.PAUSED:
+        return sub
+    sub.ensure_pausable()
+    state = await deps.processor(sub.processor).pause_subscription(
+        sub.processor_id, idempotency_key=ctx.processor_key("pause")
+    )
+    return await _save_subscription_state(deps, ctx, sub.id, state, "subscription.paused")
+
+
+async def resume_subscription(deps: Deps, ctx: RequestContext, subscription_id: str) -> Subscription:
+    """Resumes a paused subscription."""
+    sub = await get_subscription(deps, subscription_id)
+    if ctx.attempt > 1 and sub.status is not SubscriptionStatus.PAUSED:
+        return sub
+    sub.ensure_resumable()
+    state = await deps.processor(sub.processor).resume_subscription(
+        sub.processor_id, idempotency_key=ctx.processor_key("resume")
+    )
+    return await _save_subscription_state(deps, ctx, sub.id, state, "subscription.resumed")
+
+
+async def sync_invoices(deps: Deps, ctx: RequestContext, sub: Subscription) -> list[Invoice]:
+    """Mirrors the processor's invoices of ``sub`` into the store (insert or converge)."""
+    if not sub.processor_id:
+        return []
+    states = await deps.processor(sub.processor).list_invoices(sub.processor_id)
+    mirrored: list[Invoice] = []
+    for state in states:
+        found = await deps.store.find_one(
+            Invoice, {"processor": sub.processor.value, "processor_id": state.processor_id}
+        )
+        now = deps.clock.now()
+        if found is None:
+            invoice = Invoice(
+                id=new_id("in"),
+                subscription_id=sub.id,
+                customer_id=sub.customer_id,
+                processor=sub.processor,
+                processor_id=state.processor_id,
+                status=state.status,
+                amount_due=state.amount_due,
+                amount_paid=state.amount_paid,
+                period_start=state.period_start,
+                period_end=state.period_end,
+                lines=list(state.lines),
+                created_at=state.created_at or now,
+                updated_at=now,
+            )
+            event = audit(
+                deps, ctx, f"invoice.{invoice.status.value}", "invoice", invoice.id, "", invoice.status.value,
+                subscription_id=sub.id, amount_due=invoice.amount_due.amount_minor,
+            )  # fmt: skip
+            try:
+                await commit(deps, [Insert(invoice)], [event])
+            except Exception:
+                # Another writer mirrored it first (unique processor id); converge on theirs.
+                again = await deps.store.find_one(
+                    Invoice, {"processor": sub.processor.value, "processor_id": state.processor_id}
+                )
+                if again is None:
+                    raise
+                invoice = again
+            mirrored.append(invoice)
+            continue
+        before = found.status.value
+        if found.apply_processor_state(state, now):
+            event = audit(deps, ctx, f"invoice.{found.status.value}", "invoice", found.id, before, found.status.value)
+            await commit(deps, [Update(found)], [event])
+        mirrored.append(found)
+    return mirrored
+
+
+async def sync_subscription(deps: Deps, ctx: RequestContext, subscription_id: str) -> Subscription:
+    """Converges a subscription and its invoices on the processor's truth."""
+    sub = await get_subscription(deps, subscription_id)
+    if not sub.processor_id:
+        return sub
+    state = await deps.processor(sub.processor).get_subscription(sub.processor_id)
+    sub = await _save_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
+    await sync_invoices(deps, ctx, sub)
+    return sub
+
+
+async def get_invoice(deps: Deps, invoice_id: str) -> Invoice:
+    """Returns one invoice."""
+    return await load(deps, Invoice, invoice_id, resource="invoice", field_path="invoice_id")
+
+
+async def list_invoices(
+    deps: Deps, *, customer_id: str, subscription_id: str, page_size: int, page_token: str
+) -> tuple[list[Invoice], str]:
+    """Lists invoices newest first, by customer and/or subscription."""
+    filters: dict[str, object] = {}
+    if customer_id:
+        filters["customer_id"] = customer_id
+    if subscription_id:
+        filters["subscription_id"] = subscription_id
+    return await list_page(deps, Invoice, filters, requested_size=page_size, token=page_token)
