@@ -201,7 +201,8 @@ class Payment:
             raise InvalidArgument.field("amount.currency", f"must be {self.currency}, the payment's currency")
         if amount.amount_minor > self.amount_capturable:
             raise CaptureExceedsAuthorized(
-                f"cannot capture {amount} from payment {self.id}: only {self.money(self.amount_capturable)} is capturable",
+                f"cannot capture {amount} from payment {self.id}: "
+                f"only {self.money(self.amount_capturable)} is capturable",
                 metadata={"payment_id": self.id, "amount_capturable": str(self.amount_capturable)},
             )
         return amount

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from billing_service.domain.common import AuditEvent, validate_metadata, validate_text
 from billing_service.domain.customers import Customer, PaymentMethod
-from billing_service.domain.errors import InvalidArgument, PaymentDeclined, ProcessorError
+from billing_service.domain.errors import FailedPrecondition, InvalidArgument, PaymentDeclined, ProcessorError
 from billing_service.domain.money import Money
 from billing_service.domain.payments import (
     CaptureMethod,
@@ -32,6 +33,10 @@ from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.ports import Change, Insert, PaymentRequest, RefundRequest, Update
 
 MAX_URL = 2048
+# Processors forget idempotency keys after 24 h (Stripe). A payment still PENDING after this
+# long is never re-sent: its first attempt may have charged under a key the processor no
+# longer remembers, so only reconciliation (which looks the payment up) may settle it.
+PROCESSOR_KEY_WINDOW = timedelta(hours=23)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ async def _save_payment_state(
             deps, ctx, action, "payment", payment.id, before, payment.status.value,
             processor_id=payment.processor_id, amount_captured=payment.amount_captured,
             amount_capturable=payment.amount_capturable,
+            failure_code=(payment.failure.decline_code or payment.failure.code) if payment.failure else None,
         )  # fmt: skip
         return [Update(payment)], [event]
 
@@ -124,6 +130,12 @@ async def create_payment(deps: Deps, ctx: RequestContext, cmd: CreatePayment) ->
         await commit(deps, [Insert(payment)], [event])
     if payment.status is not PaymentStatus.PENDING:
         return payment  # a resumed request whose outcome was already recorded
+    if deps.clock.now() - payment.created_at > PROCESSOR_KEY_WINDOW:
+        raise FailedPrecondition(
+            f"payment {payment.id} has been pending too long to be re-sent safely; reconciliation will settle it",
+            reason="PAYMENT_OUTCOME_UNKNOWN",
+            metadata={"payment_id": payment.id},
+        )
 
     customer = await load(deps, Customer, payment.customer_id, resource="customer", field_path="customer_id")
     method = await load(
@@ -247,6 +259,7 @@ async def _record_refund_state(deps: Deps, ctx: RequestContext, refund_id: str, 
             audit(
                 deps, ctx, f"refund.{refund.status.value}", "refund", refund.id, before.value, refund.status.value,
                 payment_id=payment.id, amount_minor=refund.amount.amount_minor, failure_reason=refund.failure_reason,
+                currency=refund.amount.currency,
             ),
             audit(
                 deps, ctx, "payment.refund_settled", "payment", payment.id, payment.status.value, payment.status.value,

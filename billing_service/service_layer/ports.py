@@ -15,6 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from billing_service.domain.common import AuditEvent, Processor
 from billing_service.domain.customers import Customer, PaymentMethod, PaymentMethodType
+from billing_service.domain.disputes import Dispute
 from billing_service.domain.money import Money
 from billing_service.domain.payments import (
     CaptureMethod,
@@ -230,8 +231,8 @@ class PaymentProcessor(Protocol):
 # Store port
 # ---------------------------------------------------------------------------
 
-Entity = Customer | PaymentMethod | Payment | Refund | Plan | Subscription | Invoice
-E = TypeVar("E", Customer, PaymentMethod, Payment, Refund, Plan, Subscription, Invoice)
+Entity = Customer | PaymentMethod | Payment | Refund | Plan | Subscription | Invoice | Dispute
+E = TypeVar("E", Customer, PaymentMethod, Payment, Refund, Plan, Subscription, Invoice, Dispute)
 
 
 @dataclass(frozen=True)
@@ -367,4 +368,101 @@ class BillingStore(Protocol):
 
     async def page_token_secret(self) -> bytes:
         """A random secret shared by all replicas, created once, for signing page tokens."""
+        ...
+
+
+# ---------------------------------------------------------------------------
+# Webhook inbox port
+# ---------------------------------------------------------------------------
+
+
+class WebhookStatus(StrEnum):
+    """Where a received processor event is in its processing."""
+
+    PENDING = "pending"  # stored, waiting for a worker (or for its next retry)
+    PROCESSING = "processing"  # claimed by a worker holding a lease
+    PROCESSED = "processed"  # the handler converged our records
+    IGNORED = "ignored"  # no handler for the event type; acknowledged and kept
+    ORPHAN = "orphan"  # about an object this service never created
+    DEAD = "dead"  # failed max attempts; kept for inspection and replay
+
+
+@dataclass
+class InboxEvent:
+    """One processor event as stored in the inbox.
+
+    Attributes:
+        id: Inbox id of the event.
+        event_id: The processor's event id (``evt_...``, ``WH-...``), unique per processor.
+        payload: The raw, verified request body.
+        attempts: Processing attempts started so far.
+        lease_owner: The worker holding the lease while PROCESSING.
+        available_at: Retry time while PENDING, lease expiry while PROCESSING.
+        last_error: Short reason of the last failure (never secrets or payload data).
+    """
+
+    id: str
+    processor: Processor
+    event_id: str
+    type: str
+    payload: bytes
+    status: WebhookStatus
+    received_at: datetime
+    available_at: datetime
+    attempts: int = 0
+    lease_owner: str = ""
+    processed_at: datetime | None = None
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class InboxStats:
+    """Inbox depth and lag, for readiness and metrics."""
+
+    depth: int
+    dead: int
+    oldest_pending_seconds: float
+
+
+class WebhookInbox(Protocol):
+    """Durable, deduplicated storage of processor events, claimed by workers with leases."""
+
+    async def insert(
+        self, processor: Processor, event_id: str, event_type: str, payload: bytes, *, now: datetime
+    ) -> bool:
+        """Stores a verified event; returns False (changing nothing) for a duplicate delivery."""
+        ...
+
+    async def claim(self, owner: str, *, now: datetime, lease_seconds: float) -> InboxEvent | None:
+        """Leases the oldest event that is due (pending, or whose lease ran out) to ``owner``."""
+        ...
+
+    async def extend(self, inbox_id: str, owner: str, *, until: datetime) -> bool:
+        """Extends a lease ``owner`` still holds; False if it was lost."""
+        ...
+
+    async def complete(self, inbox_id: str, owner: str, status: WebhookStatus, *, now: datetime) -> bool:
+        """Records the outcome of an event ``owner`` processed; False if the lease was lost."""
+        ...
+
+    async def fail(
+        self, inbox_id: str, owner: str, *, error: str, retry_at: datetime | None, now: datetime
+    ) -> WebhookStatus:
+        """Schedules a retry at ``retry_at``, or parks the event as DEAD when it is None."""
+        ...
+
+    async def replay(self, processor: Processor | None, event_id: str, *, now: datetime) -> bool:
+        """Makes one event pending again (whatever its status); False if unknown."""
+        ...
+
+    async def replay_dead(self, *, now: datetime) -> int:
+        """Makes every DEAD event pending again; returns how many."""
+        ...
+
+    async def get(self, processor: Processor, event_id: str) -> InboxEvent | None:
+        """Loads one event by its processor's id."""
+        ...
+
+    async def stats(self, *, now: datetime) -> InboxStats:
+        """Counts waiting and dead events and the age of the oldest waiting one."""
         ...

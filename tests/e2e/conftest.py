@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -26,8 +27,8 @@ class Api:
     runtime: Runtime
     server: GrpcServer
     channel: grpc.aio.Channel
-    billing: billing_service_pb2_grpc.BillingServiceStub
-    subs: subscription_service_pb2_grpc.SubscriptionServiceStub
+    billing: billing_service_pb2_grpc.BillingServiceAsyncStub
+    subs: subscription_service_pb2_grpc.SubscriptionServiceAsyncStub
     fake: FakePaymentProcessor
     clock: ManualClock
 
@@ -39,6 +40,8 @@ class Api:
 async def start_api(
     mongo_uri: str, *, processors: dict[Processor, PaymentProcessor] | None = None, clock: ManualClock | None = None,
     default_processor: Processor = Processor.FAKE, lease_seconds: float = 60.0,
+    interceptors: Sequence[Any] = (), server_credentials: grpc.ServerCredentials | None = None,
+    channel_credentials: grpc.ChannelCredentials | None = None,
 ) -> Api:  # fmt: skip
     clock = clock or ManualClock()
     fake = FakePaymentProcessor(clock)
@@ -50,9 +53,15 @@ async def start_api(
         health_interval_seconds=0.2,
     )
     runtime = await bootstrap(settings, clock=clock, processors=procs, mongodb_uri=mongo_uri)
-    server = GrpcServer(runtime.deps, runtime.idempotency, address="127.0.0.1:0", health_interval=0.2)
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    server = GrpcServer(
+        runtime.deps, runtime.idempotency, address="127.0.0.1:0", health_interval=0.2, interceptors=interceptors
+    )
+    await server.start(server_credentials)
+    channel = (
+        grpc.aio.secure_channel(f"127.0.0.1:{server.port}", channel_credentials)
+        if channel_credentials is not None
+        else grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    )
     return Api(
         runtime, server, channel, billing_service_pb2_grpc.BillingServiceStub(channel),
         subscription_service_pb2_grpc.SubscriptionServiceStub(channel), fake, clock,
@@ -60,7 +69,7 @@ async def start_api(
 
 
 async def stop_api(api: Api) -> None:
-    await api.channel.close()
+    await api.channel.close(None)
     await api.server.stop(1)
     await api.runtime.store.database.client.drop_database(api.runtime.settings.mongodb_database)
     await api.runtime.aclose()

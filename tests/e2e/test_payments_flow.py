@@ -92,7 +92,9 @@ async def test_capture_of_cancelled_payment_fails_precondition(api: Api) -> None
 
 async def test_decline_is_failed_precondition_and_the_payment_is_kept(api: Api) -> None:
     customer_id, pm_id = await customer_with_card(api, "pm_card_chargeDeclinedInsufficientFunds")
-    request = pb.CreatePaymentRequest(request_id=rid(), customer_id=customer_id, payment_method_id=pm_id, amount=usd(700))
+    request = pb.CreatePaymentRequest(
+        request_id=rid(), customer_id=customer_id, payment_method_id=pm_id, amount=usd(700)
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await api.billing.CreatePayment(request)
     info = rich(err.value)
@@ -118,7 +120,9 @@ async def test_requires_action_returns_client_secret(api: Api) -> None:
 
 async def test_same_request_id_twenty_times_concurrently_creates_one_payment(api: Api) -> None:
     customer_id, pm_id = await customer_with_card(api)
-    request = pb.CreatePaymentRequest(request_id=rid(), customer_id=customer_id, payment_method_id=pm_id, amount=usd(4200))
+    request = pb.CreatePaymentRequest(
+        request_id=rid(), customer_id=customer_id, payment_method_id=pm_id, amount=usd(4200)
+    )
 
     async def attempt() -> str:
         # A well-behaved client retries ABORTED/REQUEST_IN_PROGRESS with backoff.
@@ -158,7 +162,9 @@ async def test_concurrent_refunds_cannot_exceed_captured(api: Api) -> None:
     customer_id, pm_id = await customer_with_card(api)
     payment = (
         await api.billing.CreatePayment(
-            pb.CreatePaymentRequest(request_id=rid(), customer_id=customer_id, payment_method_id=pm_id, amount=usd(1000))
+            pb.CreatePaymentRequest(
+                request_id=rid(), customer_id=customer_id, payment_method_id=pm_id, amount=usd(1000)
+            )
         )
     ).payment
 
@@ -215,7 +221,9 @@ async def test_audit_trail_lists_every_state_change_with_caller_and_request_id(a
 )
 async def test_bad_payment_input_is_refused_and_changes_nothing(api: Api, mutate, field, code) -> None:  # type: ignore[no-untyped-def]
     customer_id, pm_id = await customer_with_card(api)
-    request = pb.CreatePaymentRequest(request_id=rid(), customer_id=customer_id, payment_method_id=pm_id, amount=usd(10))
+    request = pb.CreatePaymentRequest(
+        request_id=rid(), customer_id=customer_id, payment_method_id=pm_id, amount=usd(10)
+    )
     mutate(request)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await api.billing.CreatePayment(request)
@@ -275,7 +283,9 @@ async def test_customers_update_list_and_page_tokens(api: Api) -> None:
 
 async def test_detach_then_charge_is_refused(api: Api) -> None:
     customer_id, pm_id = await customer_with_card(api)
-    detached = await api.billing.DetachPaymentMethod(pb.DetachPaymentMethodRequest(request_id=rid(), payment_method_id=pm_id))
+    detached = await api.billing.DetachPaymentMethod(
+        pb.DetachPaymentMethodRequest(request_id=rid(), payment_method_id=pm_id)
+    )
     assert detached.payment_method.status == pb.PAYMENT_METHOD_STATUS_DETACHED
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await api.billing.CreatePayment(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -31,7 +32,7 @@ from billing_service.domain.subscriptions import (
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def payment(status: PaymentStatus = PaymentStatus.PENDING, **kw: int) -> Payment:
+def payment(status: PaymentStatus = PaymentStatus.PENDING, **kw: Any) -> Payment:
     return Payment(
         id="pay_1", customer_id="cus_1", payment_method_id="pm_1", processor=Processor.FAKE,
         amount=Money(1000, "USD"), capture_method=CaptureMethod.MANUAL, status=status, description="",

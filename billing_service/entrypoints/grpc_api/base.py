@@ -7,7 +7,7 @@ import contextvars
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -20,6 +20,11 @@ from billing_service.service_layer.idempotency import Idempotency, RequestContex
 
 log = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
+    Ctx = grpc.aio.ServicerContext[Any, Any]
+else:
+    Ctx = grpc.aio.ServicerContext
+
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")
 
@@ -30,9 +35,9 @@ current_caller: contextvars.ContextVar[str] = contextvars.ContextVar("current_ca
 class _HasRequestId(Protocol):
     request_id: str
 
-    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...  # noqa: N802
+    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...
 
-    def CopyFrom(self, other: Message) -> None: ...  # noqa: N802
+    def CopyFrom(self, other: Message) -> None: ...
 
 
 def fingerprint(request: Message) -> str:
@@ -77,7 +82,7 @@ class Servicer:
         self.deps = deps
         self.idem = idempotency
 
-    async def _guard(self, context: grpc.aio.ServicerContext, method: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _guard(self, context: Ctx, method: str, call: Callable[[], Awaitable[T]]) -> T:
         """Runs ``call`` within the caller's deadline and maps its errors to rich statuses."""
         remaining = context.time_remaining()
         try:
@@ -98,13 +103,13 @@ class Servicer:
             await context.abort_with_status(errors.internal_status(method))
         raise AssertionError("unreachable")  # abort_with_status always raises
 
-    async def _read(self, context: grpc.aio.ServicerContext, method: str, call: Callable[[], Awaitable[R]]) -> R:
+    async def _read(self, context: Ctx, method: str, call: Callable[[], Awaitable[R]]) -> R:
         """Runs a read-only use case."""
         return await self._guard(context, method, call)
 
     async def _mutate(
         self,
-        context: grpc.aio.ServicerContext,
+        context: Ctx,
         request: Message,
         *,
         method: str,

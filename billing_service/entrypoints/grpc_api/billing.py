@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import grpc
 from billing.v1 import billing_service_pb2 as pb
 from billing.v1 import billing_service_pb2_grpc as pb_grpc
 
 from billing_service.entrypoints.grpc_api import convert as cv
-from billing_service.entrypoints.grpc_api.base import Servicer, require
+from billing_service.entrypoints.grpc_api.base import Ctx, Servicer, require
 from billing_service.service_layer import customers as cu
 from billing_service.service_layer import payments as pay
 from billing_service.service_layer.idempotency import RequestContext
@@ -23,9 +22,7 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
 
     # -- customers -----------------------------------------------------------
 
-    async def CreateCustomer(  # noqa: N802
-        self, request: pb.CreateCustomerRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CreateCustomerResponse:
+    async def CreateCustomer(self, request: pb.CreateCustomerRequest, context: Ctx) -> pb.CreateCustomerResponse:
         """Creates a customer."""
 
         def prepare() -> Callable[[RequestContext], Awaitable[pb.CreateCustomerResponse]]:
@@ -48,9 +45,7 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
             response_type=pb.CreateCustomerResponse, prepare=prepare,
         )  # fmt: skip
 
-    async def GetCustomer(  # noqa: N802
-        self, request: pb.GetCustomerRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetCustomerResponse:
+    async def GetCustomer(self, request: pb.GetCustomerRequest, context: Ctx) -> pb.GetCustomerResponse:
         """Returns a customer."""
 
         async def run() -> pb.GetCustomerResponse:
@@ -59,9 +54,7 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
 
         return await self._read(context, _SVC + "GetCustomer", run)
 
-    async def UpdateCustomer(  # noqa: N802
-        self, request: pb.UpdateCustomerRequest, context: grpc.aio.ServicerContext
-    ) -> pb.UpdateCustomerResponse:
+    async def UpdateCustomer(self, request: pb.UpdateCustomerRequest, context: Ctx) -> pb.UpdateCustomerResponse:
         """Updates the fields named by the mask."""
 
         def prepare() -> Callable[[RequestContext], Awaitable[pb.UpdateCustomerResponse]]:
@@ -88,9 +81,7 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
             response_type=pb.UpdateCustomerResponse, prepare=prepare,
         )  # fmt: skip
 
-    async def ListCustomers(  # noqa: N802
-        self, request: pb.ListCustomersRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListCustomersResponse:
+    async def ListCustomers(self, request: pb.ListCustomersRequest, context: Ctx) -> pb.ListCustomersResponse:
         """Lists customers."""
 
         async def run() -> pb.ListCustomersResponse:
@@ -103,8 +94,8 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
 
     # -- payment methods -----------------------------------------------------
 
-    async def AttachPaymentMethod(  # noqa: N802
-        self, request: pb.AttachPaymentMethodRequest, context: grpc.aio.ServicerContext
+    async def AttachPaymentMethod(
+        self, request: pb.AttachPaymentMethodRequest, context: Ctx
     ) -> pb.AttachPaymentMethodResponse:
         """Attaches a processor token."""
 
@@ -127,8 +118,8 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
             response_type=pb.AttachPaymentMethodResponse, prepare=prepare,
         )  # fmt: skip
 
-    async def ListPaymentMethods(  # noqa: N802
-        self, request: pb.ListPaymentMethodsRequest, context: grpc.aio.ServicerContext
+    async def ListPaymentMethods(
+        self, request: pb.ListPaymentMethodsRequest, context: Ctx
     ) -> pb.ListPaymentMethodsResponse:
         """Lists a customer's payment methods."""
 
@@ -145,8 +136,8 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
 
         return await self._read(context, _SVC + "ListPaymentMethods", run)
 
-    async def DetachPaymentMethod(  # noqa: N802
-        self, request: pb.DetachPaymentMethodRequest, context: grpc.aio.ServicerContext
+    async def DetachPaymentMethod(
+        self, request: pb.DetachPaymentMethodRequest, context: Ctx
     ) -> pb.DetachPaymentMethodResponse:
         """Detaches a payment method."""
 
@@ -166,9 +157,7 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
 
     # -- payments ------------------------------------------------------------
 
-    async def CreatePayment(  # noqa: N802
-        self, request: pb.CreatePaymentRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CreatePaymentResponse:
+    async def CreatePayment(self, request: pb.CreatePaymentRequest, context: Ctx) -> pb.CreatePaymentResponse:
         """Creates and confirms a payment."""
 
         def prepare() -> Callable[[RequestContext], Awaitable[pb.CreatePaymentResponse]]:
@@ -197,9 +186,7 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
             response_type=pb.CreatePaymentResponse, prepare=prepare,
         )  # fmt: skip
 
-    async def GetPayment(  # noqa: N802
-        self, request: pb.GetPaymentRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetPaymentResponse:
+    async def GetPayment(self, request: pb.GetPaymentRequest, context: Ctx) -> pb.GetPaymentResponse:
         """Returns a payment."""
 
         async def run() -> pb.GetPaymentResponse:
@@ -208,9 +195,7 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
 
         return await self._read(context, _SVC + "GetPayment", run)
 
-    async def ListPayments(  # noqa: N802
-        self, request: pb.ListPaymentsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListPaymentsResponse:
+    async def ListPayments(self, request: pb.ListPaymentsRequest, context: Ctx) -> pb.ListPaymentsResponse:
         """Lists payments."""
 
         async def run() -> pb.ListPaymentsResponse:
@@ -229,9 +214,7 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
 
         return await self._read(context, _SVC + "ListPayments", run)
 
-    async def CapturePayment(  # noqa: N802
-        self, request: pb.CapturePaymentRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CapturePaymentResponse:
+    async def CapturePayment(self, request: pb.CapturePaymentRequest, context: Ctx) -> pb.CapturePaymentResponse:
         """Captures an authorized payment."""
 
         def prepare() -> Callable[[RequestContext], Awaitable[pb.CapturePaymentResponse]]:
@@ -249,16 +232,16 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
             response_type=pb.CapturePaymentResponse, prepare=prepare,
         )  # fmt: skip
 
-    async def CancelPayment(  # noqa: N802
-        self, request: pb.CancelPaymentRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CancelPaymentResponse:
+    async def CancelPayment(self, request: pb.CancelPaymentRequest, context: Ctx) -> pb.CancelPaymentResponse:
         """Cancels a payment before capture."""
 
         def prepare() -> Callable[[RequestContext], Awaitable[pb.CancelPaymentResponse]]:
             payment_id = require(request.payment_id, "payment_id")
 
             async def run(ctx: RequestContext) -> pb.CancelPaymentResponse:
-                return pb.CancelPaymentResponse(payment=cv.payment_pb(await pay.cancel_payment(self.deps, ctx, payment_id)))
+                return pb.CancelPaymentResponse(
+                    payment=cv.payment_pb(await pay.cancel_payment(self.deps, ctx, payment_id))
+                )
 
             return run
 
@@ -269,9 +252,7 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
 
     # -- refunds -------------------------------------------------------------
 
-    async def CreateRefund(  # noqa: N802
-        self, request: pb.CreateRefundRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CreateRefundResponse:
+    async def CreateRefund(self, request: pb.CreateRefundRequest, context: Ctx) -> pb.CreateRefundResponse:
         """Refunds a captured payment."""
 
         def prepare() -> Callable[[RequestContext], Awaitable[pb.CreateRefundResponse]]:
@@ -294,9 +275,7 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
             response_type=pb.CreateRefundResponse, prepare=prepare,
         )  # fmt: skip
 
-    async def GetRefund(  # noqa: N802
-        self, request: pb.GetRefundRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetRefundResponse:
+    async def GetRefund(self, request: pb.GetRefundRequest, context: Ctx) -> pb.GetRefundResponse:
         """Returns a refund."""
 
         async def run() -> pb.GetRefundResponse:
@@ -305,9 +284,7 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
 
         return await self._read(context, _SVC + "GetRefund", run)
 
-    async def ListRefunds(  # noqa: N802
-        self, request: pb.ListRefundsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListRefundsResponse:
+    async def ListRefunds(self, request: pb.ListRefundsRequest, context: Ctx) -> pb.ListRefundsResponse:
         """Lists refunds."""
 
         async def run() -> pb.ListRefundsResponse:
@@ -320,9 +297,7 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
 
     # -- audit ---------------------------------------------------------------
 
-    async def ListAuditEvents(  # noqa: N802
-        self, request: pb.ListAuditEventsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListAuditEventsResponse:
+    async def ListAuditEvents(self, request: pb.ListAuditEventsRequest, context: Ctx) -> pb.ListAuditEventsResponse:
         """Lists a resource's audit trail, oldest first."""
 
         async def run() -> pb.ListAuditEventsResponse:
@@ -339,5 +314,3 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
             )
 
         return await self._read(context, _SVC + "ListAuditEvents", run)
-
-

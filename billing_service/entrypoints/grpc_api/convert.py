@@ -284,7 +284,10 @@ def invoice_pb(i: Invoice) -> spb.Invoice:
         period_end=ts(i.period_end),
         lines=[
             spb.InvoiceLine(
-                description=line.description, amount=money_pb(line.amount), quantity=line.quantity, proration=line.proration
+                description=line.description,
+                amount=money_pb(line.amount),
+                quantity=line.quantity,
+                proration=line.proration,
             )
             for line in i.lines
         ],

@@ -101,9 +101,7 @@ def to_status(error: e.BillingError) -> grpc.Status:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(retry_after * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    return rpc_status.to_status(
-        status_pb2.Status(code=code.value[0], message=error.message, details=details)
-    )
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=error.message, details=details))
 
 
 def internal_status(method: str) -> grpc.Status:

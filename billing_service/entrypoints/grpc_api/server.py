@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from billing.v1 import billing_service_pb2, subscription_service_pb2
@@ -54,7 +55,7 @@ class GrpcServer:
         reflection_enabled: bool = True,
         max_message_bytes: int = 1024 * 1024,
         health_interval: float = 2.0,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        interceptors: Sequence[Any] = (),
         so_reuseport: bool = False,
     ) -> None:
         self.deps = deps

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import grpc
 from billing.v1 import subscription_service_pb2 as pb
 from billing.v1 import subscription_service_pb2_grpc as pb_grpc
 
 from billing_service.domain.errors import InvalidArgument
 from billing_service.domain.subscriptions import Interval
 from billing_service.entrypoints.grpc_api import convert as cv
-from billing_service.entrypoints.grpc_api.base import Servicer, require
+from billing_service.entrypoints.grpc_api.base import Ctx, Servicer, require
 from billing_service.service_layer import subscriptions as su
 from billing_service.service_layer.idempotency import RequestContext
 
@@ -21,9 +20,7 @@ _SVC = "/billing.v1.SubscriptionService/"
 class SubscriptionServicer(Servicer, pb_grpc.SubscriptionServiceServicer):
     """Implements billing.v1.SubscriptionService over the use cases."""
 
-    async def CreatePlan(  # noqa: N802
-        self, request: pb.CreatePlanRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CreatePlanResponse:
+    async def CreatePlan(self, request: pb.CreatePlanRequest, context: Ctx) -> pb.CreatePlanResponse:
         """Creates a plan."""
 
         def prepare() -> Callable[[RequestContext], Awaitable[pb.CreatePlanResponse]]:
@@ -58,17 +55,17 @@ class SubscriptionServicer(Servicer, pb_grpc.SubscriptionServiceServicer):
             response_type=pb.CreatePlanResponse, prepare=prepare,
         )  # fmt: skip
 
-    async def GetPlan(self, request: pb.GetPlanRequest, context: grpc.aio.ServicerContext) -> pb.GetPlanResponse:  # noqa: N802
+    async def GetPlan(self, request: pb.GetPlanRequest, context: Ctx) -> pb.GetPlanResponse:
         """Returns a plan."""
 
         async def run() -> pb.GetPlanResponse:
-            return pb.GetPlanResponse(plan=cv.plan_pb(await su.get_plan(self.deps, require(request.plan_id, "plan_id"))))
+            return pb.GetPlanResponse(
+                plan=cv.plan_pb(await su.get_plan(self.deps, require(request.plan_id, "plan_id")))
+            )
 
         return await self._read(context, _SVC + "GetPlan", run)
 
-    async def ListPlans(  # noqa: N802
-        self, request: pb.ListPlansRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListPlansResponse:
+    async def ListPlans(self, request: pb.ListPlansRequest, context: Ctx) -> pb.ListPlansResponse:
         """Lists plans."""
 
         async def run() -> pb.ListPlansResponse:
@@ -82,9 +79,7 @@ class SubscriptionServicer(Servicer, pb_grpc.SubscriptionServiceServicer):
 
         return await self._read(context, _SVC + "ListPlans", run)
 
-    async def ArchivePlan(  # noqa: N802
-        self, request: pb.ArchivePlanRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ArchivePlanResponse:
+    async def ArchivePlan(self, request: pb.ArchivePlanRequest, context: Ctx) -> pb.ArchivePlanResponse:
         """Archives a plan."""
 
         def prepare() -> Callable[[RequestContext], Awaitable[pb.ArchivePlanResponse]]:
@@ -100,8 +95,8 @@ class SubscriptionServicer(Servicer, pb_grpc.SubscriptionServiceServicer):
             response_type=pb.ArchivePlanResponse, prepare=prepare,
         )  # fmt: skip
 
-    async def CreateSubscription(  # noqa: N802
-        self, request: pb.CreateSubscriptionRequest, context: grpc.aio.ServicerContext
+    async def CreateSubscription(
+        self, request: pb.CreateSubscriptionRequest, context: Ctx
     ) -> pb.CreateSubscriptionResponse:
         """Creates a subscription."""
 
@@ -129,9 +124,7 @@ class SubscriptionServicer(Servicer, pb_grpc.SubscriptionServiceServicer):
             response_type=pb.CreateSubscriptionResponse, prepare=prepare,
         )  # fmt: skip
 
-    async def GetSubscription(  # noqa: N802
-        self, request: pb.GetSubscriptionRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetSubscriptionResponse:
+    async def GetSubscription(self, request: pb.GetSubscriptionRequest, context: Ctx) -> pb.GetSubscriptionResponse:
         """Returns a subscription."""
 
         async def run() -> pb.GetSubscriptionResponse:
@@ -140,8 +133,8 @@ class SubscriptionServicer(Servicer, pb_grpc.SubscriptionServiceServicer):
 
         return await self._read(context, _SVC + "GetSubscription", run)
 
-    async def ListSubscriptions(  # noqa: N802
-        self, request: pb.ListSubscriptionsRequest, context: grpc.aio.ServicerContext
+    async def ListSubscriptions(
+        self, request: pb.ListSubscriptionsRequest, context: Ctx
     ) -> pb.ListSubscriptionsResponse:
         """Lists subscriptions."""
 
@@ -163,8 +156,8 @@ class SubscriptionServicer(Servicer, pb_grpc.SubscriptionServiceServicer):
 
         return await self._read(context, _SVC + "ListSubscriptions", run)
 
-    async def UpdateSubscription(  # noqa: N802
-        self, request: pb.UpdateSubscriptionRequest, context: grpc.aio.ServicerContext
+    async def UpdateSubscription(
+        self, request: pb.UpdateSubscriptionRequest, context: Ctx
     ) -> pb.UpdateSubscriptionResponse:
         """Changes plan and/or quantity."""
 
@@ -189,8 +182,8 @@ class SubscriptionServicer(Servicer, pb_grpc.SubscriptionServiceServicer):
             response_type=pb.UpdateSubscriptionResponse, prepare=prepare,
         )  # fmt: skip
 
-    async def CancelSubscription(  # noqa: N802
-        self, request: pb.CancelSubscriptionRequest, context: grpc.aio.ServicerContext
+    async def CancelSubscription(
+        self, request: pb.CancelSubscriptionRequest, context: Ctx
     ) -> pb.CancelSubscriptionResponse:
         """Cancels a subscription."""
 
@@ -208,8 +201,8 @@ class SubscriptionServicer(Servicer, pb_grpc.SubscriptionServiceServicer):
             response_type=pb.CancelSubscriptionResponse, prepare=prepare,
         )  # fmt: skip
 
-    async def PauseSubscription(  # noqa: N802
-        self, request: pb.PauseSubscriptionRequest, context: grpc.aio.ServicerContext
+    async def PauseSubscription(
+        self, request: pb.PauseSubscriptionRequest, context: Ctx
     ) -> pb.PauseSubscriptionResponse:
         """Pauses a subscription."""
 
@@ -227,8 +220,8 @@ class SubscriptionServicer(Servicer, pb_grpc.SubscriptionServiceServicer):
             response_type=pb.PauseSubscriptionResponse, prepare=prepare,
         )  # fmt: skip
 
-    async def ResumeSubscription(  # noqa: N802
-        self, request: pb.ResumeSubscriptionRequest, context: grpc.aio.ServicerContext
+    async def ResumeSubscription(
+        self, request: pb.ResumeSubscriptionRequest, context: Ctx
     ) -> pb.ResumeSubscriptionResponse:
         """Resumes a paused subscription."""
 
@@ -246,9 +239,7 @@ class SubscriptionServicer(Servicer, pb_grpc.SubscriptionServiceServicer):
             response_type=pb.ResumeSubscriptionResponse, prepare=prepare,
         )  # fmt: skip
 
-    async def GetInvoice(  # noqa: N802
-        self, request: pb.GetInvoiceRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetInvoiceResponse:
+    async def GetInvoice(self, request: pb.GetInvoiceRequest, context: Ctx) -> pb.GetInvoiceResponse:
         """Returns an invoice."""
 
         async def run() -> pb.GetInvoiceResponse:
@@ -257,9 +248,7 @@ class SubscriptionServicer(Servicer, pb_grpc.SubscriptionServiceServicer):
 
         return await self._read(context, _SVC + "GetInvoice", run)
 
-    async def ListInvoices(  # noqa: N802
-        self, request: pb.ListInvoicesRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListInvoicesResponse:
+    async def ListInvoices(self, request: pb.ListInvoicesRequest, context: Ctx) -> pb.ListInvoicesResponse:
         """Lists invoices."""
 
         async def run() -> pb.ListInvoicesResponse:

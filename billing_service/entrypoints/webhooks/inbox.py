@@ -1,0 +1,59 @@
+"""Receiving side of the inbox: what a verified delivery becomes before it is stored.
+
+The HTTP handler verifies the signature on the raw body, parses just enough to know the
+event's id and type (``ParsedEvent``), then :func:`record` inserts the raw body into the
+inbox. Only then is the delivery acknowledged; workers process it later.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from billing_service.domain.common import Processor
+from billing_service.service_layer.ports import Clock, WebhookInbox
+
+log = logging.getLogger("billing_service.webhooks")
+
+MAX_EVENT_ID = 255
+MAX_EVENT_TYPE = 128
+
+
+class SignatureError(Exception):
+    """The delivery is not provably from the processor (answered 400 without details)."""
+
+
+class BadEvent(Exception):
+    """A verified body that is not a usable event (answered 400 without details)."""
+
+
+@dataclass(frozen=True)
+class ParsedEvent:
+    """The parts of a delivery the sidecar needs before storing it."""
+
+    event_id: str
+    type: str
+    payload: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if len(self.event_id) > MAX_EVENT_ID or len(self.type) > MAX_EVENT_TYPE:
+            raise BadEvent("event id or type too long")
+
+
+async def record(
+    inbox: WebhookInbox, clock: Clock, processor: Processor, event: ParsedEvent, body: bytes
+) -> bool:
+    """Stores the raw event once; returns False for a duplicate delivery.
+
+    The log line carries only the processor, the event id and type (never the body).
+    """
+    created = await inbox.insert(processor, event.event_id, event.type, body, now=clock.now())
+    log.info(
+        "webhook %s: processor=%s event_id=%s type=%s",
+        "received" if created else "duplicate",
+        processor.value,
+        event.event_id,
+        event.type,
+    )
+    return created

@@ -1,0 +1,91 @@
+"""Verification of Stripe webhook deliveries (``Stripe-Signature``).
+
+Uses the SDK's own verifier (``stripe.WebhookSignature.verify_header``, the check behind
+``stripe.Webhook.construct_event``) against every configured endpoint secret, so a secret
+can be rolled: Stripe signs with both the old and the new secret while they overlap, and
+we accept a signature made with any configured one. The event is parsed only after the
+signature matched, and never through the SDK's global client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import stripe
+
+from billing_service.entrypoints.webhooks.inbox import BadEvent, ParsedEvent, SignatureError
+
+
+@dataclass(frozen=True, repr=False)
+class StripeWebhookVerifier:
+    """Checks ``Stripe-Signature`` headers.
+
+    Args:
+        secrets: Endpoint signing secrets (``whsec_...``); several while rotating.
+        tolerance_seconds: Maximum age of the signed timestamp (replay window).
+    """
+
+    secrets: Sequence[str] = field(default=())
+    tolerance_seconds: int = 300
+
+    def __repr__(self) -> str:
+        return f"StripeWebhookVerifier(secrets=<{len(self.secrets)}>, tolerance_seconds={self.tolerance_seconds})"
+
+    def verify(self, body: bytes, header: str | None) -> None:
+        """Raises ``SignatureError`` unless one secret produced one of the header's v1 signatures.
+
+        Besides the SDK's check (too old), a timestamp further than the tolerance in the
+        future is refused too: it cannot come from Stripe's clock.
+        """
+        if not header or not self.secrets:
+            raise SignatureError("missing signature or no secret configured")
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SignatureError("body is not UTF-8") from None
+        for secret in self.secrets:
+            try:
+                stripe.WebhookSignature.verify_header(body, header, secret, self.tolerance_seconds)
+            except stripe.SignatureVerificationError:
+                continue
+            timestamp = _timestamp(header)
+            if timestamp is None or timestamp > time.time() + self.tolerance_seconds:
+                raise SignatureError("timestamp in the future")
+            return
+        raise SignatureError("no signature matched")
+
+
+def _timestamp(header: str) -> int | None:
+    for item in header.split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == "t":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def parse_event(body: bytes) -> ParsedEvent:
+    """Reads a verified Stripe event's id, type and object.
+
+    Raises:
+        BadEvent: Not a JSON object with string ``id``/``type`` and a ``data.object``.
+    """
+    try:
+        payload: Any = json.loads(body)
+    except ValueError:
+        raise BadEvent("not JSON") from None
+    if not isinstance(payload, dict) or payload.get("object", "event") != "event":
+        raise BadEvent("not an event")
+    event_id, event_type = payload.get("id"), payload.get("type")
+    data = payload.get("data")
+    if not (isinstance(event_id, str) and event_id and isinstance(event_type, str) and event_type):
+        raise BadEvent("event without id or type")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise BadEvent("event without data.object")
+    return ParsedEvent(event_id=event_id, type=event_type, payload=payload)
