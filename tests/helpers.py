@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from billing.v1 import common_pb2
@@ -27,7 +28,8 @@ class RichError:
 def rich(err: grpc.aio.AioRpcError) -> RichError:
     """Decodes the status details of a failed call."""
     out = RichError(code=err.code(), message=err.details() or "")
-    for key, value in err.trailing_metadata() or ():
+    trailers: Any = err.trailing_metadata() or ()
+    for key, value in trailers:
         if key != "grpc-status-details-bin":
             continue
         status = status_pb2.Status.FromString(value)  # type: ignore[arg-type]

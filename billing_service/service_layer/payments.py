@@ -14,7 +14,13 @@ from datetime import timedelta
 
 from billing_service.domain.common import AuditEvent, validate_metadata, validate_text
 from billing_service.domain.customers import Customer, PaymentMethod
-from billing_service.domain.errors import FailedPrecondition, InvalidArgument, PaymentDeclined, ProcessorError
+from billing_service.domain.errors import (
+    BillingError,
+    FailedPrecondition,
+    InvalidArgument,
+    PaymentDeclined,
+    ProcessorError,
+)
 from billing_service.domain.money import Money
 from billing_service.domain.payments import (
     CaptureMethod,
@@ -169,8 +175,10 @@ async def create_payment(deps: Deps, ctx: RequestContext, cmd: CreatePayment) ->
         await _save_payment_state(deps, ctx, payment.id, failed, "payment.failed")
         exc.metadata["payment_id"] = payment.id
         raise
-    except ProcessorError as exc:
-        if not exc.retryable:
+    except BillingError as exc:
+        # Any final refusal (invalid at the processor, not supported, misconfigured) ends the
+        # payment as FAILED; a retryable one leaves it PENDING for the retry to resume.
+        if not (isinstance(exc, ProcessorError) and exc.retryable):
             failed = ProcessorPaymentState(
                 processor_id="",
                 status=PaymentStatus.FAILED,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,12 +13,19 @@ import pytest
 from billing.v1 import billing_service_pb2_grpc, subscription_service_pb2_grpc
 
 from billing_service.adapters.processors.fake import FakePaymentProcessor
+from billing_service.adapters.processors.paypal import PayPalPaymentProcessor, PayPalSettings
+from billing_service.adapters.processors.retry import RetryPolicy
+from billing_service.adapters.processors.stripe import StripePaymentProcessor, StripeSettings
 from billing_service.bootstrap import Runtime, bootstrap
 from billing_service.config import Settings
 from billing_service.domain.common import Processor
 from billing_service.entrypoints.grpc_api.server import GrpcServer
 from billing_service.service_layer.clock import ManualClock
 from billing_service.service_layer.ports import PaymentProcessor
+from tests.imitations.paypal_api import PayPalImitation
+from tests.imitations.stripe_api import StripeImitation
+
+FAST_RETRIES = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.005)
 
 
 @dataclass
@@ -72,13 +80,69 @@ async def stop_api(api: Api) -> None:
     await api.channel.close(None)
     await api.server.stop(1)
     await api.runtime.store.database.client.drop_database(api.runtime.settings.mongodb_database)
-    await api.runtime.aclose()
+    await api.runtime.aclose()  # closes the processors too
 
 
 @pytest.fixture
 async def api(mongo_uri: str) -> AsyncIterator[Api]:
     """The service with the fake processor on a fresh database."""
     running = await start_api(mongo_uri)
+    try:
+        yield running
+    finally:
+        await stop_api(running)
+
+
+# ---------------------------------------------------------------------------
+# Real processor adapters against the local imitations
+# ---------------------------------------------------------------------------
+
+STRIPE_KEY = "sk_test_imitation_e2e_4eC39HqLyjWDarjtT1zdp7dc"
+
+
+@pytest.fixture(scope="session")
+def stripe_imitation() -> Iterator[StripeImitation]:
+    """The local Stripe API imitation (shared; reset per test)."""
+    with StripeImitation(api_key=STRIPE_KEY, stall_seconds=1.5) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def paypal_imitation() -> Iterator[PayPalImitation]:
+    """The local PayPal API imitation (shared; reset per test)."""
+    with PayPalImitation(stall_seconds=1.5) as server:
+        yield server
+
+
+def stripe_processor(imitation: StripeImitation) -> StripePaymentProcessor:
+    """A StripePaymentProcessor on the real SDK, pointed at the imitation."""
+    settings = StripeSettings(secret_key=STRIPE_KEY, api_base=imitation.base_url, timeout_seconds=0.75)
+    return StripePaymentProcessor(settings, retry_policy=FAST_RETRIES)
+
+
+def paypal_processor(imitation: PayPalImitation) -> PayPalPaymentProcessor:
+    """A PayPalPaymentProcessor on the real SDK, pointed at the imitation."""
+    settings = PayPalSettings(
+        client_id=imitation.client_id, client_secret=imitation.client_secret, base_url=imitation.base_url,
+        timeout_seconds=0.75,
+    )  # fmt: skip
+    return PayPalPaymentProcessor(settings, retry_policy=FAST_RETRIES)
+
+
+@pytest.fixture
+async def processors_api(
+    mongo_uri: str, stripe_imitation: StripeImitation, paypal_imitation: PayPalImitation
+) -> AsyncIterator[Api]:
+    """The service with Stripe (default), PayPal and the fake, all real adapters."""
+    stripe_imitation.reset()
+    paypal_imitation.reset()
+    procs: dict[Processor, PaymentProcessor] = {
+        Processor.STRIPE: stripe_processor(stripe_imitation),
+        Processor.PAYPAL: paypal_processor(paypal_imitation),
+    }
+    # The imitations check timestamps against the real time (trial ends must be in the future).
+    clock = ManualClock(datetime.now(UTC))
+    running = await start_api(mongo_uri, processors=procs, default_processor=Processor.STRIPE, clock=clock)
     try:
         yield running
     finally:

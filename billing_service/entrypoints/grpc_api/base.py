@@ -91,16 +91,16 @@ class Servicer:
             async with asyncio.timeout(max(remaining, 0.001)):
                 return await call()
         except BillingError as exc:
-            await context.abort_with_status(errors.to_status(exc))
+            await context.abort_with_status(errors.to_status(exc))  # type: ignore[attr-defined]
         except TimeoutError:
-            await context.abort_with_status(errors.deadline_status(method))
+            await context.abort_with_status(errors.deadline_status(method))  # type: ignore[attr-defined]
         except asyncio.CancelledError:
             raise
         except Exception:
             if context.code() is not None and context.code() != grpc.StatusCode.OK:
                 raise  # an abort already in flight
             log.exception("unexpected error", extra={"method": method})
-            await context.abort_with_status(errors.internal_status(method))
+            await context.abort_with_status(errors.internal_status(method))  # type: ignore[attr-defined]
         raise AssertionError("unreachable")  # abort_with_status always raises
 
     async def _read(self, context: Ctx, method: str, call: Callable[[], Awaitable[R]]) -> R:
