@@ -134,6 +134,31 @@ async def create_payment(deps: Deps, ctx: RequestContext, cmd: CreatePayment) ->
             amount_minor=cmd.amount.amount_minor, currency=cmd.amount.currency, processor=method.processor.value,
         )  # fmt: skip
         await commit(deps, [Insert(payment)], [event])
+        # Just written and loaded: hand them on instead of reading all three again.
+        return await resume_payment(
+            deps, ctx, payment.id, return_url=cmd.return_url, loaded=(payment, customer, method)
+        )
+    return await resume_payment(deps, ctx, payment.id, return_url=cmd.return_url)
+
+
+async def resume_payment(
+    deps: Deps,
+    ctx: RequestContext,
+    payment_id: str,
+    *,
+    return_url: str = "",
+    loaded: tuple[Payment, Customer, PaymentMethod] | None = None,
+) -> Payment:
+    """Sends a recorded PENDING payment to its processor and records the outcome.
+
+    ``ctx`` must be the context of the request that created the payment: the processor key
+    derives from it, so a resumed attempt (a caller's retry, or reconciliation) can never
+    charge twice. ``loaded`` is the (payment, customer, method) the caller has just
+    written or read in this request; None reads them from the store.
+    """
+    payment = (
+        loaded[0] if loaded else await load(deps, Payment, payment_id, resource="payment", field_path="payment_id")
+    )
     if payment.status is not PaymentStatus.PENDING:
         return payment  # a resumed request whose outcome was already recorded
     if deps.clock.now() - payment.created_at > PROCESSOR_KEY_WINDOW:
@@ -143,10 +168,13 @@ async def create_payment(deps: Deps, ctx: RequestContext, cmd: CreatePayment) ->
             metadata={"payment_id": payment.id},
         )
 
-    customer = await load(deps, Customer, payment.customer_id, resource="customer", field_path="customer_id")
-    method = await load(
-        deps, PaymentMethod, payment.payment_method_id, resource="payment_method", field_path="payment_method_id"
-    )
+    if loaded:
+        customer, method = loaded[1], loaded[2]
+    else:
+        customer = await load(deps, Customer, payment.customer_id, resource="customer", field_path="customer_id")
+        method = await load(
+            deps, PaymentMethod, payment.payment_method_id, resource="payment_method", field_path="payment_method_id"
+        )
     processor_customer = await ensure_processor_customer(deps, customer, payment.processor)
     request = PaymentRequest(
         payment_id=payment.id,
@@ -157,7 +185,7 @@ async def create_payment(deps: Deps, ctx: RequestContext, cmd: CreatePayment) ->
         description=payment.description,
         metadata=payment.metadata,
         off_session=payment.off_session,
-        return_url=cmd.return_url,
+        return_url=return_url,
     )
     adapter = deps.processor(payment.processor)
     try:

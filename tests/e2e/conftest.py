@@ -49,13 +49,13 @@ async def start_api(
     mongo_uri: str, *, processors: dict[Processor, PaymentProcessor] | None = None, clock: ManualClock | None = None,
     default_processor: Processor = Processor.FAKE, lease_seconds: float = 60.0,
     interceptors: Sequence[Any] = (), server_credentials: grpc.ServerCredentials | None = None,
-    channel_credentials: grpc.ChannelCredentials | None = None,
+    channel_credentials: grpc.ChannelCredentials | None = None, database: str | None = None,
 ) -> Api:  # fmt: skip
     clock = clock or ManualClock()
     fake = FakePaymentProcessor(clock)
     procs: dict[Processor, PaymentProcessor] = {Processor.FAKE: fake, **(processors or {})}
     settings = Settings(
-        mongodb_database=f"e2e_{uuid.uuid4().hex}",
+        mongodb_database=database or f"e2e_{uuid.uuid4().hex}",
         default_processor=default_processor,
         idempotency_lease_seconds=lease_seconds,
         health_interval_seconds=0.2,
@@ -76,10 +76,11 @@ async def start_api(
     )  # fmt: skip
 
 
-async def stop_api(api: Api) -> None:
+async def stop_api(api: Api, *, drop: bool = True) -> None:
     await api.channel.close(None)
     await api.server.stop(1)
-    await api.runtime.store.database.client.drop_database(api.runtime.settings.mongodb_database)
+    if drop:
+        await api.runtime.store.database.client.drop_database(api.runtime.settings.mongodb_database)
     await api.runtime.aclose()  # closes the processors too
 
 

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,13 +47,22 @@ class ServeProcess:
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         self.port = 0
+        self.output: list[str] = []
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            self.output.append(line)
             found = re.search(r"billing gRPC API on [\d.]+:(\d+)", line)
             if found:
                 self.port = int(found.group(1))
                 break
-        assert self.port, "server did not start"
+        assert self.port, "server did not start:\n" + "".join(self.output[-30:])
+        # Keep draining the child's output: a full pipe would block its logging and so the server.
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
 
     @property
     def target(self) -> str:

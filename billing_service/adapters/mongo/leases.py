@@ -1,0 +1,48 @@
+"""Named leases in the store, so a periodic job runs on one replica at a time."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from billing_service.domain.errors import StoreUnavailable
+
+_LEASES = "leases"
+
+
+class MongoLeases:
+    """Leases on the ``leases`` collection: one document per name, owned until it expires.
+
+    Args:
+        client: The store's client.
+        database: Database name.
+    """
+
+    def __init__(self, client: AsyncMongoClient[dict[str, Any]], database: str) -> None:
+        self._coll = client[database][_LEASES]
+
+    async def acquire(self, name: str, owner: str, *, now: datetime, ttl_seconds: float) -> bool:
+        """Takes or renews the lease ``name`` for ``owner``; False while someone else holds it."""
+        until = now + timedelta(seconds=ttl_seconds)
+        try:
+            doc = await self._coll.find_one_and_update(
+                {"_id": name, "$or": [{"owner": owner}, {"until": {"$lte": now}}]},
+                {"$set": {"owner": owner, "until": until}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False  # the upsert lost to a live holder: the filter did not match its document
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"lease {name}: {type(exc).__name__}") from exc
+        del doc
+        return True
+
+    async def release(self, name: str, owner: str) -> None:
+        """Gives the lease up early (only if we still hold it)."""
+        try:
+            await self._coll.delete_one({"_id": name, "owner": owner})
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"lease {name}: {type(exc).__name__}") from exc
