@@ -214,3 +214,16 @@ async def test_two_servers_on_one_store_never_double_charge_or_over_refund(mongo
     finally:
         await stop_api(second, drop=False)
         await stop_api(first)
+
+
+def test_reconcile_command_runs_one_pass(mongo_uri: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MONGODB_URI": mongo_uri, "BILLING_MONGODB_DATABASE": f"rc_{uuid.uuid4().hex}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "billing_service", "reconcile"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "errors: 0" in done.stdout
