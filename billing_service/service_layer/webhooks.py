@@ -134,8 +134,8 @@ async def converge_subscription(
         )
     if sub is None and subscription_id:
         hinted = await deps.store.get(Subscription, subscription_id)
-        if hinted is not None and hinted.processor is processor and hinted.processor_id in ("", processor_subscription_id):
-            sub = hinted
+        if hinted is not None and hinted.processor is processor:
+            sub = hinted if hinted.processor_id in ("", processor_subscription_id) else None
     if sub is None:
         return ORPHAN
     if not sub.processor_id and processor_subscription_id:

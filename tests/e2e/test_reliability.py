@@ -223,7 +223,8 @@ def test_reconcile_command_runs_one_pass(mongo_uri: str) -> None:
 
     env = {**os.environ, "MONGODB_URI": mongo_uri, "BILLING_MONGODB_DATABASE": f"rc_{uuid.uuid4().hex}"}
     done = subprocess.run(
-        [sys.executable, "-m", "billing_service", "reconcile"], env=env, capture_output=True, text=True, timeout=60
-    )
+        [sys.executable, "-m", "billing_service", "reconcile"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "errors: 0" in done.stdout

@@ -69,9 +69,14 @@ class ServeProcess:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> int:
+        """SIGTERM, then the exit code (a kill after 30 s is reported as -9 for the caller to judge)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
 
 
 @pytest.fixture

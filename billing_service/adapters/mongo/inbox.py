@@ -152,7 +152,15 @@ class MongoWebhookInbox:
         async with _unavailable("complete"):
             result = await self._coll.update_one(
                 {"_id": inbox_id, "lease_owner": owner, "status": WebhookStatus.PROCESSING.value},
-                {"$set": {"status": status.value, "processed_at": now, "lease_owner": "", "last_error": ""}},
+                {
+                    "$set": {
+                        "status": status.value,
+                        "processed_at": now,
+                        "processed_by": owner,
+                        "lease_owner": "",
+                        "last_error": "",
+                    }
+                },
             )
         return result.matched_count == 1
 

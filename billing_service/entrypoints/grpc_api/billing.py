@@ -10,6 +10,7 @@ from billing.v1 import billing_service_pb2_grpc as pb_grpc
 from billing_service.entrypoints.grpc_api import convert as cv
 from billing_service.entrypoints.grpc_api.base import Ctx, Servicer, require
 from billing_service.service_layer import customers as cu
+from billing_service.service_layer import disputes as dsp
 from billing_service.service_layer import payments as pay
 from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.pagination import decode_token, encode_token, page_size
@@ -314,3 +315,16 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
             )
 
         return await self._read(context, _SVC + "ListAuditEvents", run)
+
+    # -- disputes ------------------------------------------------------------
+
+    async def ListDisputes(self, request: pb.ListDisputesRequest, context: Ctx) -> pb.ListDisputesResponse:
+        """Lists disputes, optionally of one payment."""
+
+        async def run() -> pb.ListDisputesResponse:
+            items, token = await dsp.list_disputes(
+                self.deps, payment_id=request.payment_id, page_size=request.page_size, page_token=request.page_token
+            )
+            return pb.ListDisputesResponse(disputes=[cv.dispute_pb(d) for d in items], next_page_token=token)
+
+        return await self._read(context, _SVC + "ListDisputes", run)

@@ -11,10 +11,12 @@ from datetime import datetime
 from billing.v1 import billing_service_pb2 as bpb
 from billing.v1 import common_pb2 as cpb
 from billing.v1 import subscription_service_pb2 as spb
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing_service.domain.common import AuditEvent, Processor
 from billing_service.domain.customers import Customer, PaymentMethod, PaymentMethodStatus, PaymentMethodType
+from billing_service.domain.disputes import Dispute, DisputeStatus
 from billing_service.domain.errors import InvalidArgument
 from billing_service.domain.money import Money
 from billing_service.domain.payments import (
@@ -66,6 +68,7 @@ PRORATION_FROM_PB = {
     spb.PRORATION_BEHAVIOR_ALWAYS_INVOICE: ProrationBehavior.ALWAYS_INVOICE,
 }
 INVOICE_STATUS_TO_PB = {s: spb.InvoiceStatus.Value(f"INVOICE_STATUS_{s.name}") for s in InvoiceStatus}
+DISPUTE_STATUS_TO_PB = {s: bpb.DisputeStatus.Value(f"DISPUTE_STATUS_{s.name}") for s in DisputeStatus}
 
 
 # ---------------------------------------------------------------------------
@@ -191,6 +194,7 @@ def payment_pb(p: Payment) -> bpb.Payment:
         failure=failure,
         create_time=ts(p.created_at),
         update_time=ts(p.updated_at),
+        dispute_ids=p.dispute_ids,
     )
 
 
@@ -208,6 +212,28 @@ def refund_pb(r: Refund) -> bpb.Refund:
         metadata=r.metadata,
         create_time=ts(r.created_at),
         update_time=ts(r.updated_at),
+    )
+
+
+def dispute_pb(d: Dispute) -> bpb.Dispute:
+    """Dispute message, with the time from opening to resolution once closed."""
+    resolution = None
+    if d.time_to_resolution is not None:
+        resolution = Duration()
+        resolution.FromTimedelta(d.time_to_resolution)
+    return bpb.Dispute(
+        id=d.id,
+        payment_id=d.payment_id,
+        processor=PROCESSOR_TO_PB[d.processor],
+        processor_id=d.processor_id,
+        amount=money_pb(d.amount),
+        reason=d.reason,
+        status=DISPUTE_STATUS_TO_PB[d.status],
+        open_time=ts(d.opened_at),
+        close_time=ts(d.closed_at),
+        time_to_resolution=resolution,
+        create_time=ts(d.created_at),
+        update_time=ts(d.updated_at),
     )
 
 

@@ -41,9 +41,7 @@ class ParsedEvent:
             raise BadEvent("event id or type too long")
 
 
-async def record(
-    inbox: WebhookInbox, clock: Clock, processor: Processor, event: ParsedEvent, body: bytes
-) -> bool:
+async def record(inbox: WebhookInbox, clock: Clock, processor: Processor, event: ParsedEvent, body: bytes) -> bool:
     """Stores the raw event once; returns False for a duplicate delivery.
 
     The log line carries only the processor, the event id and type (never the body).

@@ -6,6 +6,7 @@ isort:skip_file
 from billing.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -223,6 +224,42 @@ REFUND_STATUS_FAILED: RefundStatus.ValueType  # 3
 REFUND_STATUS_CANCELED: RefundStatus.ValueType  # 4
 """The refund was canceled before it completed. Terminal."""
 Global___RefundStatus: _TypeAlias = RefundStatus  # noqa: Y015
+
+class _DisputeStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DisputeStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DisputeStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISPUTE_STATUS_UNSPECIFIED: _DisputeStatus.ValueType  # 0
+    """Not set; never returned on a stored dispute."""
+    DISPUTE_STATUS_NEEDS_RESPONSE: _DisputeStatus.ValueType  # 1
+    """Opened by the buyer's bank or wallet; evidence is due from the merchant."""
+    DISPUTE_STATUS_UNDER_REVIEW: _DisputeStatus.ValueType  # 2
+    """Evidence was submitted (or the inquiry escalated) and is being reviewed."""
+    DISPUTE_STATUS_WON: _DisputeStatus.ValueType  # 3
+    """Decided in the merchant's favour; the money stays. Terminal."""
+    DISPUTE_STATUS_LOST: _DisputeStatus.ValueType  # 4
+    """Decided in the buyer's favour; the disputed amount was returned. Terminal."""
+    DISPUTE_STATUS_WARNING_CLOSED: _DisputeStatus.ValueType  # 5
+    """An inquiry or early warning closed without becoming a chargeback. Terminal."""
+
+class DisputeStatus(_DisputeStatus, metaclass=_DisputeStatusEnumTypeWrapper):
+    """The lifecycle state of a dispute."""
+
+DISPUTE_STATUS_UNSPECIFIED: DisputeStatus.ValueType  # 0
+"""Not set; never returned on a stored dispute."""
+DISPUTE_STATUS_NEEDS_RESPONSE: DisputeStatus.ValueType  # 1
+"""Opened by the buyer's bank or wallet; evidence is due from the merchant."""
+DISPUTE_STATUS_UNDER_REVIEW: DisputeStatus.ValueType  # 2
+"""Evidence was submitted (or the inquiry escalated) and is being reviewed."""
+DISPUTE_STATUS_WON: DisputeStatus.ValueType  # 3
+"""Decided in the merchant's favour; the money stays. Terminal."""
+DISPUTE_STATUS_LOST: DisputeStatus.ValueType  # 4
+"""Decided in the buyer's favour; the disputed amount was returned. Terminal."""
+DISPUTE_STATUS_WARNING_CLOSED: DisputeStatus.ValueType  # 5
+"""An inquiry or early warning closed without becoming a chargeback. Terminal."""
+Global___DisputeStatus: _TypeAlias = DisputeStatus  # noqa: Y015
 
 @_typing.final
 class Customer(_message.Message):
@@ -489,6 +526,7 @@ class Payment(_message.Message):
     FAILURE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    DISPUTE_IDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique identifier of the payment, assigned by the service."""
     customer_id: _builtins.str
@@ -547,6 +585,12 @@ class Payment(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the payment was last changed."""
 
+    @_builtins.property
+    def dispute_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Identifiers of the disputes opened against this payment, oldest first
+        (see ListDisputes).
+        """
+
     def __init__(
         self,
         *,
@@ -567,10 +611,11 @@ class Payment(_message.Message):
         failure: Global___PaymentFailure | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        dispute_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "amount_capturable", b"amount_capturable", "amount_captured", b"amount_captured", "amount_refunded", b"amount_refunded", "create_time", b"create_time", "failure", b"failure", "next_action", b"next_action", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "amount_capturable", b"amount_capturable", "amount_captured", b"amount_captured", "amount_refunded", b"amount_refunded", "capture_method", b"capture_method", "create_time", b"create_time", "customer_id", b"customer_id", "description", b"description", "failure", b"failure", "id", b"id", "metadata", b"metadata", "next_action", b"next_action", "payment_method_id", b"payment_method_id", "processor", b"processor", "processor_id", b"processor_id", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "amount_capturable", b"amount_capturable", "amount_captured", b"amount_captured", "amount_refunded", b"amount_refunded", "capture_method", b"capture_method", "create_time", b"create_time", "customer_id", b"customer_id", "description", b"description", "dispute_ids", b"dispute_ids", "failure", b"failure", "id", b"id", "metadata", b"metadata", "next_action", b"next_action", "payment_method_id", b"payment_method_id", "processor", b"processor", "processor_id", b"processor_id", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1724,3 +1769,147 @@ class ListAuditEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class Dispute(_message.Message):
+    """A buyer's challenge of a payment (chargeback or inquiry), mirrored from the
+    processor's webhooks.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    PROCESSOR_FIELD_NUMBER: _builtins.int
+    PROCESSOR_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    OPEN_TIME_FIELD_NUMBER: _builtins.int
+    CLOSE_TIME_FIELD_NUMBER: _builtins.int
+    TIME_TO_RESOLUTION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Unique identifier of the dispute, assigned by the service."""
+    payment_id: _builtins.str
+    """The disputed payment."""
+    processor: _common_pb2.Processor.ValueType
+    """The processor that reported the dispute (always the payment's processor)."""
+    processor_id: _builtins.str
+    """The processor's identifier for the dispute (for example Stripe's "du_..."
+    or PayPal's "PP-D-...").
+    """
+    reason: _builtins.str
+    """The processor's reason, lower snake case, for example "fraudulent"."""
+    status: Global___DisputeStatus.ValueType
+    """The lifecycle state of the dispute."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """The disputed amount, in the payment's currency."""
+
+    @_builtins.property
+    def open_time(self) -> _timestamp_pb2.Timestamp:
+        """When the processor opened the dispute."""
+
+    @_builtins.property
+    def close_time(self) -> _timestamp_pb2.Timestamp:
+        """When the dispute reached a terminal status; unset while it is open."""
+
+    @_builtins.property
+    def time_to_resolution(self) -> _duration_pb2.Duration:
+        """How long the dispute took from opening to resolution; unset while open."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the service first recorded the dispute."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the dispute was last changed."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        payment_id: _builtins.str = ...,
+        processor: _common_pb2.Processor.ValueType = ...,
+        processor_id: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        reason: _builtins.str = ...,
+        status: Global___DisputeStatus.ValueType = ...,
+        open_time: _timestamp_pb2.Timestamp | None = ...,
+        close_time: _timestamp_pb2.Timestamp | None = ...,
+        time_to_resolution: _duration_pb2.Duration | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "close_time", b"close_time", "create_time", b"create_time", "open_time", b"open_time", "time_to_resolution", b"time_to_resolution", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "close_time", b"close_time", "create_time", b"create_time", "id", b"id", "open_time", b"open_time", "payment_id", b"payment_id", "processor", b"processor", "processor_id", b"processor_id", "reason", b"reason", "status", b"status", "time_to_resolution", b"time_to_resolution", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dispute: _TypeAlias = Dispute  # noqa: Y015
+
+@_typing.final
+class ListDisputesRequest(_message.Message):
+    """Request message for BillingService.ListDisputes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    """The payment whose disputes to list; empty lists every dispute."""
+    page_size: _builtins.int
+    """Maximum number of disputes to return. 0 means the server's default page
+    size; the server may cap large values.
+    """
+    page_token: _builtins.str
+    """next_page_token from a previous call to get the next page; empty for the
+    first page. Other parameters must match the call that gave the token.
+    """
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "payment_id", b"payment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDisputesRequest: _TypeAlias = ListDisputesRequest  # noqa: Y015
+
+@_typing.final
+class ListDisputesResponse(_message.Message):
+    """Response message for BillingService.ListDisputes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when there are no more results."""
+    @_builtins.property
+    def disputes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dispute]:
+        """The disputes on this page, newest first."""
+
+    def __init__(
+        self,
+        *,
+        disputes: _abc.Iterable[Global___Dispute] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disputes", b"disputes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDisputesResponse: _TypeAlias = ListDisputesResponse  # noqa: Y015

@@ -124,6 +124,11 @@ class BillingServiceStub:
                 request_serializer=billing_dot_v1_dot_billing__service__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=billing_dot_v1_dot_billing__service__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.ListDisputes = channel.unary_unary(
+                '/billing.v1.BillingService/ListDisputes',
+                request_serializer=billing_dot_v1_dot_billing__service__pb2.ListDisputesRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__service__pb2.ListDisputesResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -264,6 +269,14 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDisputes(self, request, context):
+        """Lists disputes (chargebacks and inquiries) reported by the processors,
+        newest first, optionally of one payment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -346,6 +359,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=billing_dot_v1_dot_billing__service__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=billing_dot_v1_dot_billing__service__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'ListDisputes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDisputes,
+                    request_deserializer=billing_dot_v1_dot_billing__service__pb2.ListDisputesRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__service__pb2.ListDisputesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -790,6 +808,33 @@ class BillingService:
             '/billing.v1.BillingService/ListAuditEvents',
             billing_dot_v1_dot_billing__service__pb2.ListAuditEventsRequest.SerializeToString,
             billing_dot_v1_dot_billing__service__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDisputes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/ListDisputes',
+            billing_dot_v1_dot_billing__service__pb2.ListDisputesRequest.SerializeToString,
+            billing_dot_v1_dot_billing__service__pb2.ListDisputesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -96,6 +96,10 @@ class BillingServiceStub:
     """Lists the refunds of a payment, newest first."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListAuditEventsRequest, _billing_service_pb2.ListAuditEventsResponse]
     """Lists the audit trail of a resource, oldest first."""
+    ListDisputes: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListDisputesRequest, _billing_service_pb2.ListDisputesResponse]
+    """Lists disputes (chargebacks and inquiries) reported by the processors,
+    newest first, optionally of one payment.
+    """
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -165,6 +169,10 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Lists the refunds of a payment, newest first."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListAuditEventsRequest, _billing_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Lists the audit trail of a resource, oldest first."""
+    ListDisputes: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListDisputesRequest, _billing_service_pb2.ListDisputesResponse]  # type: ignore[assignment]
+    """Lists disputes (chargebacks and inquiries) reported by the processors,
+    newest first, optionally of one payment.
+    """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """BillingService takes one-off payments: it manages customers, their saved
@@ -327,5 +335,15 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.ListAuditEventsResponse, _abc.Awaitable[_billing_service_pb2.ListAuditEventsResponse]]:
         """Lists the audit trail of a resource, oldest first."""
+
+    @_abc_1.abstractmethod
+    def ListDisputes(
+        self,
+        request: _billing_service_pb2.ListDisputesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.ListDisputesResponse, _abc.Awaitable[_billing_service_pb2.ListDisputesResponse]]:
+        """Lists disputes (chargebacks and inquiries) reported by the processors,
+        newest first, optionally of one payment.
+        """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,168 @@
+"""The webhook sidecar's ASGI app (Starlette).
+
+``POST /webhooks/stripe`` and ``POST /webhooks/paypal`` accept a delivery only after, in
+this order: the declared size fits (413), the body is JSON (415), the raw body read with
+a cap fits (413), the signature verifies on the raw bytes (400, no details), and the body
+is an event (400). The raw event is then inserted into the inbox and acknowledged with
+200; a redelivery is acknowledged the same way and changes nothing. Nothing is stored for
+a refused request. ``GET /healthz`` answers while the process lives, ``GET /readyz`` only
+while the store answers (with the inbox's depth and lag).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from billing_service.domain.common import Processor
+from billing_service.domain.errors import StoreUnavailable
+from billing_service.entrypoints.webhooks import paypal as pp
+from billing_service.entrypoints.webhooks import stripe as st
+from billing_service.entrypoints.webhooks.inbox import BadEvent, ParsedEvent, SignatureError, record
+from billing_service.entrypoints.webhooks.worker import InboxWorkers
+from billing_service.service_layer.ports import Clock, WebhookInbox
+
+log = logging.getLogger("billing_service.webhooks")
+
+JSON_TYPE = "application/json"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@dataclass
+class Sidecar:
+    """What the app needs.
+
+    Attributes:
+        inbox: Where verified events are stored.
+        clock: Time source for received_at.
+        ping: Raises ``StoreUnavailable`` unless the store answers (readiness).
+        stripe: Stripe verifier (no secrets configured: every Stripe delivery is refused).
+        paypal: PayPal verifier, or None when PayPal webhooks are not configured.
+        max_body_bytes: Largest accepted body.
+        workers: The inbox workers started with the app (None: receive only).
+    """
+
+    inbox: WebhookInbox
+    clock: Clock
+    ping: Callable[[], Awaitable[None]]
+    stripe: st.StripeWebhookVerifier
+    paypal: pp.PayPalWebhookVerifier | None
+    max_body_bytes: int
+    workers: InboxWorkers | None = None
+
+
+def _bad_request() -> Response:
+    return PlainTextResponse("bad request", status_code=400)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Reads the raw body, refusing more than ``limit`` bytes whatever Content-Length said."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge
+    return bytes(body)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def create_app(sidecar: Sidecar) -> Starlette:
+    """Builds the ASGI app; the lifespan starts and stops the inbox workers."""
+
+    async def receive(request: Request, processor: Processor) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return _bad_request()
+            if int(declared) > sidecar.max_body_bytes:
+                return PlainTextResponse("payload too large", status_code=413)
+        if _media_type(request) != JSON_TYPE:
+            return PlainTextResponse("unsupported media type", status_code=415)
+        try:
+            body = await _read_body(request, sidecar.max_body_bytes)
+        except _TooLarge:
+            return PlainTextResponse("payload too large", status_code=413)
+        except ClientDisconnect:
+            return _bad_request()
+        try:
+            event = await _verify_and_parse(processor, body, request.headers)
+        except SignatureError:
+            log.warning("webhook rejected: processor=%s reason=signature", processor.value)
+            return _bad_request()
+        except BadEvent:
+            log.warning("webhook rejected: processor=%s reason=payload", processor.value)
+            return _bad_request()
+        try:
+            created = await record(sidecar.inbox, sidecar.clock, processor, event, body)
+        except StoreUnavailable:
+            # Not acknowledged: the processor redelivers later.
+            return PlainTextResponse("store unavailable", status_code=503, headers={"Retry-After": "5"})
+        if created and sidecar.workers is not None:
+            sidecar.workers.wake()
+        return JSONResponse({"received": True, "duplicate": not created})
+
+    async def _verify_and_parse(processor: Processor, body: bytes, headers: Mapping[str, str]) -> ParsedEvent:
+        if processor is Processor.STRIPE:
+            sidecar.stripe.verify(body, headers.get("stripe-signature"))
+            return st.parse_event(body)
+        if sidecar.paypal is None:
+            raise SignatureError("PayPal webhooks are not configured")
+        await sidecar.paypal.verify(body, headers)
+        return pp.parse_event(body)
+
+    async def stripe_webhook(request: Request) -> Response:
+        return await receive(request, Processor.STRIPE)
+
+    async def paypal_webhook(request: Request) -> Response:
+        return await receive(request, Processor.PAYPAL)
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        try:
+            await sidecar.ping()
+            stats = await sidecar.inbox.stats(now=sidecar.clock.now())
+        except StoreUnavailable:
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse(
+            {
+                "status": "ready",
+                "inbox_depth": stats.depth,
+                "inbox_dead": stats.dead,
+                "inbox_lag_seconds": round(stats.oldest_pending_seconds, 3),
+            }
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if sidecar.workers is not None:
+            sidecar.workers.start()
+        try:
+            yield
+        finally:
+            if sidecar.workers is not None:
+                await sidecar.workers.stop()
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+            Route("/webhooks/paypal", paypal_webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
