@@ -7,6 +7,7 @@ inbox. Only then is the delivery acknowledged; workers process it later.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -41,12 +42,30 @@ class ParsedEvent:
             raise BadEvent("event id or type too long")
 
 
+# Fields a stored event must never keep: they let a browser finish a payment (PaymentIntent
+# client secrets) and our handlers re-fetch the object from the processor anyway.
+_SCRUBBED_KEYS = frozenset({"client_secret"})
+
+
+def _scrub(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: ("[scrubbed]" if k in _SCRUBBED_KEYS and v else _scrub(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def scrub_payload(body: bytes) -> bytes:
+    """The event as stored: verified JSON without secrets (the signature was checked on ``body``)."""
+    return json.dumps(_scrub(json.loads(body)), separators=(",", ":")).encode()
+
+
 async def record(inbox: WebhookInbox, clock: Clock, processor: Processor, event: ParsedEvent, body: bytes) -> bool:
     """Stores the raw event once; returns False for a duplicate delivery.
 
     The log line carries only the processor, the event id and type (never the body).
     """
-    created = await inbox.insert(processor, event.event_id, event.type, body, now=clock.now())
+    created = await inbox.insert(processor, event.event_id, event.type, scrub_payload(body), now=clock.now())
     log.info(
         "webhook %s: processor=%s event_id=%s type=%s",
         "received" if created else "duplicate",
