@@ -18,7 +18,7 @@ include mk/proto.mk
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e clients/python -e '.[dev,embedded,bench]'
+	$(PIP) install --quiet -e clients/python -e '.[dev,embedded,bench,otel]'
 	@touch $@
 
 install: $(VENV)/.installed $(BUF)

@@ -4,29 +4,60 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from billing_service.config import ConfigError, Settings
 
 log = logging.getLogger("billing_service")
 
 
+# ``run`` (local development) serves metrics here unless BILLING_METRICS_PORT says otherwise.
+DEV_METRICS_PORT = 9464
+
+
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from billing_service.observability.logging import setup_logging
+
+    # JSON lines on stderr, every record through the PCI redaction filter.
+    setup_logging(level, stream=sys.stderr)
 
 
 async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
     from billing_service.bootstrap import bootstrap
+    from billing_service.entrypoints.grpc_api.auth import build_auth
     from billing_service.entrypoints.grpc_api.server import GrpcServer
 
-    runtime = await bootstrap(settings, mongodb_uri=mongodb_uri)
+    # Before anything starts: unreadable TLS files or unknown permissions are config errors.
+    interceptors, credentials = build_auth(settings)
+    from billing_service.observability.metrics import (
+        BillingMetrics,
+        MetricsInterceptor,
+        SubscriptionSampler,
+        mongo_subscription_counter,
+        serve_metrics,
+    )
+    from billing_service.observability.tracing import configure_tracing
+
+    # Tracing first (its Mongo listener must exist before the client); metrics before auth
+    # so refused calls are counted too.
+    metrics = BillingMetrics()
+    interceptors = [
+        *configure_tracing(os.environ, service_name="billing-grpc"),
+        MetricsInterceptor(metrics),
+        *interceptors,
+    ]
+    runtime = await bootstrap(settings, mongodb_uri=mongodb_uri, metrics=metrics)
+    metrics_server = None
+    if settings.metrics_port:
+        metrics_host = settings.grpc_address.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+        metrics_server = serve_metrics(metrics.registry, port=settings.metrics_port, host=metrics_host)
+    sampler = SubscriptionSampler(metrics, mongo_subscription_counter(runtime.store.database))
     server = GrpcServer(
         runtime.deps,
         runtime.idempotency,
@@ -34,27 +65,103 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
         reflection_enabled=settings.reflection,
         max_message_bytes=settings.max_message_bytes,
         health_interval=settings.health_interval_seconds,
+        interceptors=interceptors,
     )
+    from billing_service.entrypoints.reconciler import ReconcilerLoop
+
+    reconciler = ReconcilerLoop(runtime, settings.reconcile_interval_seconds)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        port = await server.start()
+        port = await server.start(credentials)
+        sampler.start()
+        reconciler.start()
         host = settings.grpc_address.rsplit(":", 1)[0]
         mode = "live" if settings.live else "test"
         print(
-            f"billing gRPC API on {host}:{port} ({mode} mode; processors: "
+            f"billing gRPC API on {host}:{port} ({mode} mode; auth: {settings.auth_mode}; "
+            f"{'TLS' if credentials else 'plaintext'}; processors: "
             f"{', '.join(p.value for p in runtime.processors)}; default {settings.default_processor.value}; "
             f"store: {'embedded ' + str(settings.embedded_data_dir) if runtime.embedded else 'MONGODB_URI'})",
             flush=True,
         )
-        print(f"try: grpcurl -plaintext {host}:{port} list", flush=True)
+        if credentials is None:
+            print(f"try: grpcurl -plaintext {host}:{port} list", flush=True)
+        if metrics_server is not None:
+            print(f"metrics (Prometheus): {metrics_server.url}", flush=True)
+        else:
+            print("metrics: off (set BILLING_METRICS_PORT to serve them)", flush=True)
         await stop.wait()
         log.info("shutting down: draining in-flight calls", extra={"grace_s": settings.shutdown_grace_seconds})
-        await server.stop(settings.shutdown_grace_seconds)
+        await _bounded("grpc drain", server.stop(settings.shutdown_grace_seconds), settings.shutdown_grace_seconds + 5)
     finally:
-        await runtime.aclose()
+        # Each step is bounded so one stuck dependency cannot keep the process from exiting.
+        await _bounded("reconciler", reconciler.stop())
+        await _bounded("subscription sampler", sampler.stop())
+        if metrics_server is not None:
+            metrics_server.close()
+        await _bounded("store and processors", runtime.aclose())
+        log.info("stopped")
+
+
+async def _bounded(step: str, work: Coroutine[Any, Any, None], seconds: float = 5.0) -> None:
+    """Awaits one shutdown step for at most ``seconds``, logging a step that overran."""
+    try:
+        await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        log.warning("shutdown step timed out", extra={"step": step, "timeout_s": seconds})
+
+
+async def _run_dev(settings: Settings) -> int:
+    """``run``: one embedded store, the gRPC API and the webhook sidecar as child processes.
+
+    Both children get ``MONGODB_URI`` of the one store. SIGTERM/SIGINT (or either child
+    exiting) stops both, then the store.
+    """
+    from billing_service.bootstrap import start_embedded_store
+
+    embedded = None
+    uri = settings.mongodb_uri.value
+    if not uri:
+        embedded = await start_embedded_store(settings)
+        uri = embedded.uri
+    env = {**os.environ, "MONGODB_URI": uri}
+    if not env.get("BILLING_METRICS_PORT", "").strip():
+        env["BILLING_METRICS_PORT"] = str(DEV_METRICS_PORT)
+    children: list[asyncio.subprocess.Process] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for command in (["serve"], ["webhooks", "serve"]):
+            children.append(
+                await asyncio.create_subprocess_exec(sys.executable, "-m", "billing_service", *command, env=env)
+            )
+        print(
+            f"webhook sidecar on http://{settings.webhook_address} "
+            "(stripe listen --forward-to <that>/webhooks/stripe; PayPal: <that>/webhooks/paypal)",
+            flush=True,
+        )
+        waits = [asyncio.create_task(child.wait()) for child in children]
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                await asyncio.wait_for(child.wait(), settings.shutdown_grace_seconds + 5)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+        if embedded is not None:
+            embedded.stop()
+    return max((abs(c.returncode or 0) for c in children if c.returncode not in (None, -signal.SIGTERM)), default=0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,16 +169,40 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="billing-service", description="gRPC billing service")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gRPC API (uses MONGODB_URI, or starts the embedded store)")
-    sub.add_parser("run", help="local development: embedded store + gRPC API")
+    sub.add_parser("run", help="local development: embedded store + gRPC API + webhook sidecar")
+    sub.add_parser("reconcile", help="converge everything not final on the processors' truth, once")
+    from billing_service.entrypoints.webhooks import cli as webhooks_cli
+
+    webhooks_cli.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "run" and not os.environ.get("BILLING_METRICS_PORT", "").strip():
+        settings = dataclasses.replace(settings, metrics_port=DEV_METRICS_PORT)
     _setup_logging(settings.log_level)
-    if args.command in ("serve", "run"):
-        asyncio.run(_serve(settings))
+    if args.command == "webhooks":
+        try:
+            return webhooks_cli.run(args, settings)
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "run":
+        return asyncio.run(_run_dev(settings))
+    if args.command == "reconcile":
+        from billing_service.entrypoints.reconciler import print_report, reconcile_command
+
+        report = asyncio.run(reconcile_command(settings))
+        print_report(report)
+        return 1 if report.errors else 0
+    if args.command == "serve":
+        try:
+            asyncio.run(_serve(settings))
+        except ConfigError as exc:  # TLS files or permission names, checked before serving
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

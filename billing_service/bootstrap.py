@@ -10,6 +10,8 @@ from billing_service.adapters.mongo.embedded import EmbeddedMongo
 from billing_service.adapters.mongo.store import MongoBillingStore
 from billing_service.config import Settings
 from billing_service.domain.common import Processor
+from billing_service.observability.metrics import BillingMetrics, KpiRecorder
+from billing_service.observability.processor import InstrumentedProcessor
 from billing_service.service_layer.clock import SystemClock
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import Idempotency
@@ -61,6 +63,7 @@ class Runtime:
     idempotency: Idempotency
     embedded: EmbeddedMongo | None = None
     processors: Mapping[Processor, PaymentProcessor] = field(default_factory=dict)
+    metrics: BillingMetrics = field(default_factory=BillingMetrics)
 
     async def aclose(self) -> None:
         """Closes processors, the store client and the embedded server."""
@@ -76,7 +79,8 @@ class Runtime:
 
 async def start_embedded_store(settings: Settings) -> EmbeddedMongo:
     """Starts the embedded MongoDB-wire server with data under the configured directory."""
-    embedded = EmbeddedMongo(settings.embedded_data_dir)
+    # Fsync the log on every commit: a committed payment must survive a power cut.
+    embedded = EmbeddedMongo(settings.embedded_data_dir, extra_args=("--sync-on-commit",))
     await embedded.start()
     log.info("embedded store started", extra={"data_dir": str(settings.embedded_data_dir), "uri": embedded.uri})
     return embedded
@@ -88,6 +92,7 @@ async def bootstrap(
     clock: Clock | None = None,
     processors: Mapping[Processor, PaymentProcessor] | None = None,
     mongodb_uri: str | None = None,
+    metrics: BillingMetrics | None = None,
 ) -> Runtime:
     """Builds a runtime: store (embedded when no URI is set), processors and deps.
 
@@ -97,6 +102,8 @@ async def bootstrap(
         processors: Adapters to use instead of building them from settings (tests).
         mongodb_uri: Overrides ``settings.mongodb_uri`` (the supervisor passes the
             embedded server's URI to its children).
+        metrics: The process's metrics; a fresh registry when None. Processors are
+            wrapped to measure their calls and committed audit events feed the KPIs.
     """
     clock = clock or SystemClock()
     embedded: EmbeddedMongo | None = None
@@ -112,8 +119,13 @@ async def bootstrap(
         if embedded is not None:
             embedded.stop()
         raise
-    procs = dict(processors) if processors is not None else build_processors(settings, clock)
+    metrics = metrics if metrics is not None else BillingMetrics()
+    built = dict(processors) if processors is not None else build_processors(settings, clock)
+    procs: dict[Processor, PaymentProcessor] = {
+        name: InstrumentedProcessor(adapter, metrics) for name, adapter in built.items()
+    }
     deps = Deps(store=store, processors=procs, default_processor=settings.default_processor, clock=clock)
+    deps.audit_hooks.append(KpiRecorder(metrics))
     idempotency = Idempotency(
         store,
         clock,
@@ -121,5 +133,6 @@ async def bootstrap(
         ttl_seconds=settings.idempotency_ttl_hours * 3600,
     )
     return Runtime(
-        settings=settings, store=store, deps=deps, idempotency=idempotency, embedded=embedded, processors=procs
-    )
+        settings=settings, store=store, deps=deps, idempotency=idempotency, embedded=embedded, processors=procs,
+        metrics=metrics,
+    )  # fmt: skip

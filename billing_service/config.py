@@ -6,6 +6,7 @@ Nothing here reads the environment at import time. Secrets are wrapped in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,15 @@ from billing_service.domain.common import Processor
 
 class ConfigError(Exception):
     """The settings are unusable; the message says which variable and why (never a secret)."""
+
+
+#: ``BILLING_AUTH_MODE`` values; see ``entrypoints/grpc_api/auth.py``.
+AUTH_MODES = ("none", "token", "mtls", "mtls+token", "any")
+
+# A caller's name: the client certificate's subject CN or the name before a token.
+CALLER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_PERMISSION = re.compile(r"^[a-z]+(:[a-z]+)?$")
+MIN_TOKEN_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,24 @@ class Settings:
     reflection: bool = True
     log_level: str = "INFO"
     webhook_address: str = "127.0.0.1:8081"
+    webhook_max_body_bytes: int = 512 * 1024
+    webhook_workers: int = 4
+    webhook_max_attempts: int = 8
+    webhook_lease_seconds: float = 60.0
+    webhook_retry_base_seconds: float = 2.0
+    webhook_retry_max_seconds: float = 600.0
+    webhook_poll_seconds: float = 1.0
+    stripe_webhook_tolerance_seconds: int = 300
+    paypal_cert_ca_file: Path | None = None
     metrics_port: int = 0
+    reconcile_interval_seconds: float = 300.0
+    webhook_metrics_port: int = 0
+    auth_mode: str = "none"
+    auth_tokens: tuple[tuple[str, Secret], ...] = ()
+    caller_permissions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
 
     @property
     def stripe_mode(self) -> str:
@@ -118,6 +145,45 @@ class Settings:
                 raise ConfigError("live mode requires MONGODB_URI (the embedded store is for development)")
         if self.idempotency_ttl_hours < 24:
             raise ConfigError("BILLING_IDEMPOTENCY_TTL_HOURS must be at least 24")
+        self._validate_webhooks()
+        self._validate_auth()
+
+    def _validate_webhooks(self) -> None:
+        """Refuses webhook sidecar settings that cannot work."""
+        if self.webhook_max_body_bytes < 1024:
+            raise ConfigError("BILLING_WEBHOOK_MAX_BODY_BYTES must be at least 1024")
+        if self.webhook_workers < 0:
+            raise ConfigError("BILLING_WEBHOOK_WORKERS must not be negative")
+        if self.webhook_max_attempts < 1:
+            raise ConfigError("BILLING_WEBHOOK_MAX_ATTEMPTS must be at least 1")
+        if self.webhook_lease_seconds < 1 or self.webhook_poll_seconds <= 0:
+            raise ConfigError("BILLING_WEBHOOK_LEASE_SECONDS and BILLING_WEBHOOK_POLL_SECONDS must be positive")
+        if not 0 < self.webhook_retry_base_seconds <= self.webhook_retry_max_seconds:
+            raise ConfigError("BILLING_WEBHOOK_RETRY_BASE_SECONDS must be positive and at most ..._MAX_SECONDS")
+        if not 0 < self.stripe_webhook_tolerance_seconds <= 3600:
+            raise ConfigError("STRIPE_WEBHOOK_TOLERANCE_SECONDS must be between 1 and 3600")
+
+    def _validate_auth(self) -> None:
+        """Refuses caller-authentication settings that are unsafe or incomplete."""
+        if self.auth_mode not in AUTH_MODES:
+            raise ConfigError(f"BILLING_AUTH_MODE must be one of {', '.join(AUTH_MODES)}")
+        if self.live and self.auth_mode == "none":
+            raise ConfigError("live mode requires caller authentication (set BILLING_AUTH_MODE)")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("BILLING_TLS_CERT and BILLING_TLS_KEY must be set together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("BILLING_TLS_CLIENT_CA requires BILLING_TLS_CERT and BILLING_TLS_KEY")
+        if self.auth_mode in ("mtls", "mtls+token") and not self.tls_client_ca:
+            raise ConfigError(
+                f"BILLING_AUTH_MODE={self.auth_mode} requires BILLING_TLS_CERT, BILLING_TLS_KEY "
+                "and BILLING_TLS_CLIENT_CA"
+            )
+        if self.auth_mode in ("token", "mtls+token") and not self.auth_tokens:
+            raise ConfigError(f"BILLING_AUTH_MODE={self.auth_mode} requires BILLING_AUTH_TOKENS")
+        if self.auth_mode == "any" and not (self.auth_tokens or self.tls_client_ca):
+            raise ConfigError("BILLING_AUTH_MODE=any requires BILLING_AUTH_TOKENS and/or BILLING_TLS_CLIENT_CA")
+        if self.live and self.auth_tokens and not self.tls_cert:
+            raise ConfigError("live mode sends bearer tokens only over TLS (set BILLING_TLS_CERT and BILLING_TLS_KEY)")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -174,7 +240,76 @@ class Settings:
             reflection=flag("BILLING_REFLECTION", True),
             log_level=get("BILLING_LOG_LEVEL", "INFO").upper(),
             webhook_address=get("BILLING_WEBHOOK_ADDRESS", "127.0.0.1:8081"),
+            webhook_max_body_bytes=int(number("BILLING_WEBHOOK_MAX_BODY_BYTES", 512 * 1024)),
+            webhook_workers=int(number("BILLING_WEBHOOK_WORKERS", 4)),
+            webhook_max_attempts=int(number("BILLING_WEBHOOK_MAX_ATTEMPTS", 8)),
+            webhook_lease_seconds=number("BILLING_WEBHOOK_LEASE_SECONDS", 60),
+            webhook_retry_base_seconds=number("BILLING_WEBHOOK_RETRY_BASE_SECONDS", 2),
+            webhook_retry_max_seconds=number("BILLING_WEBHOOK_RETRY_MAX_SECONDS", 600),
+            webhook_poll_seconds=number("BILLING_WEBHOOK_POLL_SECONDS", 1),
+            stripe_webhook_tolerance_seconds=int(number("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)),
+            paypal_cert_ca_file=Path(get("PAYPAL_CERT_CA_FILE")) if get("PAYPAL_CERT_CA_FILE") else None,
             metrics_port=int(number("BILLING_METRICS_PORT", 0)),
+            reconcile_interval_seconds=number("BILLING_RECONCILE_INTERVAL_SECONDS", 300),
+            webhook_metrics_port=int(number("BILLING_WEBHOOK_METRICS_PORT", 0)),
+            auth_mode=get("BILLING_AUTH_MODE", "none").lower(),
+            auth_tokens=parse_auth_tokens(get("BILLING_AUTH_TOKENS")),
+            caller_permissions=parse_caller_permissions(get("BILLING_CALLER_PERMISSIONS")),
+            tls_cert=Path(get("BILLING_TLS_CERT")) if get("BILLING_TLS_CERT") else None,
+            tls_key=Path(get("BILLING_TLS_KEY")) if get("BILLING_TLS_KEY") else None,
+            tls_client_ca=Path(get("BILLING_TLS_CLIENT_CA")) if get("BILLING_TLS_CLIENT_CA") else None,
         )
         settings.validate()
         return settings
+
+
+def parse_auth_tokens(raw: str) -> tuple[tuple[str, Secret], ...]:
+    """Parses ``BILLING_AUTH_TOKENS``: ``caller:token,caller:token``.
+
+    A caller may have several tokens (rotation); a token belongs to one caller. Error
+    messages name the caller or position, never the token.
+    """
+    out: list[tuple[str, Secret]] = []
+    seen: set[str] = set()
+    for position, item in enumerate((i.strip() for i in raw.split(",")), start=1):
+        if not item:
+            continue
+        caller, sep, token = item.partition(":")
+        caller, token = caller.strip(), token.strip()
+        if not sep or not CALLER_NAME.match(caller):
+            raise ConfigError(
+                f"BILLING_AUTH_TOKENS entry {position} must be caller:token (caller: letters, digits . _ -)"
+            )
+        if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
+            raise ConfigError(
+                f"BILLING_AUTH_TOKENS token of {caller!r} must be at least {MIN_TOKEN_LENGTH} characters "
+                "without spaces (e.g. openssl rand -hex 32)"
+            )
+        if token in seen:
+            raise ConfigError(f"BILLING_AUTH_TOKENS token of {caller!r} is also given to another entry")
+        seen.add(token)
+        out.append((caller, Secret(token)))
+    return tuple(out)
+
+
+def parse_caller_permissions(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Parses ``BILLING_CALLER_PERMISSIONS``: ``caller=perm+perm;caller=perm``.
+
+    Permission names are checked against the method table by the gRPC auth module.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for item in (i.strip() for i in raw.split(";")):
+        if not item:
+            continue
+        caller, sep, perms = item.partition("=")
+        caller = caller.strip()
+        names = tuple(p.strip() for p in perms.split("+") if p.strip())
+        if not sep or not CALLER_NAME.match(caller) or not names:
+            raise ConfigError(f"BILLING_CALLER_PERMISSIONS entry {item!r} must be caller=permission+permission")
+        if caller in out:
+            raise ConfigError(f"BILLING_CALLER_PERMISSIONS names {caller!r} twice")
+        bad = [p for p in names if not _PERMISSION.match(p)]
+        if bad:
+            raise ConfigError(f"BILLING_CALLER_PERMISSIONS has a malformed permission {bad[0]!r} for {caller!r}")
+        out[caller] = names
+    return tuple(out.items())

@@ -30,6 +30,7 @@ from billing_service.domain.errors import (
     FieldViolation,
     IdempotencyKeyReused,
     InvalidArgument,
+    NotFound,
     ProcessorError,
     RequestInProgress,
     StoreUnavailable,
@@ -99,6 +100,8 @@ def error_to_record(error: BillingError) -> dict[str, Any]:
     }
     if isinstance(error, InvalidArgument):
         record["violations"] = [[v.field, v.description] for v in error.violations]
+    if isinstance(error, NotFound):
+        record["field_path"] = error.field_path
     return record
 
 
@@ -116,6 +119,12 @@ def error_from_record(record: dict[str, Any]) -> BillingError:
     if isinstance(error, ProcessorError):
         error.retryable = False
         error.retry_after_seconds = 0
+    if isinstance(error, NotFound):
+        # __init__ was bypassed: restore what the status mapping reads (found by fuzzing:
+        # a replayed NotFound used to fail with AttributeError -> UNKNOWN).
+        error.resource_type = error.metadata.get("resource_type", "")
+        error.resource_id = error.metadata.get("resource_id", "")
+        error.field_path = str(record.get("field_path", ""))
     return error
 
 

@@ -7,11 +7,15 @@ directory for the session; nothing is committed.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import ipaddress
 import logging
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,7 @@ import grpc
 import pytest
 from billing.v1 import billing_service_pb2 as pb
 from billing.v1 import billing_service_pb2_grpc, subscription_service_pb2_grpc
+from billing.v1 import subscription_service_pb2 as spb
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -38,6 +43,7 @@ from billing_service.entrypoints.grpc_api.auth import (
 )
 from billing_service.entrypoints.grpc_api.server import GrpcServer
 from tests.e2e.conftest import Api, start_api, stop_api
+from tests.e2e.test_server_process import ServeProcess
 from tests.helpers import rich, rid
 
 # -- TLS material ----------------------------------------------------------------
@@ -109,9 +115,7 @@ def _issue(
     )
     if server:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
         )
     cert = builder.sign(ca_key, hashes.SHA256())
@@ -144,10 +148,7 @@ def client_credentials(pki: Pki, cn: str | None) -> grpc.ChannelCredentials:
 
 TOKENS = {name: secrets.token_urlsafe(32) for name in ("checkout", "replayer", "auditor", "stranger", "ops")}
 PERMISSIONS_ENV = (
-    "checkout=customers:read+customers:write+payments:write;"
-    "replayer=customers:write;"
-    "auditor=audit:read;"
-    "ops=admin"
+    "checkout=customers:read+customers:write+payments:write;replayer=customers:write;auditor=audit:read;ops=admin"
 )
 
 
@@ -203,22 +204,24 @@ def test_permission_table_covers_every_rpc_of_both_services() -> None:
     assert len(methods) == len(set(methods)) > 20
     assert set(METHOD_PERMISSIONS) == set(methods), "every RPC needs exactly one permission entry in auth.py"
     assert set(METHOD_PERMISSIONS.values()) | {"admin"} == PERMISSIONS
-    assert PERMISSIONS == {
+    assert {
         "customers:read", "customers:write", "payments:read", "payments:write", "refunds:write",
         "subscriptions:read", "subscriptions:write", "plans:write", "audit:read", "admin",
-    }  # fmt: skip
+    } == PERMISSIONS  # fmt: skip
 
 
-def test_every_registered_handler_is_classified(token_api: Api) -> None:
-    # What the server really serves, not only what the descriptors say.
-    registered = {
-        f"/{name}/{method}"
-        for handler in token_api.server.server._server._generic_handlers  # type: ignore[attr-defined]
-        for name, methods in [(handler.service_name(), handler._method_handlers)]
-        if name.startswith("billing.")
-        for method in [m.rsplit("/", 1)[-1] for m in methods]
-    }
-    assert registered and registered <= set(METHOD_PERMISSIONS)
+async def test_every_rpc_is_guarded_by_its_permission(token_api: Api) -> None:
+    for method in service_methods():
+        call = token_api.channel.unary_unary(method, request_serializer=bytes, response_deserializer=bytes)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(b"")
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, method
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(b"", metadata=bearer("stranger"))
+        info = rich(err.value)
+        assert (info.code, info.metadata["permission"]) == (
+            grpc.StatusCode.PERMISSION_DENIED, METHOD_PERMISSIONS[method],
+        ), method  # fmt: skip
 
 
 # -- bearer tokens ------------------------------------------------------------------
@@ -269,7 +272,7 @@ async def test_valid_token_without_permission_is_permission_denied(token_api: Ap
         assert info.metadata["permission"] == "customers:write"
         assert info.metadata["method"] == "/billing.v1.BillingService/CreateCustomer"
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await token_api.subs.ListPlans(pb.ListCustomersRequest(), metadata=bearer("checkout"))  # type: ignore[arg-type]
+        await token_api.subs.ListPlans(spb.ListPlansRequest(), metadata=bearer("checkout"))
     assert rich(err.value).metadata["permission"] == "subscriptions:read"
     assert await db["customers"].count_documents({}) == before
 
@@ -329,7 +332,7 @@ async def test_health_is_open_and_reflection_needs_a_caller(token_api: Api) -> N
         stub = reflection_pb2_grpc.ServerReflectionStub(token_api.channel)
         call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
                                          metadata=metadata)  # fmt: skip
-        names = []
+        names: list[str] = []
         async for response in call:
             names.extend(s.name for s in response.list_services_response.service)
         return names
@@ -380,36 +383,25 @@ async def test_tokens_never_reach_the_logs(token_api: Api, caplog: pytest.LogCap
 # -- mutual TLS -------------------------------------------------------------------
 
 
-async def test_client_certificate_from_the_ca_is_accepted_and_its_cn_is_the_caller(mtls_api: Api) -> None:
+async def test_client_certificate_from_the_ca_is_accepted_and_its_cn_is_the_caller(mtls_api: Api, pki: Pki) -> None:
     created = await mtls_api.billing.CreateCustomer(pb.CreateCustomerRequest(request_id=rid()))
-    async with grpc.aio.secure_channel(mtls_api.target, client_credentials_for(mtls_api, "auditor")) as channel:
+    async with grpc.aio.secure_channel(mtls_api.target, client_credentials(pki, "auditor")) as channel:
         trail = await billing_service_pb2_grpc.BillingServiceStub(channel).ListAuditEvents(
             pb.ListAuditEventsRequest(resource_id=created.customer.id)
         )
     assert {e.caller for e in trail.audit_events} == {"checkout"}
 
 
-def client_credentials_for(api: Api, cn: str | None) -> grpc.ChannelCredentials:
-    return client_credentials(api.pki, cn)  # type: ignore[attr-defined]
-
-
-@pytest.fixture(autouse=True)
-def _attach_pki(request: pytest.FixtureRequest, pki: Pki) -> None:
-    # mtls tests reach the PKI through the api object to keep signatures short.
-    if "mtls_api" in request.fixturenames:
-        request.getfixturevalue("mtls_api").pki = pki
-
-
-async def test_certificate_without_permission_is_denied(mtls_api: Api) -> None:
-    async with grpc.aio.secure_channel(mtls_api.target, client_credentials_for(mtls_api, "stranger")) as channel:
+async def test_certificate_without_permission_is_denied(mtls_api: Api, pki: Pki) -> None:
+    async with grpc.aio.secure_channel(mtls_api.target, client_credentials(pki, "stranger")) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await billing_service_pb2_grpc.BillingServiceStub(channel).ListCustomers(pb.ListCustomersRequest())
     info = rich(err.value)
     assert (info.code, info.metadata["caller"]) == (grpc.StatusCode.PERMISSION_DENIED, "stranger")
 
 
-async def test_client_without_certificate_is_refused_at_the_handshake(mtls_api: Api) -> None:
-    async with grpc.aio.secure_channel(mtls_api.target, client_credentials_for(mtls_api, None)) as channel:
+async def test_client_without_certificate_is_refused_at_the_handshake(mtls_api: Api, pki: Pki) -> None:
+    async with grpc.aio.secure_channel(mtls_api.target, client_credentials(pki, None)) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await billing_service_pb2_grpc.BillingServiceStub(channel).ListCustomers(
                 pb.ListCustomersRequest(), timeout=5
@@ -432,8 +424,7 @@ async def test_plaintext_client_cannot_reach_the_tls_port(mtls_api: Api) -> None
     async with grpc.aio.insecure_channel(mtls_api.target) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await subscription_service_pb2_grpc.SubscriptionServiceStub(channel).ListPlans(
-                pb.ListCustomersRequest(),  # type: ignore[arg-type]
-                timeout=5,
+                spb.ListPlansRequest(), timeout=5
             )
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -499,7 +490,7 @@ def test_settings_parse_tokens_and_permissions_without_showing_secrets() -> None
     assert not any(token in repr(settings) for token in TOKENS.values())
     policy = AuthPolicy.from_settings(settings)
     assert policy.permissions["ops"] == frozenset({"admin"})
-    assert not any(token in repr(policy) for token in TOKENS.values()) or "tokens" in repr(policy)
+    assert not any(token in repr(policy) for token in TOKENS.values())
 
 
 def test_a_caller_may_hold_two_tokens_for_rotation() -> None:
@@ -558,3 +549,58 @@ def test_tls_files_are_checked_without_echoing_them(pki: Pki, tmp_path: Path) ->
     missing = auth_settings("mtls", pki, tls_client_ca=tmp_path / "absent.pem")
     with pytest.raises(ConfigError, match="BILLING_TLS_CLIENT_CA: cannot read"):
         server_credentials(missing)
+
+
+# -- the real command ----------------------------------------------------------------
+
+
+async def test_serve_command_wires_mtls_and_tokens_from_the_environment(mongo_uri: str, pki: Pki) -> None:
+    env = {
+        "BILLING_AUTH_MODE": "mtls+token",
+        "BILLING_AUTH_TOKENS": f"checkout:{TOKENS['checkout']}",
+        "BILLING_CALLER_PERMISSIONS": "checkout=customers:read+customers:write",
+        "BILLING_TLS_CERT": str(pki.dir / "server.pem"),
+        "BILLING_TLS_KEY": str(pki.dir / "server.key"),
+        "BILLING_TLS_CLIENT_CA": str(pki.dir / "ca.pem"),
+    }
+    served = await asyncio.to_thread(ServeProcess, mongo_uri, **env)
+    try:
+        async with grpc.aio.secure_channel(served.target, client_credentials(pki, "checkout")) as channel:
+            stub = billing_service_pb2_grpc.BillingServiceStub(channel)
+            created = await stub.CreateCustomer(pb.CreateCustomerRequest(request_id=rid()), metadata=bearer("checkout"))
+            assert created.customer.id
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ListCustomers(pb.ListCustomersRequest())  # the certificate alone is not enough
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        async with grpc.aio.insecure_channel(served.target) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await billing_service_pb2_grpc.BillingServiceStub(channel).ListCustomers(
+                    pb.ListCustomersRequest(), timeout=5
+                )
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert await asyncio.to_thread(served.stop) == 0
+    output = served.proc.stdout.read() if served.proc.stdout else ""
+    assert TOKENS["checkout"] not in output
+    assert "PRIVATE KEY" not in output
+
+
+def test_serve_command_refuses_bad_auth_configuration(pki: Pki) -> None:
+    base = {**os.environ, "BILLING_GRPC_ADDRESS": "127.0.0.1:0", "MONGODB_URI": "mongodb://127.0.0.1:1"}
+    cases = [
+        ({"BILLING_CALLER_PERMISSIONS": "svc=payments:delete"}, "unknown permission"),
+        (
+            {"BILLING_AUTH_MODE": "mtls", "BILLING_TLS_CERT": str(pki.dir / "server.pem"),
+             "BILLING_TLS_KEY": str(pki.dir / "ca.pem"), "BILLING_TLS_CLIENT_CA": str(pki.dir / "ca.pem")},
+            "BILLING_TLS_KEY",
+        ),
+        ({"BILLING_AUTH_MODE": "token", "BILLING_AUTH_TOKENS": f"svc:{'s' * 12}"}, "at least 32"),
+    ]  # fmt: skip
+    for env, needle in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "billing_service", "serve"],
+            env=base | env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "configuration error" in done.stderr and needle in done.stderr
+        assert "s" * 12 not in done.stderr

@@ -72,7 +72,7 @@ async def metered(mongo_uri: str) -> AsyncIterator[Metered]:
     try:
         yield Metered(runtime, server, endpoint, channel)
     finally:
-        await channel.close()
+        await channel.close(None)
         endpoint.close()
         await server.stop(1)
         await runtime.store.database.client.drop_database(settings.mongodb_database)
@@ -137,8 +137,14 @@ async def test_rpcs_processor_calls_and_payment_kpis_are_exported(metered: Meter
 
 
 async def test_subscription_gauges_sample_the_store(metered: Metered) -> None:
-    sampler = SubscriptionSampler(metered.metrics, mongo_subscription_counter(metered.runtime.store.database))
-    await sampler.sample()
+    database = metered.runtime.store.database
+    # Only the status field matters to the count; raw documents keep the test independent of the use cases.
+    await database["subscriptions"].insert_many(
+        [{"_id": "sub_a", "status": "active"}, {"_id": "sub_t", "status": "trialing"},
+         {"_id": "sub_c", "status": "canceled"}]
+    )  # fmt: skip
+    await SubscriptionSampler(metered.metrics, mongo_subscription_counter(database)).sample()
     registry = metered.metrics.registry
-    assert registry.get_sample_value("billing_subscriptions_active") == 0
-    assert registry.get_sample_value("billing_subscriptions", {"status": "canceled"}) == 0
+    assert registry.get_sample_value("billing_subscriptions_active") == 2
+    assert registry.get_sample_value("billing_subscriptions", {"status": "canceled"}) == 1
+    assert registry.get_sample_value("billing_subscriptions", {"status": "paused"}) == 0

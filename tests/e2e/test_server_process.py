@@ -129,7 +129,8 @@ async def test_health_serving_and_sigterm_exits_cleanly(served: ServeProcess) ->
         health = health_pb2_grpc.HealthStub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(service="billing.v1.BillingService"))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    assert await asyncio.to_thread(served.stop) == 0
+    code = await asyncio.to_thread(served.stop)
+    assert code == 0, "".join(served.output[-30:])
 
 
 async def test_health_goes_not_serving_when_the_store_dies(tmp_path: Path) -> None:

@@ -62,9 +62,7 @@ def lines(buffer: io.StringIO) -> list[dict[str, object]]:
         ('{"client_secret": "abc123xyz"}', "abc123xyz", '"client_secret": "'),
     ],
 )
-def test_each_pattern_is_masked_through_a_real_logger(
-    captured: io.StringIO, text: str, secret: str, kept: str
-) -> None:
+def test_each_pattern_is_masked_through_a_real_logger(captured: io.StringIO, text: str, secret: str, kept: str) -> None:
     logging.getLogger("some.third.party").warning(text)
     [line] = lines(captured)
     message = str(line["message"])

@@ -38,7 +38,7 @@ import hmac
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -86,6 +86,7 @@ METHOD_PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType(
         _B + "GetRefund": "payments:read",
         _B + "ListRefunds": "payments:read",
         _B + "ListAuditEvents": "audit:read",
+        _B + "ListDisputes": "payments:read",
         _S + "CreatePlan": "plans:write",
         _S + "GetPlan": "subscriptions:read",
         _S + "ListPlans": "subscriptions:read",
@@ -133,7 +134,7 @@ class AuthPolicy:
     """
 
     mode: str
-    tokens: Mapping[bytes, tuple[str, bytes]]
+    tokens: Mapping[bytes, tuple[str, bytes]] = field(repr=False)
     permissions: Mapping[str, frozenset[str]]
 
     @classmethod

@@ -68,13 +68,30 @@ def _retry_after(error: e.BillingError) -> float | None:
     return None
 
 
+# Size caps (UTF-8 bytes) on what an error echoes back. A status travels in trailers, which
+# clients refuse beyond 8-16 KiB, so an error quoting a huge request value would reach the
+# caller as RESOURCE_EXHAUSTED "Stream removed" instead of itself (found by fuzzing).
+_MAX_MESSAGE = 400
+_MAX_VALUE = 128
+_MAX_VIOLATIONS = 5
+
+
+def _clip(text: str, limit: int) -> str:
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode(errors="ignore") + "..."
+
+
 def to_status(error: e.BillingError) -> grpc.Status:
-    """Builds the rich status for ``error``."""
+    """Builds the rich status for ``error`` (echoed values are clipped to a few hundred bytes)."""
     code = status_code(error)
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=ERROR_DOMAIN, metadata={k: str(v) for k, v in error.metadata.items()}
+                reason=error.reason,
+                domain=ERROR_DOMAIN,
+                metadata={_clip(k, _MAX_VALUE): _clip(str(v), _MAX_VALUE) for k, v in error.metadata.items()},
             )
         )
     ]
@@ -83,15 +100,21 @@ def to_status(error: e.BillingError) -> grpc.Status:
         violations = error.violations
     elif isinstance(error, e.NotFound) and error.field_path:
         details.append(
-            _pack(error_details_pb2.ResourceInfo(resource_type=error.resource_type, resource_name=error.resource_id))
+            _pack(
+                error_details_pb2.ResourceInfo(
+                    resource_type=error.resource_type, resource_name=_clip(error.resource_id, _MAX_VALUE)
+                )
+            )
         )
     if violations:
         details.append(
             _pack(
                 error_details_pb2.BadRequest(
                     field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                        for v in violations
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=_clip(v.field, _MAX_VALUE), description=_clip(v.description, 2 * _MAX_VALUE)
+                        )
+                        for v in violations[:_MAX_VIOLATIONS]
                     ]
                 )
             )
@@ -101,7 +124,9 @@ def to_status(error: e.BillingError) -> grpc.Status:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(retry_after * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=error.message, details=details))
+    return rpc_status.to_status(
+        status_pb2.Status(code=code.value[0], message=_clip(error.message, _MAX_MESSAGE), details=details)
+    )
 
 
 def internal_status(method: str) -> grpc.Status:

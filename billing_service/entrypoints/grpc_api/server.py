@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from billing_service.domain.errors import StoreUnavailable
 from billing_service.entrypoints.grpc_api.billing import BillingServicer
+from billing_service.entrypoints.grpc_api.decoding import MalformedRequestGuard
 from billing_service.entrypoints.grpc_api.subscriptions import SubscriptionServicer
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import Idempotency
@@ -63,7 +64,8 @@ class GrpcServer:
         self._health_interval = health_interval
         self.health = HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=list(interceptors),
+            # The malformed-request guard runs last, next to the servicer (after authentication).
+            interceptors=[*interceptors, MalformedRequestGuard()],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 1 if so_reuseport else 0),
