@@ -71,7 +71,7 @@ class CreatePayment:
             raise InvalidArgument.field("return_url", "must be an http(s) URL")
 
 
-async def _save_payment_state(
+async def record_payment_state(
     deps: Deps, ctx: RequestContext, payment_id: str, state: ProcessorPaymentState, action: str
 ) -> Payment:
     """Applies a processor report to the stored payment and audits the move."""
@@ -200,7 +200,7 @@ async def resume_payment(
                 message=exc.message,
             ),
         )
-        await _save_payment_state(deps, ctx, payment.id, failed, "payment.failed")
+        await record_payment_state(deps, ctx, payment.id, failed, "payment.failed")
         exc.metadata["payment_id"] = payment.id
         raise
     except BillingError as exc:
@@ -212,10 +212,10 @@ async def resume_payment(
                 status=PaymentStatus.FAILED,
                 failure=PaymentFailure(code=exc.reason.lower(), message=exc.message),
             )
-            await _save_payment_state(deps, ctx, payment.id, failed, "payment.failed")
+            await record_payment_state(deps, ctx, payment.id, failed, "payment.failed")
             exc.metadata["payment_id"] = payment.id
         raise
-    return await _save_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
+    return await record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
 
 
 async def get_payment(deps: Deps, payment_id: str) -> Payment:
@@ -244,7 +244,7 @@ async def capture_payment(deps: Deps, ctx: RequestContext, payment_id: str, amou
     state = await deps.processor(payment.processor).capture_payment(
         payment.processor_id, to_capture, idempotency_key=ctx.processor_key("capture")
     )
-    return await _save_payment_state(deps, ctx, payment.id, state, "payment.captured")
+    return await record_payment_state(deps, ctx, payment.id, state, "payment.captured")
 
 
 async def cancel_payment(deps: Deps, ctx: RequestContext, payment_id: str) -> Payment:
@@ -259,7 +259,7 @@ async def cancel_payment(deps: Deps, ctx: RequestContext, payment_id: str) -> Pa
         )
     else:  # never reached the processor: nothing to void there
         state = ProcessorPaymentState(processor_id="", status=PaymentStatus.CANCELED)
-    return await _save_payment_state(deps, ctx, payment.id, state, "payment.canceled")
+    return await record_payment_state(deps, ctx, payment.id, state, "payment.canceled")
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ class CreateRefund:
         validate_metadata(self.metadata)
 
 
-async def _record_refund_state(deps: Deps, ctx: RequestContext, refund_id: str, state: ProcessorRefundState) -> Refund:
+async def record_refund_state(deps: Deps, ctx: RequestContext, refund_id: str, state: ProcessorRefundState) -> Refund:
     """Applies a processor report to a refund and moves its money on the payment."""
     result: list[Refund] = []
 
@@ -366,7 +366,7 @@ async def create_refund(deps: Deps, ctx: RequestContext, cmd: CreateRefund) -> R
     except ProcessorError as exc:
         if exc.retryable:
             raise  # the reservation stays: the processor may have refunded; the retry resumes
-        await _record_refund_state(
+        await record_refund_state(
             deps,
             ctx,
             refund.id,
@@ -374,7 +374,7 @@ async def create_refund(deps: Deps, ctx: RequestContext, cmd: CreateRefund) -> R
         )
         exc.metadata["refund_id"] = refund.id
         raise
-    return await _record_refund_state(deps, ctx, refund.id, state)
+    return await record_refund_state(deps, ctx, refund.id, state)
 
 
 async def refresh_refund(deps: Deps, ctx: RequestContext, refund_id: str) -> Refund:
@@ -383,7 +383,7 @@ async def refresh_refund(deps: Deps, ctx: RequestContext, refund_id: str) -> Ref
     if not refund.processor_id:
         return refund
     state = await deps.processor(refund.processor).get_refund(refund.processor_id)
-    return await _record_refund_state(deps, ctx, refund.id, state)
+    return await record_refund_state(deps, ctx, refund.id, state)
 
 
 async def refresh_payment(deps: Deps, ctx: RequestContext, payment_id: str) -> Payment:
@@ -392,7 +392,7 @@ async def refresh_payment(deps: Deps, ctx: RequestContext, payment_id: str) -> P
     if not payment.processor_id:
         return payment
     state = await deps.processor(payment.processor).get_payment(payment.processor_id)
-    return await _save_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
+    return await record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
 
 
 async def get_refund(deps: Deps, refund_id: str) -> Refund:

@@ -155,9 +155,10 @@ class CreateSubscription:
         validate_metadata(self.metadata)
 
 
-async def _save_subscription_state(
+async def record_subscription_state(
     deps: Deps, ctx: RequestContext, subscription_id: str, state: ProcessorSubscriptionState, action: str
 ) -> Subscription:
+    """Applies a processor report to the stored subscription and audits the move (never backwards)."""
     result: list[Subscription] = []
 
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
@@ -240,7 +241,7 @@ async def create_subscription(deps: Deps, ctx: RequestContext, cmd: CreateSubscr
     state = await deps.processor(sub.processor).create_subscription(
         request, idempotency_key=ctx.processor_key("subscription")
     )
-    sub = await _save_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
+    sub = await record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
     await sync_invoices(deps, ctx, sub)
     return sub
 
@@ -337,7 +338,7 @@ async def cancel_subscription(
         sub.processor_id, at_period_end=at_period_end, idempotency_key=ctx.processor_key("cancel")
     )
     action = "subscription.cancel_scheduled" if at_period_end else "subscription.canceled"
-    return await _save_subscription_state(deps, ctx, sub.id, state, action)
+    return await record_subscription_state(deps, ctx, sub.id, state, action)
 
 
 async def pause_subscription(deps: Deps, ctx: RequestContext, subscription_id: str) -> Subscription:
@@ -349,7 +350,7 @@ async def pause_subscription(deps: Deps, ctx: RequestContext, subscription_id: s
     state = await deps.processor(sub.processor).pause_subscription(
         sub.processor_id, idempotency_key=ctx.processor_key("pause")
     )
-    return await _save_subscription_state(deps, ctx, sub.id, state, "subscription.paused")
+    return await record_subscription_state(deps, ctx, sub.id, state, "subscription.paused")
 
 
 async def resume_subscription(deps: Deps, ctx: RequestContext, subscription_id: str) -> Subscription:
@@ -361,7 +362,7 @@ async def resume_subscription(deps: Deps, ctx: RequestContext, subscription_id: 
     state = await deps.processor(sub.processor).resume_subscription(
         sub.processor_id, idempotency_key=ctx.processor_key("resume")
     )
-    return await _save_subscription_state(deps, ctx, sub.id, state, "subscription.resumed")
+    return await record_subscription_state(deps, ctx, sub.id, state, "subscription.resumed")
 
 
 async def sync_invoices(deps: Deps, ctx: RequestContext, sub: Subscription) -> list[Invoice]:
@@ -421,7 +422,7 @@ async def sync_subscription(deps: Deps, ctx: RequestContext, subscription_id: st
     if not sub.processor_id:
         return sub
     state = await deps.processor(sub.processor).get_subscription(sub.processor_id)
-    sub = await _save_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
+    sub = await record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
     await sync_invoices(deps, ctx, sub)
     return sub
 

@@ -65,7 +65,7 @@ async def converge_payment(
     if not payment.processor_id and processor_payment_id:
         # The event beat our own write of the processor id: link the record now.
         state = await deps.processor(processor).get_payment(processor_payment_id)
-        await pay._save_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
+        await pay.record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
         return PROCESSED
     await pay.refresh_payment(deps, ctx, payment.id)
     return PROCESSED
@@ -84,7 +84,7 @@ async def converge_refund(
         return ORPHAN
     if not refund.processor_id:
         state = await deps.processor(processor).get_refund(processor_refund_id)
-        await pay._record_refund_state(deps, ctx, refund.id, state)
+        await pay.record_refund_state(deps, ctx, refund.id, state)
         return PROCESSED
     await pay.refresh_refund(deps, ctx, refund.id)
     return PROCESSED
@@ -140,7 +140,7 @@ async def converge_subscription(
         return ORPHAN
     if not sub.processor_id and processor_subscription_id:
         state = await deps.processor(processor).get_subscription(processor_subscription_id)
-        sub = await subs._save_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
+        sub = await subs.record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
         await subs.sync_invoices(deps, ctx, sub)
         return PROCESSED
     await subs.sync_subscription(deps, ctx, sub.id)

@@ -9,10 +9,11 @@ are translated into domain errors by ``stripe_mapping.classify_stripe_error``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
-from typing import Literal, NoReturn, TypeVar, cast
+from typing import Any, Literal, NoReturn, TypeVar, cast
 
 import stripe
 
@@ -138,6 +139,25 @@ class StripePaymentProcessor:
         # A verb that makes several writes derives one key per write: Stripe refuses a key
         # reused for a different request.
         return {"idempotency_key": f"{idempotency_key}:{suffix}" if suffix else idempotency_key}
+
+    # --- events (webhook backfill) ------------------------------------------------------
+
+    async def iter_events(self, since: datetime, *, page_size: int = 100) -> AsyncIterator[dict[str, Any]]:
+        """Yields Stripe Events created at or after ``since``, oldest page first, as plain dicts.
+
+        For backfilling the webhook inbox after the sidecar was down (Stripe keeps events 30 days).
+        """
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"created": {"gte": int(since.timestamp())}, "limit": page_size}
+            if after:
+                params["starting_after"] = after
+            page = await self._call("events.list", partial(self._client.v1.events.list_async, cast(Any, params)))
+            for event in page.data:
+                yield event.to_dict()
+            if not page.has_more or not page.data:
+                return
+            after = page.data[-1].id
 
     # --- customers ----------------------------------------------------------------------
 

@@ -17,10 +17,14 @@ import signal
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billing_service.config import ConfigError, Settings
 from billing_service.domain.common import Processor
+from billing_service.entrypoints.webhooks.inbox import scrub_payload
+
+if TYPE_CHECKING:
+    from billing_service.adapters.processors.stripe import StripePaymentProcessor
 
 log = logging.getLogger("billing_service.webhooks")
 
@@ -233,22 +237,13 @@ async def backfill(settings: Settings, since: datetime, *, processor: Any = None
         await built.runtime.aclose()
 
 
-async def backfill_into(inbox: Any, adapter: Any, since: datetime, *, now: Any) -> tuple[int, int]:
-    """Pages through ``events.list(created[gte]=since)`` and inserts each event raw."""
-    client = adapter._client  # the adapter's own StripeClient (no global stripe.api_key)
+async def backfill_into(inbox: Any, adapter: StripePaymentProcessor, since: datetime, *, now: Any) -> tuple[int, int]:
+    """Inserts every Stripe event since ``since`` into the inbox (duplicates are skipped)."""
     inserted = seen = 0
-    after: str | None = None
-    while True:
-        params: dict[str, Any] = {"created": {"gte": int(since.timestamp())}, "limit": _BACKFILL_PAGE}
-        if after:
-            params["starting_after"] = after
-        page = await adapter._call("events.list", lambda p=params: client.v1.events.list_async(p))
-        for event in page.data:
-            seen += 1
-            body = json.dumps(event.to_dict(), separators=(",", ":")).encode()
-            if await inbox.insert(Processor.STRIPE, event.id, event.type, body, now=now()):
-                inserted += 1
-                log.info("webhook backfilled: processor=stripe event_id=%s type=%s", event.id, event.type)
-        if not page.has_more or not page.data:
-            return inserted, seen
-        after = page.data[-1].id
+    async for event in adapter.iter_events(since, page_size=_BACKFILL_PAGE):
+        seen += 1
+        body = scrub_payload(json.dumps(event, separators=(",", ":")).encode())
+        if await inbox.insert(Processor.STRIPE, event["id"], event["type"], body, now=now()):
+            inserted += 1
+            log.info("webhook backfilled: processor=stripe event_id=%s type=%s", event["id"], event["type"])
+    return inserted, seen
