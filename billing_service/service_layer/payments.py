@@ -19,7 +19,6 @@ from billing_service.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     PaymentDeclined,
-    ProcessorError,
 )
 from billing_service.domain.money import Money
 from billing_service.domain.payments import (
@@ -35,10 +34,12 @@ from billing_service.domain.payments import (
 )
 from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
 from billing_service.service_layer.customers import MAX_DESCRIPTION, ensure_processor_customer
-from billing_service.service_layer.idempotency import RequestContext
+from billing_service.service_layer.idempotency import RequestContext, is_final
 from billing_service.service_layer.ports import Change, Insert, PaymentRequest, RefundRequest, Update
 
 MAX_URL = 2048
+
+
 # Processors forget idempotency keys after 24 h (Stripe). A payment still PENDING after this
 # long is never re-sent: its first attempt may have charged under a key the processor no
 # longer remembers, so only reconciliation (which looks the payment up) may settle it.
@@ -175,20 +176,20 @@ async def resume_payment(
         method = await load(
             deps, PaymentMethod, payment.payment_method_id, resource="payment_method", field_path="payment_method_id"
         )
-    processor_customer = await ensure_processor_customer(deps, customer, payment.processor)
-    request = PaymentRequest(
-        payment_id=payment.id,
-        amount=payment.amount,
-        capture_method=payment.capture_method,
-        processor_customer_id=processor_customer,
-        processor_payment_method_id=method.processor_id,
-        description=payment.description,
-        metadata=payment.metadata,
-        off_session=payment.off_session,
-        return_url=return_url,
-    )
     adapter = deps.processor(payment.processor)
     try:
+        processor_customer = await ensure_processor_customer(deps, customer, payment.processor)
+        request = PaymentRequest(
+            payment_id=payment.id,
+            amount=payment.amount,
+            capture_method=payment.capture_method,
+            processor_customer_id=processor_customer,
+            processor_payment_method_id=method.processor_id,
+            description=payment.description,
+            metadata=payment.metadata,
+            off_session=payment.off_session,
+            return_url=return_url,
+        )
         state = await adapter.create_payment(request, idempotency_key=ctx.processor_key("payment"))
     except PaymentDeclined as exc:
         failed = ProcessorPaymentState(
@@ -205,8 +206,9 @@ async def resume_payment(
         raise
     except BillingError as exc:
         # Any final refusal (invalid at the processor, not supported, misconfigured) ends the
-        # payment as FAILED; a retryable one leaves it PENDING for the retry to resume.
-        if not (isinstance(exc, ProcessorError) and exc.retryable):
+        # payment as FAILED; a retryable one (processor or store unavailable, a write
+        # conflict) leaves it PENDING for the retry to resume.
+        if is_final(exc):
             failed = ProcessorPaymentState(
                 processor_id="",
                 status=PaymentStatus.FAILED,
@@ -363,8 +365,8 @@ async def create_refund(deps: Deps, ctx: RequestContext, cmd: CreateRefund) -> R
         state = await deps.processor(refund.processor).create_refund(
             request, idempotency_key=ctx.processor_key("refund")
         )
-    except ProcessorError as exc:
-        if exc.retryable:
+    except BillingError as exc:
+        if not is_final(exc):
             raise  # the reservation stays: the processor may have refunded; the retry resumes
         await record_refund_state(
             deps,

@@ -228,3 +228,27 @@ def test_reconcile_command_runs_one_pass(mongo_uri: str) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "errors: 0" in done.stdout
+
+
+async def test_a_refund_the_processor_refuses_releases_its_reservation(api: Api) -> None:
+    from billing_service.domain.errors import RefundExceedsCaptured
+
+    customer_id, pm_id = await customer_with(api)
+    paid = (
+        await api.billing.CreatePayment(
+            pb.CreatePaymentRequest(
+                request_id=rid(), customer_id=customer_id, payment_method_id=pm_id, amount=usd(1000)
+            )
+        )
+    ).payment
+    # PayPal answers an over-refund this way (its ledger disagrees with ours, e.g. a dashboard refund).
+    api.fake.fail_next("create_refund", RefundExceedsCaptured("refund exceeds the capture at PayPal"))  # type: ignore[arg-type]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.billing.CreateRefund(pb.CreateRefundRequest(request_id=rid(), payment_id=paid.id, amount=usd(400)))
+    assert rich(err.value).reason == "REFUND_EXCEEDS_CAPTURED"
+    refunds = (await api.billing.ListRefunds(pb.ListRefundsRequest(payment_id=paid.id))).refunds
+    assert [r.status for r in refunds] == [pb.REFUND_STATUS_FAILED]
+    stored = await api.runtime.store.get(Payment, paid.id)
+    assert stored is not None and (stored.amount_refunded, stored.amount_refund_pending) == (0, 0)
+    full = await api.billing.CreateRefund(pb.CreateRefundRequest(request_id=rid(), payment_id=paid.id))
+    assert full.refund.amount.amount_minor == 1000
