@@ -221,6 +221,8 @@ async def detach_payment_method(deps: Deps, ctx: RequestContext, payment_method_
         deps, PaymentMethod, payment_method_id, resource="payment_method", field_path="payment_method_id"
     )
     if method.status is PaymentMethodStatus.DETACHED:
+        if ctx.attempt > 1:
+            return method  # a resumed request whose detach was already recorded
         method.detach(deps.clock.now())  # raises the precise precondition error
     await deps.processor(method.processor).detach_payment_method(
         method.processor_id, idempotency_key=ctx.processor_key("detach")
