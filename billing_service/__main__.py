@@ -19,6 +19,8 @@ log = logging.getLogger("billing_service")
 
 # ``run`` (local development) serves metrics here unless BILLING_METRICS_PORT says otherwise.
 DEV_METRICS_PORT = 9464
+# ... and the webhook sidecar's metrics here unless BILLING_WEBHOOK_METRICS_PORT says otherwise.
+DEV_WEBHOOK_METRICS_PORT = 9465
 
 
 def _setup_logging(level: str) -> None:
@@ -130,6 +132,8 @@ async def _run_dev(settings: Settings) -> int:
     env = {**os.environ, "MONGODB_URI": uri}
     if not env.get("BILLING_METRICS_PORT", "").strip():
         env["BILLING_METRICS_PORT"] = str(DEV_METRICS_PORT)
+    if not env.get("BILLING_WEBHOOK_METRICS_PORT", "").strip():
+        env["BILLING_WEBHOOK_METRICS_PORT"] = str(DEV_WEBHOOK_METRICS_PORT)
     children: list[asyncio.subprocess.Process] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -7,14 +7,21 @@ is an event (400). The raw event is then inserted into the inbox and acknowledge
 200; a redelivery is acknowledged the same way and changes nothing. Nothing is stored for
 a refused request. ``GET /healthz`` answers while the process lives, ``GET /readyz`` only
 while the store answers (with the inbox's depth and lag).
+
+Every delivery is counted in the sidecar's :class:`WebhookMetrics`: received, then either
+rejected (cause ``too_large``, ``bad_content_type``, ``bad_signature``, ``bad_event``,
+``bad_request`` for a malformed Content-Length or a client gone mid-body, or
+``store_unavailable``) or stored / ``duplicate``. While the app runs, a sampler refreshes
+the inbox depth and lag gauges every ``stats_interval_seconds``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -27,6 +34,8 @@ from billing_service.entrypoints.webhooks import paypal as pp
 from billing_service.entrypoints.webhooks import stripe as st
 from billing_service.entrypoints.webhooks.inbox import BadEvent, ParsedEvent, SignatureError, record
 from billing_service.entrypoints.webhooks.worker import InboxWorkers
+from billing_service.observability.logging import current_request_id
+from billing_service.observability.metrics import WebhookMetrics
 from billing_service.service_layer.ports import Clock, WebhookInbox
 
 log = logging.getLogger("billing_service.webhooks")
@@ -50,6 +59,8 @@ class Sidecar:
         paypal: PayPal verifier, or None when PayPal webhooks are not configured.
         max_body_bytes: Largest accepted body.
         workers: The inbox workers started with the app (None: receive only).
+        metrics: Where deliveries are counted (give the workers the same one).
+        stats_interval_seconds: How often the inbox depth/lag gauges are refreshed (0: never).
     """
 
     inbox: WebhookInbox
@@ -59,6 +70,8 @@ class Sidecar:
     paypal: pp.PayPalWebhookVerifier | None
     max_body_bytes: int
     workers: InboxWorkers | None = None
+    metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
+    stats_interval_seconds: float = 5.0
 
 
 def _bad_request() -> Response:
@@ -82,35 +95,52 @@ def _media_type(request: Request) -> str:
 def create_app(sidecar: Sidecar) -> Starlette:
     """Builds the ASGI app; the lifespan starts and stops the inbox workers."""
 
+    metrics = sidecar.metrics
+
     async def receive(request: Request, processor: Processor) -> Response:
+        name = processor.value
+        metrics.received(name)
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
+                metrics.rejected(name, "bad_request")
                 return _bad_request()
             if int(declared) > sidecar.max_body_bytes:
+                metrics.rejected(name, "too_large")
                 return PlainTextResponse("payload too large", status_code=413)
         if _media_type(request) != JSON_TYPE:
+            metrics.rejected(name, "bad_content_type")
             return PlainTextResponse("unsupported media type", status_code=415)
         try:
             body = await _read_body(request, sidecar.max_body_bytes)
         except _TooLarge:
+            metrics.rejected(name, "too_large")
             return PlainTextResponse("payload too large", status_code=413)
         except ClientDisconnect:
+            metrics.rejected(name, "bad_request")
             return _bad_request()
         try:
             event = await _verify_and_parse(processor, body, request.headers)
         except SignatureError:
-            log.warning("webhook rejected: processor=%s reason=signature", processor.value)
+            metrics.rejected(name, "bad_signature")
+            log.warning("webhook rejected: processor=%s reason=signature", name)
             return _bad_request()
         except BadEvent:
-            log.warning("webhook rejected: processor=%s reason=payload", processor.value)
+            metrics.rejected(name, "bad_event")
+            log.warning("webhook rejected: processor=%s reason=payload", name)
             return _bad_request()
+        token = current_request_id.set(event.event_id)
         try:
             created = await record(sidecar.inbox, sidecar.clock, processor, event, body)
         except StoreUnavailable:
             # Not acknowledged: the processor redelivers later.
+            metrics.rejected(name, "store_unavailable")
             return PlainTextResponse("store unavailable", status_code=503, headers={"Retry-After": "5"})
-        if created and sidecar.workers is not None:
+        finally:
+            current_request_id.reset(token)
+        if not created:
+            metrics.duplicate(name)
+        elif sidecar.workers is not None:
             sidecar.workers.wake()
         return JSONResponse({"received": True, "duplicate": not created})
 
@@ -147,8 +177,22 @@ def create_app(sidecar: Sidecar) -> Starlette:
             }
         )
 
+    async def sample_inbox() -> None:
+        while True:
+            try:
+                stats = await sidecar.inbox.stats(now=sidecar.clock.now())
+                metrics.set_inbox(depth=stats.depth, oldest_age_seconds=stats.oldest_pending_seconds)
+            except StoreUnavailable:
+                pass  # the gauges keep their last value; readiness reports the outage
+            except Exception:
+                log.warning("inbox stats failed", exc_info=True)
+            await asyncio.sleep(sidecar.stats_interval_seconds)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        sampler = None
+        if sidecar.stats_interval_seconds > 0:
+            sampler = asyncio.create_task(sample_inbox(), name="webhook-inbox-stats")
         if sidecar.workers is not None:
             sidecar.workers.start()
         try:
@@ -156,6 +200,10 @@ def create_app(sidecar: Sidecar) -> Starlette:
         finally:
             if sidecar.workers is not None:
                 await sidecar.workers.stop()
+            if sampler is not None:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
 
     return Starlette(
         routes=[

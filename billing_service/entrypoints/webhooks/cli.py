@@ -95,11 +95,18 @@ async def _build(settings: Settings, *, mongodb_uri: str | None = None) -> _Buil
 
 
 def build_sidecar(settings: Settings, runtime: Any, inbox: Any) -> Any:
-    """Builds the app's dependencies (verifiers, workers) from settings."""
+    """Builds the app's dependencies (verifiers, workers, metrics) from settings.
+
+    The webhook metrics join the runtime's registry (``runtime.metrics``, which already
+    holds the processor-call metrics of this process), so one endpoint serves them all.
+    """
     from billing_service.entrypoints.webhooks import paypal as pp
     from billing_service.entrypoints.webhooks.app import Sidecar
     from billing_service.entrypoints.webhooks.stripe import StripeWebhookVerifier
     from billing_service.entrypoints.webhooks.worker import InboxWorkers, WorkerSettings
+    from billing_service.observability.metrics import WebhookMetrics
+
+    metrics = WebhookMetrics(runtime.metrics.registry)
 
     stripe_verifier = StripeWebhookVerifier(
         secrets=tuple(s.value for s in settings.stripe_webhook_secrets),
@@ -125,6 +132,7 @@ def build_sidecar(settings: Settings, runtime: Any, inbox: Any) -> Any:
                 retry_max_seconds=settings.webhook_retry_max_seconds,
                 poll_seconds=settings.webhook_poll_seconds,
             ),
+            metrics=metrics,
         )
     return Sidecar(
         inbox=inbox,
@@ -134,6 +142,9 @@ def build_sidecar(settings: Settings, runtime: Any, inbox: Any) -> Any:
         paypal=paypal_verifier,
         max_body_bytes=settings.webhook_max_body_bytes,
         workers=workers,
+        metrics=metrics,
+        # The inbox gauges refresh five poll intervals apart, at most every 5 s.
+        stats_interval_seconds=min(5.0, settings.webhook_poll_seconds * 5),
     )
 
 
@@ -142,7 +153,10 @@ def bind(address: str) -> socket.socket:
     host, _, port = address.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must say TCP: accepted sockets inherit it, and asyncio turns on TCP_NODELAY only
+    # for sockets whose proto is IPPROTO_TCP. With proto 0, Nagle holds the response body
+    # (written after its headers) until the client's delayed ACK: +40 ms on every webhook.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, int(port or 0)))
     sock.listen(128)
@@ -155,11 +169,18 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
     import uvicorn
 
     from billing_service.entrypoints.webhooks.app import create_app
+    from billing_service.observability.metrics import serve_metrics
 
     built = await _build(settings, mongodb_uri=mongodb_uri)
+    metrics_server = None
     try:
         sidecar = build_sidecar(settings, built.runtime, built.inbox)
         sock = bind(settings.webhook_address)
+        if settings.webhook_metrics_port:
+            metrics_host = settings.webhook_address.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+            metrics_server = serve_metrics(
+                sidecar.metrics.registry, port=settings.webhook_metrics_port, host=metrics_host
+            )
         config = uvicorn.Config(
             create_app(sidecar),
             log_level="warning",
@@ -187,8 +208,14 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
                 f"paypal: {'on' if sidecar.paypal else 'off'}; processors: {', '.join(configured) or 'none'})",
                 flush=True,
             )
+            if metrics_server is not None:
+                print(f"webhook metrics (Prometheus): {metrics_server.url}", flush=True)
+            else:
+                print("webhook metrics: off (set BILLING_WEBHOOK_METRICS_PORT to serve them)", flush=True)
         await task
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         await built.runtime.aclose()
 
 
