@@ -304,3 +304,30 @@ async def test_card_number_as_token_is_refused_and_nothing_stored(api: Api) -> N
     info = rich(err.value)
     assert (info.code, info.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "CARD_DATA_NOT_ALLOWED")
     assert await api.runtime.store.database["payment_methods"].count_documents({}) == 0
+
+
+async def test_size_limits_are_enforced_and_nothing_is_stored(api: Api) -> None:
+    # A request over the 1 MiB message limit never reaches a handler.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.billing.CreateCustomer(
+            pb.CreateCustomerRequest(request_id=rid(), description="x" * (2 * 1024 * 1024))
+        )
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for request, field in [
+        (pb.CreateCustomerRequest(request_id=rid(), name="n" * 257), "name"),
+        (pb.CreateCustomerRequest(request_id=rid(), description="d" * 1001), "description"),
+        (pb.CreateCustomerRequest(request_id=rid(), metadata={"k" * 41: "v"}), "metadata"),
+        (pb.CreateCustomerRequest(request_id=rid(), metadata={"k": "v" * 501}), "metadata[k]"),
+        (pb.CreateCustomerRequest(request_id="r" * 256), "request_id"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await api.billing.CreateCustomer(request)
+        info = rich(err.value)
+        assert info.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.violations[0].startswith(field.split("[")[0]), (field, info.violations)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.billing.ListCustomers(pb.ListCustomersRequest(page_size=-1))
+    assert rich(err.value).violations == ["page_size"]
+    capped = await api.billing.ListCustomers(pb.ListCustomersRequest(page_size=10_000))
+    assert capped.next_page_token == ""
+    assert await api.runtime.store.database["customers"].count_documents({}) == 0
