@@ -672,3 +672,13 @@ async def test_a_declined_first_invoice_leaves_the_subscription_incomplete(fake:
 async def test_advancing_needs_a_manual_clock() -> None:
     with pytest.raises(TypeError):
         await FakePaymentProcessor().advance_clock_to(datetime(2030, 1, 1, tzinfo=UTC))
+
+
+async def test_reads_bill_due_renewals_without_process_renewals(fake: FakePaymentProcessor, clock: ManualClock) -> None:
+    sub = await subscribe(fake, await created_plan(fake, 1000))
+    assert len(await fake.list_invoices(sub.processor_id)) == 1
+    clock.advance(timedelta(days=65))  # two monthly renewals are due; nobody called process_renewals
+    renewed = await fake.get_subscription(sub.processor_id)
+    assert renewed.current_period_end is not None and renewed.current_period_end > clock.now()
+    assert len(await fake.list_invoices(sub.processor_id)) == 3
+    assert await fake.process_renewals() == []  # nothing left to bill

@@ -414,10 +414,18 @@ class FakePaymentProcessor:
         return await self._write("create_subscription", idempotency_key, params, effect)
 
     async def get_subscription(self, processor_subscription_id: str) -> ProcessorSubscriptionState:
-        """Returns the subscription's current state."""
-        return await self._read(
-            "get_subscription", lambda: self._ledger.subscription(processor_subscription_id).state()
-        )
+        """Returns the subscription's current state (after billing any period that has ended).
+
+        Like a real processor, the fake bills on time whether or not anyone is looking: each
+        read first catches up renewals due by the clock, so ``make run`` on the system clock
+        renews subscriptions without a test calling ``process_renewals``.
+        """
+
+        def read() -> ProcessorSubscriptionState:
+            self._ledger.renew_due()
+            return self._ledger.subscription(processor_subscription_id).state()
+
+        return await self._read("get_subscription", read)
 
     async def update_subscription(
         self, processor_subscription_id: str, change: SubscriptionChange, *, idempotency_key: str
@@ -493,6 +501,7 @@ class FakePaymentProcessor:
         """Returns the subscription's invoices, newest first."""
 
         def read() -> list[ProcessorInvoiceState]:
+            self._ledger.renew_due()  # bills on time, as in get_subscription
             self._ledger.subscription(processor_subscription_id)
             invoices = [i for i in self._ledger.invoices.values() if i.subscription_id == processor_subscription_id]
             return [i.state() for i in sorted(invoices, key=lambda i: i.seq, reverse=True)]
