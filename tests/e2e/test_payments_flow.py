@@ -331,3 +331,14 @@ async def test_size_limits_are_enforced_and_nothing_is_stored(api: Api) -> None:
     capped = await api.billing.ListCustomers(pb.ListCustomersRequest(page_size=10_000))
     assert capped.next_page_token == ""
     assert await api.runtime.store.database["customers"].count_documents({}) == 0
+
+
+async def test_card_data_in_metadata_is_refused_without_echoing_it(api: Api) -> None:
+    card = "4000056655665556"
+    for metadata, field in [({card: "x"}, "metadata"), ({"note": f"card {card} exp 12/30"}, "metadata[note]")]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await api.billing.CreateCustomer(pb.CreateCustomerRequest(request_id=rid(), metadata=metadata))
+        info = rich(err.value)
+        assert (info.reason, info.violations) == ("CARD_DATA_NOT_ALLOWED", [field])
+        assert card not in str(err.value.trailing_metadata()) + (err.value.details() or "")
+    assert await api.runtime.store.database["customers"].count_documents({}) == 0

@@ -7,12 +7,12 @@ import contextvars
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
-from billing_service.domain.card_data import refuse_card_data
+from billing_service.domain.card_data import contains_card_number, refuse_card_data
 from billing_service.domain.errors import BillingError, InvalidArgument
 from billing_service.entrypoints.grpc_api import errors
 from billing_service.service_layer.core import Deps
@@ -32,14 +32,6 @@ T = TypeVar("T")
 current_caller: contextvars.ContextVar[str] = contextvars.ContextVar("current_caller", default="anonymous")
 
 
-class _HasRequestId(Protocol):
-    request_id: str
-
-    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...
-
-    def CopyFrom(self, other: Message) -> None: ...
-
-
 def fingerprint(request: Message) -> str:
     """Digest of the request without its request_id (what makes two requests 'the same')."""
     clone = type(request)()
@@ -57,9 +49,12 @@ def string_fields(message: Message, prefix: str = "") -> list[tuple[str, str]]:
             continue  # checked whole by validate_request_id (a UUID's digit groups are not a card)
         if desc.message_type is not None and desc.message_type.GetOptions().map_entry:
             for key, item in value.items():
-                out.append((f"{path}[{key}]" if len(str(key)) < 64 else path, str(key)))
+                name = str(key)
+                # A field path must never echo card data back: a suspicious key is named by its map.
+                entry = f"{path}[{name}]" if len(name) < 64 and not contains_card_number(name) else path
+                out.append((path, name))
                 if isinstance(item, str):
-                    out.append((f"{path}[{key}]", item))
+                    out.append((entry, item))
         elif desc.type == desc.TYPE_STRING:
             values = value if desc.is_repeated else [value]
             out.extend((path, v) for v in values)
