@@ -250,10 +250,15 @@ class Payment:
         self.amount_refund_pending += amount.amount_minor
         return amount
 
-    def settle_refund(self, amount_minor: int, *, before: RefundStatus, after: RefundStatus, now: datetime) -> None:
-        """Moves a refund's amount between pending, refunded and released."""
+    def settle_refund(
+        self, amount_minor: int, *, before: RefundStatus | None, after: RefundStatus, now: datetime
+    ) -> None:
+        """Moves a refund's amount between pending, refunded and released.
+
+        ``before`` is None for a refund we learn about only now (made outside the service).
+        """
         held = {RefundStatus.PENDING: "pending", RefundStatus.SUCCEEDED: "refunded"}
-        src, dst = held.get(before), held.get(after)
+        src, dst = (held.get(before) if before is not None else None), held.get(after)
         if src == dst:
             return
         if src == "pending":
@@ -296,11 +301,21 @@ _REFUND_MOVES: dict[RefundStatus, frozenset[RefundStatus]] = {
 
 @dataclass
 class ProcessorRefundState:
-    """A processor's view of a refund in our terms."""
+    """A processor's view of a refund in our terms.
+
+    Attributes:
+        processor_payment_id: The refunded payment at the processor, when the adapter knows it
+            (lets us mirror a refund made outside the service, e.g. in Stripe's dashboard).
+        amount_minor: The refunded amount in the payment's minor units (0 when unknown).
+        refund_id: Our refund id as the processor echoes it back (metadata), when it does.
+    """
 
     processor_id: str
     status: RefundStatus
     failure_reason: str = ""
+    processor_payment_id: str = ""
+    amount_minor: int = 0
+    refund_id: str = ""
 
 
 @dataclass

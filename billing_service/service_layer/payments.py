@@ -12,14 +12,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from billing_service.domain.common import AuditEvent, validate_metadata, validate_text
+from billing_service.domain.common import AuditEvent, Processor, validate_metadata, validate_text
 from billing_service.domain.customers import Customer, PaymentMethod
 from billing_service.domain.errors import (
     BillingError,
+    ConcurrencyConflict,
     FailedPrecondition,
     InvalidArgument,
     PaymentDeclined,
 )
+from billing_service.domain.ids import new_id
 from billing_service.domain.money import Money
 from billing_service.domain.payments import (
     CaptureMethod,
@@ -377,6 +379,71 @@ async def create_refund(deps: Deps, ctx: RequestContext, cmd: CreateRefund) -> R
         exc.metadata["refund_id"] = refund.id
         raise
     return await record_refund_state(deps, ctx, refund.id, state)
+
+
+async def mirror_external_refund(
+    deps: Deps, ctx: RequestContext, processor: Processor, state: ProcessorRefundState
+) -> Refund | None:
+    """Records on its payment a refund made outside the service (e.g. in a processor dashboard).
+
+    Returns:
+        The mirrored (or already mirrored) refund; None when the refund is not about one of
+        our payments, or is one of ours (the processor echoed our id).
+
+    Raises:
+        ConcurrencyConflict: A refund of ours on that payment is still waiting for its
+            processor id; retry later rather than risk counting one refund twice.
+    """
+    if state.refund_id or not state.processor_payment_id or state.amount_minor <= 0:
+        return None
+    payment = await deps.store.find_one(
+        Payment, {"processor": processor.value, "processor_id": state.processor_payment_id}
+    )
+    if payment is None:
+        return None
+    result: list[Refund] = []
+
+    async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
+        known = await deps.store.find_one(Refund, {"processor": processor.value, "processor_id": state.processor_id})
+        if known is not None:
+            result[:] = [known]
+            return None
+        in_flight = await deps.store.find_one(
+            Refund, {"payment_id": payment.id, "status": RefundStatus.PENDING.value, "processor_id": ""}
+        )
+        if in_flight is not None:
+            raise ConcurrencyConflict(f"refund {in_flight.id} of payment {payment.id} is still in flight")
+        fresh = await load(deps, Payment, payment.id, resource="payment", field_path="payment_id")
+        now = deps.clock.now()
+        refund = Refund(
+            id=new_id("re"),
+            payment_id=fresh.id,
+            processor=processor,
+            amount=fresh.money(state.amount_minor),
+            reason=RefundReason.UNSPECIFIED,
+            status=state.status,
+            metadata={"source": "processor"},
+            created_at=now,
+            updated_at=now,
+            processor_id=state.processor_id,
+            failure_reason=state.failure_reason,
+        )
+        fresh.settle_refund(state.amount_minor, before=None, after=state.status, now=now)
+        result[:] = [refund]
+        events = [
+            audit(
+                deps, ctx, "refund.mirrored", "refund", refund.id, "", refund.status.value,
+                payment_id=fresh.id, amount_minor=state.amount_minor, processor_id=state.processor_id,
+            ),
+            audit(
+                deps, ctx, "payment.refund_settled", "payment", fresh.id, fresh.status.value, fresh.status.value,
+                refund_id=refund.id, amount_refunded=fresh.amount_refunded, currency=fresh.currency,
+            ),
+        ]  # fmt: skip
+        return [Update(fresh), Insert(refund)], events
+
+    await commit_with_retry(deps, attempt)
+    return result[0] if result else None
 
 
 async def refresh_refund(deps: Deps, ctx: RequestContext, refund_id: str) -> Refund:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from billing_service.domain.common import Processor
 from billing_service.domain.disputes import ProcessorDisputeState
+from billing_service.domain.errors import BillingError
 from billing_service.domain.payments import Payment, Refund, RefundStatus
 from billing_service.domain.subscriptions import Subscription
 from billing_service.service_layer import disputes as dsp
 from billing_service.service_layer import payments as pay
 from billing_service.service_layer import subscriptions as subs
 from billing_service.service_layer.core import Deps
-from billing_service.service_layer.idempotency import RequestContext
+from billing_service.service_layer.idempotency import RequestContext, is_final
 from billing_service.service_layer.ports import WebhookStatus
 
 PROCESSED = WebhookStatus.PROCESSED
@@ -81,7 +82,16 @@ async def converge_refund(
         if hinted is not None and hinted.processor is processor and hinted.processor_id in ("", processor_refund_id):
             refund = hinted
     if refund is None:
-        return ORPHAN
+        # Not one we created: maybe made in the processor's dashboard. Mirror it when it
+        # refunds one of our payments, so our ledger matches the processor's.
+        try:
+            state = await deps.processor(processor).get_refund(processor_refund_id)
+        except BillingError as exc:
+            if not is_final(exc):
+                raise  # the worker retries later
+            return ORPHAN  # the processor cannot show it to us either: nothing to mirror
+        mirrored = await pay.mirror_external_refund(deps, ctx, processor, state)
+        return PROCESSED if mirrored is not None else ORPHAN
     if not refund.processor_id:
         state = await deps.processor(processor).get_refund(processor_refund_id)
         await pay.record_refund_state(deps, ctx, refund.id, state)

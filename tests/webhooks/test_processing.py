@@ -67,7 +67,7 @@ async def test_every_fixture_is_acknowledged_and_settles(sidecar: RunningSidecar
     statuses = await sidecar.settled([*ids, unknown["id"]])
     assert statuses.pop(unknown["id"]) is WebhookStatus.IGNORED
     assert set(statuses.values()) == {WebhookStatus.ORPHAN}, statuses
-    assert len(ids) == 18 + 15
+    assert len(ids) == 19 + 15
 
 
 async def test_same_event_ten_times_one_change_one_audit_event(

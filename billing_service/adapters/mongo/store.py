@@ -97,11 +97,9 @@ _INDEXES: Final[Mapping[str, list[IndexModel]]] = {
     ],
     "refunds": [
         IndexModel([("payment_id", ASCENDING)], name="payment_id"),
-        IndexModel(
-            _BY_PROCESSOR_ID,
-            name="processor_id",
-            partialFilterExpression=_NON_EMPTY,
-        ),
+        # One record per processor refund, even when a refund made outside the service is
+        # mirrored from two events (refund.created and charge.refunded) at once.
+        IndexModel(_BY_PROCESSOR_ID, name="processor_id_unique", unique=True, partialFilterExpression=_NON_EMPTY),
     ],
     "subscriptions": [
         IndexModel([("customer_id", ASCENDING)], name="customer_id"),

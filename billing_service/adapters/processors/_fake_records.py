@@ -246,7 +246,13 @@ class RefundRecord:
 
     def state(self) -> ProcessorRefundState:
         """The port's view of this refund."""
-        return ProcessorRefundState(processor_id=self.id, status=self.status, failure_reason=self.failure_reason)
+        return ProcessorRefundState(
+            processor_id=self.id,
+            status=self.status,
+            failure_reason=self.failure_reason,
+            processor_payment_id=self.payment_id,
+            amount_minor=self.amount.amount_minor,
+        )
 
 
 @dataclass

@@ -157,7 +157,15 @@ def refund_state(refund: stripe.Refund) -> ProcessorRefundState:
     """Translates a Refund."""
     status = _REFUND_STATUS.get(refund.status or "", RefundStatus.PENDING)
     failure = (field(refund, "failure_reason") or "") if status is RefundStatus.FAILED else ""
-    return ProcessorRefundState(processor_id=refund.id, status=status, failure_reason=failure)
+    intent = field(refund, "payment_intent")
+    return ProcessorRefundState(
+        processor_id=refund.id,
+        status=status,
+        failure_reason=failure,
+        processor_payment_id=(intent if isinstance(intent, str) else getattr(intent, "id", "")) or "",
+        amount_minor=int(refund.amount or 0),
+        refund_id=str(field(field(refund, "metadata"), "billing_refund_id", "") or ""),
+    )
 
 
 # --- subscriptions ----------------------------------------------------------------------
