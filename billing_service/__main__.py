@@ -129,6 +129,7 @@ async def _run_dev(settings: Settings) -> int:
     if not uri:
         embedded = await start_embedded_store(settings)
         uri = embedded.uri
+        print(f"embedded store (SecantusDB child process) on {uri}, data in {settings.embedded_data_dir}", flush=True)
     env = {**os.environ, "MONGODB_URI": uri}
     if not env.get("BILLING_METRICS_PORT", "").strip():
         env["BILLING_METRICS_PORT"] = str(DEV_METRICS_PORT)
