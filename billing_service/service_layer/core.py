@@ -11,7 +11,7 @@ from billing_service.domain.errors import ConcurrencyConflict, FailedPreconditio
 from billing_service.domain.ids import new_id
 from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.pagination import decode_token, encode_token, page_size
-from billing_service.service_layer.ports import BillingStore, Change, Clock, E, Page, PaymentProcessor
+from billing_service.service_layer.ports import BillingStore, Change, Clock, E, Page, PaymentProcessor, T
 
 # Write conflicts are retried this many times (re-reading the entity each time) before the
 # request fails with a retryable error.
@@ -126,8 +126,31 @@ async def list_page(
     token: str,
 ) -> tuple[list[E], str]:
     """Lists one page of ``kind`` with signed page tokens."""
+    return await _signed_page(
+        deps, filters, requested_size, token,
+        lambda size, cursor: deps.store.list_page(kind, filters, limit=size, after=cursor),
+    )  # fmt: skip
+
+
+async def list_audit_events(
+    deps: Deps, resource_id: str, *, requested_size: int, token: str
+) -> tuple[list[AuditEvent], str]:
+    """Lists one resource's audit trail, oldest first, with signed page tokens."""
+    return await _signed_page(
+        deps, {"resource_id": resource_id}, requested_size, token,
+        lambda size, cursor: deps.store.list_audit_events(resource_id, limit=size, after=cursor),
+    )  # fmt: skip
+
+
+async def _signed_page(
+    deps: Deps,
+    filters: Mapping[str, Any],
+    requested_size: int,
+    token: str,
+    fetch: Callable[[int, str | None], Awaitable[Page[T]]],
+) -> tuple[list[T], str]:
     size = page_size(requested_size)
     secret = await deps.store.page_token_secret()
     cursor = decode_token(token, filters, secret)
-    page: Page[E] = await deps.store.list_page(kind, filters, limit=size, after=cursor)
+    page = await fetch(size, cursor)
     return page.items, encode_token(page.next_cursor, filters, secret)

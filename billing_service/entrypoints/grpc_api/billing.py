@@ -12,8 +12,8 @@ from billing_service.entrypoints.grpc_api.base import Ctx, Servicer, require
 from billing_service.service_layer import customers as cu
 from billing_service.service_layer import disputes as dsp
 from billing_service.service_layer import payments as pay
+from billing_service.service_layer.core import list_audit_events
 from billing_service.service_layer.idempotency import RequestContext
-from billing_service.service_layer.pagination import decode_token, encode_token, page_size
 
 _SVC = "/billing.v1.BillingService/"
 
@@ -302,17 +302,13 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
         """Lists a resource's audit trail, oldest first."""
 
         async def run() -> pb.ListAuditEventsResponse:
-            resource_id = require(request.resource_id, "resource_id")
-            filters = {"resource_id": resource_id}
-            secret = await self.deps.store.page_token_secret()
-            cursor = decode_token(request.page_token, filters, secret)
-            page = await self.deps.store.list_audit_events(
-                resource_id, limit=page_size(request.page_size), after=cursor
+            items, token = await list_audit_events(
+                self.deps,
+                require(request.resource_id, "resource_id"),
+                requested_size=request.page_size,
+                token=request.page_token,
             )
-            return pb.ListAuditEventsResponse(
-                audit_events=[cv.audit_event_pb(e) for e in page.items],
-                next_page_token=encode_token(page.next_cursor, filters, secret),
-            )
+            return pb.ListAuditEventsResponse(audit_events=[cv.audit_event_pb(e) for e in items], next_page_token=token)
 
         return await self._read(context, _SVC + "ListAuditEvents", run)
 
