@@ -650,8 +650,9 @@ class StripeImitation:
         count = _int(rec, "interval_count", 1) if rec else 0
         recurring = {"interval": rec["interval"], "interval_count": count, "usage_type": "licensed"} if rec else None
         price = self._new(
-            "price", "price", product=product["id"], unit_amount=amount, currency=currency, recurring=recurring,
-            type="recurring" if rec else "one_time", active=True, metadata={}, nickname=p.get("nickname"),
+            "price", "price", product=product["id"], unit_amount=amount, unit_amount_decimal=str(amount),
+            currency=currency, recurring=recurring, type="recurring" if rec else "one_time", active=True,
+            metadata={}, nickname=p.get("nickname"), billing_scheme="per_unit",
         )  # fmt: skip
         self._merge_metadata(price, p)
         self._event("price.created", price, key=key)
@@ -664,6 +665,8 @@ class StripeImitation:
         currency, total = sub["currency"], sum(line["amount"] for line in lines)
         for line in lines:
             line.update(object="line_item", currency=currency, period={"start": start, "end": end})
+            unit = line["amount"] // max(1, line["quantity"])
+            line.setdefault("pricing", {"type": "price_details", "unit_amount_decimal": str(unit)})
             line["parent"]["subscription_item_details"]["subscription"] = sub["id"]
         details = {"subscription": sub["id"], "metadata": dict(sub["metadata"])}
         parent = {"type": "subscription_details", "subscription_details": details}

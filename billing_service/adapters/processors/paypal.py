@@ -26,10 +26,11 @@ import asyncio
 import hashlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import requests
@@ -294,8 +295,20 @@ class PayPalPaymentProcessor:
             metadata={"processor": "paypal"},
         )
 
-    def _raw(self, method: str, path: str, *, request_id: str, body: Any = None, **template: str) -> Any:
-        """A call through the SDK's own HTTP layer, for endpoints the SDK lacks or cannot key."""
+    def _raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        request_id: str = "",
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+        **template: str,
+    ) -> Any:
+        """A call through the SDK's own HTTP layer, for endpoints the SDK lacks or cannot key.
+
+        Writes carry ``request_id`` as ``PayPal-Request-Id``; reads (``GET``) need none.
+        """
         from apimatic_core.authentication.multiple.single_auth import Single
         from apimatic_core.request_builder import RequestBuilder
         from apimatic_core.response_handler import ResponseHandler
@@ -309,12 +322,13 @@ class PayPalPaymentProcessor:
         builder = RequestBuilder().server(Server.DEFAULT).path(path).http_method(getattr(HttpMethodEnum, method))
         for key, value in template.items():
             builder = builder.template_param(Parameter().key(key).value(value).should_encode(True))
-        builder = (
-            builder.header_param(Parameter().key("PayPal-Request-Id").value(request_id))
-            .header_param(Parameter().key("Prefer").value(_REPRESENTATION))
-            .header_param(Parameter().key("accept").value("application/json"))
-            .auth(Single("Oauth2"))
-        )
+        for key, value in (query or {}).items():
+            builder = builder.query_param(Parameter().key(key).value(value))
+        if request_id:
+            builder = builder.header_param(Parameter().key("PayPal-Request-Id").value(request_id)).header_param(
+                Parameter().key("Prefer").value(_REPRESENTATION)
+            )
+        builder = builder.header_param(Parameter().key("accept").value("application/json")).auth(Single("Oauth2"))
         if body is not None:
             builder = (
                 builder.header_param(Parameter().key("Content-Type").value("application/json"))
@@ -331,6 +345,34 @@ class PayPalPaymentProcessor:
         session = getattr(self._client.config.http_client, "session", None)
         if session is not None:
             session.close()
+
+    # ------------------------------------------------------------------ events (webhook backfill)
+
+    async def iter_events(self, since: datetime, *, page_size: int = 100) -> AsyncIterator[dict[str, Any]]:
+        """Yields the webhook events PayPal created since ``since`` (newest first), as PayPal sent them.
+
+        ``GET /v1/notifications/webhooks-events`` bounded by ``start_time`` and an ``end_time``
+        fixed at the first page, so pages do not shift while new events arrive; pages are
+        followed through PayPal's ``next`` link, whose query is PayPal's to define.
+        """
+        query: dict[str, str] = {
+            "page_size": str(max(1, min(page_size, 300))),
+            "start_time": _iso(since),
+            "end_time": _iso(datetime.now(UTC)),
+        }
+        path = "/v1/notifications/webhooks-events"
+        seen: set[str] = set()
+        while True:
+            listed = await self._json("webhooks_events.list", partial(self._raw, "GET", path, query=dict(query)))
+            for event in listed.get("events") or []:
+                event_id = str(event.get("id", ""))
+                if isinstance(event, dict) and event_id and event_id not in seen:
+                    seen.add(event_id)
+                    yield event
+            following = m.link(listed, "next")
+            if not following or not listed.get("events"):
+                return
+            query = m.link_query(following)
 
     # ------------------------------------------------------------------ customers, methods
 

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from billing_service.domain.customers import PaymentMethodType
 from billing_service.domain.errors import (
@@ -138,6 +139,11 @@ def link(resource: Mapping[str, Any], *rels: str) -> str:
         if links.get(rel):
             return links[rel]
     return ""
+
+
+def link_query(href: str) -> dict[str, str]:
+    """The query of a HATEOAS link, to follow it on our configured host (never the link's own)."""
+    return dict(parse_qsl(urlsplit(href).query, keep_blank_values=True))
 
 
 def parse_time(value: Any) -> datetime | None:

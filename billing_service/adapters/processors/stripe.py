@@ -143,9 +143,12 @@ class StripePaymentProcessor:
     # --- events (webhook backfill) ------------------------------------------------------
 
     async def iter_events(self, since: datetime, *, page_size: int = 100) -> AsyncIterator[dict[str, Any]]:
-        """Yields Stripe Events created at or after ``since``, oldest page first, as plain dicts.
+        """Yields Stripe Events created at or after ``since`` (newest first), exactly as Stripe sent them.
 
         For backfilling the webhook inbox after the sidecar was down (Stripe keeps events 30 days).
+        Each event is the page's raw JSON, not the SDK's object: the SDK turns decimal strings
+        (``unit_amount_decimal``...) into ``Decimal``, which neither JSON nor our handlers take,
+        and the inbox must hold what a webhook delivery would have carried.
         """
         after: str | None = None
         while True:
@@ -153,8 +156,8 @@ class StripePaymentProcessor:
             if after:
                 params["starting_after"] = after
             page = await self._call("events.list", partial(self._client.v1.events.list_async, cast(Any, params)))
-            for event in page.data:
-                yield event.to_dict()
+            for event in m.raw_list_items(page):
+                yield event
             if not page.has_more or not page.data:
                 return
             after = page.data[-1].id

@@ -106,6 +106,20 @@ def field(obj: object, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default) if obj is not None else default
 
 
+def raw_list_items(page: stripe.ListObject[Any]) -> list[dict[str, Any]]:
+    """The items of a list page as Stripe's JSON sent them (no ``Decimal``, no SDK objects).
+
+    Falls back to the SDK's JSON-safe dump (decimals as their exact strings) when the page
+    carries no raw response.
+    """
+    response = page.last_response
+    raw = getattr(response, "data", None)
+    items = raw.get("data") if isinstance(raw, dict) else None
+    if isinstance(items, list) and len(items) == len(page.data):
+        return [dict(item) for item in items]
+    return [item.to_dict(for_json=True) for item in page.data]
+
+
 # --- payments ---------------------------------------------------------------------------
 
 _PAYMENT_STATUS = {

@@ -1,10 +1,12 @@
-"""``billing-service webhooks``: serve the sidecar, replay stored events, backfill from Stripe.
+"""``billing-service webhooks``: serve the sidecar, replay stored events, backfill from the processors.
 
 * ``webhooks`` / ``webhooks serve``: the HTTP sidecar and its inbox workers.
 * ``webhooks replay --event ID [--processor stripe|paypal]``: process one stored event again.
 * ``webhooks replay --dead``: make every DEAD event pending again.
-* ``webhooks backfill --since 2026-01-01T00:00:00Z``: list Stripe events created since then
-  (Stripe keeps 30 days) and insert the ones the inbox lacks; the workers then process them.
+* ``webhooks backfill --since 2026-01-01T00:00:00Z [--processor stripe|paypal]``: list the events
+  each configured processor created since then (Stripe's Events API keeps 30 days; PayPal's
+  webhook events list, ``GET /v1/notifications/webhooks-events``) and insert the ones the inbox
+  lacks; the workers then process them.
 """
 
 from __future__ import annotations
@@ -15,18 +17,27 @@ import json
 import logging
 import signal
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from billing_service.config import ConfigError, Settings
 from billing_service.domain.common import Processor
 from billing_service.entrypoints.webhooks.inbox import scrub_payload
 
-if TYPE_CHECKING:
-    from billing_service.adapters.processors.stripe import StripePaymentProcessor
-
 log = logging.getLogger("billing_service.webhooks")
+
+
+class EventSource(Protocol):
+    """A processor adapter that can list the events it sent (Stripe and PayPal; not the fake)."""
+
+    name: Processor
+
+    def iter_events(self, since: datetime, *, page_size: int = ...) -> AsyncIterator[dict[str, Any]]:
+        """Yields the processor's events created at or after ``since``, as plain JSON values."""
+        ...
+
 
 _BACKFILL_PAGE = 100
 
@@ -41,8 +52,13 @@ def add_parser(sub: Any) -> None:
     which.add_argument("--event", metavar="ID", help="the processor's event id (evt_..., WH-...)")
     which.add_argument("--dead", action="store_true", help="every event parked as dead")
     replay.add_argument("--processor", choices=[Processor.STRIPE.value, Processor.PAYPAL.value])
-    backfill = actions.add_parser("backfill", help="fetch missed Stripe events from the Events API")
+    backfill = actions.add_parser("backfill", help="fetch missed events from Stripe's and PayPal's event lists")
     backfill.add_argument("--since", required=True, metavar="ISO8601", help="e.g. 2026-01-01T00:00:00Z")
+    backfill.add_argument(
+        "--processor",
+        choices=[Processor.STRIPE.value, Processor.PAYPAL.value],
+        help="only this processor (default: every configured one)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -62,8 +78,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         except ValueError as exc:
             print(f"--since: {exc}")
             return 2
-        inserted, seen = asyncio.run(backfill(settings, since))
-        print(f"backfill: {seen} Stripe event(s) since {since.isoformat()}, {inserted} new", flush=True)
+        only = Processor(args.processor) if args.processor else None
+        try:
+            counts = asyncio.run(backfill(settings, since, only=only))
+        except ConfigError as exc:
+            print(f"backfill: {exc}", flush=True)
+            return 2
+        for name, (inserted, seen) in counts.items():
+            print(f"backfill: {seen} {name.value} event(s) since {since.isoformat()}, {inserted} new", flush=True)
         return 0
     raise ConfigError(f"unknown webhooks command {command}")
 
@@ -233,44 +255,69 @@ async def replay(settings: Settings, *, event_id: str | None, dead: bool, proces
         await built.runtime.aclose()
 
 
-async def backfill(settings: Settings, since: datetime, *, processor: Any = None) -> tuple[int, int]:
-    """Inserts the Stripe events created since ``since`` that the inbox does not have yet.
+async def backfill(
+    settings: Settings, since: datetime, *, only: Processor | None = None, processors: Any = None
+) -> dict[Processor, tuple[int, int]]:
+    """Inserts the events each processor created since ``since`` that the inbox does not have yet.
 
-    Events come from Stripe's Events API through the Stripe adapter's own client (its key,
+    Events come from the processor's own event list through its adapter (its credentials,
     base URL and retry policy), so they need no signature: we fetched them ourselves.
 
     Args:
-        processor: A ``StripePaymentProcessor`` to use instead of one built from settings.
+        only: Backfill this processor alone.
+        processors: Adapters to use instead of those built from settings (tests).
 
     Returns:
-        (inserted, seen).
+        Per processor, (inserted, seen).
+
+    Raises:
+        ConfigError: No configured processor can list its events (or ``only`` is not configured).
     """
-    from billing_service.adapters.processors.stripe import StripePaymentProcessor
     from billing_service.bootstrap import build_processors
 
     built = await _build(settings)
-    adapter = processor
-    owned = False
+    owned = processors is None
+    adapters: dict[Processor, Any] = (
+        dict(processors) if processors is not None else dict(build_processors(settings, built.runtime.deps.clock))
+    )
     try:
-        if adapter is None:
-            adapter = build_processors(settings, built.runtime.deps.clock).get(Processor.STRIPE)
-            owned = adapter is not None
-        if not isinstance(adapter, StripePaymentProcessor):
-            raise ConfigError("backfill needs STRIPE_SECRET_KEY (Stripe is not configured)")
-        return await backfill_into(built.inbox, adapter, since, now=built.runtime.deps.clock.now)
+        sources = {
+            name: adapter
+            for name, adapter in adapters.items()
+            if hasattr(adapter, "iter_events") and (only is None or name is only)
+        }
+        if not sources:
+            wanted = only.value if only else "Stripe or PayPal"
+            raise ConfigError(f"backfill needs {wanted} configured (only their event lists can be read)")
+        return {
+            name: await backfill_into(built.inbox, source, since, now=built.runtime.deps.clock.now)
+            for name, source in sources.items()
+        }
     finally:
-        if owned and adapter is not None:
-            await adapter.aclose()
+        if owned:
+            for adapter in adapters.values():
+                await adapter.aclose()
         await built.runtime.aclose()
 
 
-async def backfill_into(inbox: Any, adapter: StripePaymentProcessor, since: datetime, *, now: Any) -> tuple[int, int]:
-    """Inserts every Stripe event since ``since`` into the inbox (duplicates are skipped)."""
+async def backfill_into(
+    inbox: Any, source: EventSource, since: datetime, *, now: Any, page_size: int = _BACKFILL_PAGE
+) -> tuple[int, int]:
+    """Inserts every event ``source`` lists since ``since`` into the inbox (duplicates are skipped).
+
+    The body stored is the event's JSON as the processor sent it: amounts stay integers or
+    decimal strings, never floats (``json.dumps`` refuses anything it cannot write exactly).
+    """
+    processor = source.name
     inserted = seen = 0
-    async for event in adapter.iter_events(since, page_size=_BACKFILL_PAGE):
+    async for event in source.iter_events(since, page_size=page_size):
         seen += 1
+        event_id, event_type = event.get("id"), event.get("type") or event.get("event_type")
+        if not (isinstance(event_id, str) and event_id and isinstance(event_type, str) and event_type):
+            log.warning("webhook backfill skipped an event without id or type: processor=%s", processor.value)
+            continue
         body = scrub_payload(json.dumps(event, separators=(",", ":")).encode())
-        if await inbox.insert(Processor.STRIPE, event["id"], event["type"], body, now=now()):
+        if await inbox.insert(processor, event_id, event_type, body, now=now()):
             inserted += 1
-            log.info("webhook backfilled: processor=stripe event_id=%s type=%s", event["id"], event["type"])
+            log.info("webhook backfilled: processor=%s event_id=%s type=%s", processor.value, event_id, event_type)
     return inserted, seen
