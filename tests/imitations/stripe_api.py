@@ -483,6 +483,12 @@ class StripeImitation:
             raise _invalid("Amount must be at least the minimum charge amount.", param=param, code="amount_too_small")
         if currency in _THREE_DECIMAL and amount % 10:
             raise _invalid("Three-decimal currency amounts must end in 0.", param=param, code="invalid_amount")
+        if currency == "isk" and amount % 100:
+            message = (
+                "Invalid amount. Currency ISK has become effectively zero-decimal and charged amounts must be evenly "
+                "divisible by 100. See https://stripe.com/docs/currencies#special-cases for more information."
+            )
+            raise _invalid(message, param=param, code="invalid_charge_amount_no_decimal_compatible")
 
     def _charge(self, intent_id: str | None, customer: str | None, pm: Obj, amount: int, currency: str) -> Obj:
         """One attempt to move money; ``_behaviour`` is the card's test behaviour."""
@@ -598,6 +604,8 @@ class StripeImitation:
         if remaining <= 0:
             raise _invalid(f"Charge {pi['latest_charge']} has already been refunded.", code="charge_already_refunded")
         amount = _int(p, "amount", remaining)
+        if "amount" in p:
+            self._check_amount(amount, pi["currency"])
         if amount > remaining:
             message = f"Refund amount ({amount}) is greater than unrefunded amount on charge ({remaining})"
             raise _invalid(message, param="amount", code="amount_too_large")

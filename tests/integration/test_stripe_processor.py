@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -298,6 +299,57 @@ async def test_refunds_immediate_and_pending(processor: StripePaymentProcessor, 
     with pytest.raises(InvalidArgument) as info:
         await processor.create_refund(too_much, idempotency_key=key())
     assert info.value.reason == "AMOUNT_TOO_LARGE"
+
+
+@pytest.mark.parametrize(
+    ("ours", "at_stripe"),
+    [
+        (Money(700, "ISK"), 70000),  # ISO zero-decimal, two decimals at Stripe
+        (Money(1500, "JPY"), 1500),  # zero-decimal both
+        (Money(12340, "KWD"), 12340),  # three decimals, last digit 0
+        (Money(150000, "HUF"), 150000),  # two decimals both (whole forint only for payouts)
+        (Money(5000, "MGA"), 50),  # ISO two decimals, zero-decimal at Stripe
+    ],
+)
+async def test_refund_amounts_come_back_through_the_currency_scale(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation, ours: Money, at_stripe: int
+) -> None:
+    """Every amount read back from Stripe goes through the conversion used to send it."""
+    cus, pm = await setup_card(processor)
+    paid = await processor.create_payment(_in(cus, pm, ours * 2), idempotency_key=key())
+    assert paid.amount_captured == ours.amount_minor * 2
+    refund = await processor.create_refund(
+        RefundRequest("re_scale", paid.processor_id, ours, RefundReason.UNSPECIFIED), idempotency_key=key()
+    )
+    assert stripe_api.objects("refund")[-1]["amount"] == at_stripe
+    assert (refund.amount_minor, refund.processor_payment_id) == (ours.amount_minor, paid.processor_id)
+    again = await processor.get_refund(refund.processor_id)
+    assert again.amount_minor == ours.amount_minor and again.refund_id == "re_scale"
+
+
+async def test_stripe_refuses_fractional_isk_and_so_do_we(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    cus, pm = await setup_card(processor)
+    form = {
+        "amount": "70050",
+        "currency": "isk",
+        "customer": cus,
+        "payment_method": pm,
+        "confirm": "true",
+        "automatic_payment_methods[enabled]": "true",
+        "automatic_payment_methods[allow_redirects]": "never",
+    }
+    raw = await _raw_post(stripe_api, "/v1/payment_intents", **form)
+    assert raw.status_code == 400
+    assert raw.json()["error"]["code"] == "invalid_charge_amount_no_decimal_compatible"
+
+
+async def _raw_post(api: StripeImitation, path: str, **form: str) -> Any:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=api.base_url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        return await http.post(path, data=form, headers={"Idempotency-Key": key()})
 
 
 # --- retries, timeouts, idempotency, auth ---------------------------------------------------

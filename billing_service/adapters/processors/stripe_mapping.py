@@ -177,7 +177,7 @@ def refund_state(refund: stripe.Refund) -> ProcessorRefundState:
         status=status,
         failure_reason=failure,
         processor_payment_id=(intent if isinstance(intent, str) else getattr(intent, "id", "")) or "",
-        amount_minor=int(refund.amount or 0),
+        amount_minor=from_stripe_amount(refund.amount, refund.currency),
         refund_id=str(field(field(refund, "metadata"), "billing_refund_id", "") or ""),
     )
 
