@@ -342,6 +342,36 @@ async def test_partial_then_full_refund(processor: PayPalPaymentProcessor, paypa
     assert replay.processor_id == rest.processor_id and paypal_api.refunds_created == 2
 
 
+async def test_refunds_name_their_order_amount_and_our_refund_id(
+    processor: PayPalPaymentProcessor, paypal_api: PayPalImitation
+) -> None:
+    """What mirroring a refund made outside the service needs: the order (through the capture,
+    and for an authorization's capture through the authorization) and the exact amount."""
+    pm = await vaulted(processor, paypal_api, "card")
+    auth = await processor.create_payment(payment(pm, Money(2000, "JPY"), manual=True), idempotency_key="k-auth")
+    await processor.capture_payment(auth.processor_id, Money(2000, "JPY"), idempotency_key="k-cap")
+    capture = paypal_api.orders[auth.processor_id]["purchase_units"][0]["payments"]["captures"][0]
+    capture.pop("supplementary_data")  # only the "up" link to the authorization is left to follow
+    outside = paypal_api.dashboard_refund(capture["id"], "500")
+    state = await processor.get_refund(outside["id"])
+    assert (state.processor_payment_id, state.amount_minor, state.refund_id) == (auth.processor_id, 500, "")
+
+    ours = await processor.create_refund(
+        RefundRequest("re_ours", auth.processor_id, Money(300, "JPY"), RefundReason.UNSPECIFIED),
+        idempotency_key="k-re",
+    )
+    assert (ours.processor_payment_id, ours.amount_minor, ours.refund_id) == (auth.processor_id, 300, "re_ours")
+    again = await processor.get_refund(ours.processor_id)
+    assert (again.processor_payment_id, again.amount_minor, again.refund_id) == (auth.processor_id, 300, "re_ours")
+
+
+def test_a_refund_custom_id_copied_from_the_capture_is_not_our_refund_id() -> None:
+    refund = {"id": "R1", "status": "COMPLETED", "amount": {"currency_code": "USD", "value": "7.00"}}
+    inherited = m.refund_state(refund | {"custom_id": "pay_1"}, processor_payment_id="O1", payment_custom_id="pay_1")
+    assert (inherited.refund_id, inherited.amount_minor, inherited.processor_payment_id) == ("", 700, "O1")
+    assert m.refund_state(refund | {"custom_id": "re_1"}, payment_custom_id="pay_1").refund_id == "re_1"
+
+
 # --------------------------------------------------------------------------- plans and subscriptions
 
 

@@ -586,15 +586,40 @@ class PayPalPaymentProcessor:
             "body": refund_request,
         }
         refund = await self._json("payments.refund_capture", lambda: payments.refund_captured_payment(options))
-        return m.refund_state(refund)
+        return m.refund_state(
+            refund,
+            processor_payment_id=request.processor_payment_id,
+            payment_custom_id=str(capture.get("custom_id") or ""),
+        )
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefundState:
-        """Reads a refund."""
+        """Reads a refund, and the capture and order it belongs to.
+
+        A refund names only its capture (its ``up`` link); the capture names its order. Both
+        are needed to mirror a refund made in PayPal's dashboard, or a reversal, onto our
+        payment (whose processor id is the order id).
+        """
         payments = self._client.payments
         refund = await self._json(
             "payments.get_refund", lambda: payments.get_refund({"refund_id": processor_refund_id})
         )
-        return m.refund_state(refund)
+        capture_id = m.resource_id(m.link(refund, "up"), "captures")
+        if not capture_id:
+            return m.refund_state(refund)
+        capture = await self._json(
+            "payments.get_capture", lambda: payments.get_captured_payment({"capture_id": capture_id})
+        )
+        order_id = m.related_order_id(capture)
+        authorization_id = m.resource_id(m.link(capture, "up"), "authorizations")
+        if not order_id and authorization_id:
+            authorization = await self._json(
+                "payments.get_authorization",
+                lambda: payments.get_authorized_payment({"authorization_id": authorization_id}),
+            )
+            order_id = m.related_order_id(authorization)
+        return m.refund_state(
+            refund, processor_payment_id=order_id, payment_custom_id=str(capture.get("custom_id") or "")
+        )
 
     # ------------------------------------------------------------------ plans
 

@@ -276,13 +276,44 @@ _REFUND_STATUS = {
 }
 
 
-def refund_state(refund: Mapping[str, Any]) -> ProcessorRefundState:
-    """Translates a Payments v2 refund."""
+def refund_state(
+    refund: Mapping[str, Any], *, processor_payment_id: str = "", payment_custom_id: str = ""
+) -> ProcessorRefundState:
+    """Translates a Payments v2 refund (ours, one made in PayPal's dashboard, or a reversal).
+
+    Args:
+        refund: The refund as PayPal shows it.
+        processor_payment_id: The order the refunded capture belongs to (the refund itself
+            names only its capture, in its ``up`` link).
+        payment_custom_id: The capture's ``custom_id`` (our payment id). A refund that shows
+            the same value did not get it from us: only our own refunds carry our refund id.
+    """
     status = _REFUND_STATUS.get(str(refund.get("status")), RefundStatus.PENDING)
     failure = ""
     if status in (RefundStatus.FAILED, RefundStatus.CANCELED):
         failure = _decline_code(refund, str(refund.get("status", "")))
-    return ProcessorRefundState(str(refund["id"]), status, failure_reason=failure)
+    amount = refund.get("amount")
+    custom_id = str(refund.get("custom_id") or "")
+    return ProcessorRefundState(
+        str(refund["id"]),
+        status,
+        failure_reason=failure,
+        processor_payment_id=processor_payment_id,
+        amount_minor=money_from(amount).amount_minor if isinstance(amount, Mapping) else 0,
+        refund_id="" if custom_id == payment_custom_id else custom_id,
+    )
+
+
+def resource_id(href: str, collection: str) -> str:
+    """The id in a HATEOAS link to ``.../<collection>/<id>``, or "" if it links elsewhere."""
+    parts = urlsplit(href).path.rstrip("/").split("/")
+    return parts[-1] if len(parts) >= 2 and parts[-2] == collection else ""
+
+
+def related_order_id(resource: Mapping[str, Any]) -> str:
+    """The order a capture or authorization belongs to, from ``supplementary_data`` or its ``up`` link."""
+    related = (resource.get("supplementary_data") or {}).get("related_ids") or {}
+    return str(related.get("order_id") or "") or resource_id(link(resource, "up"), "orders")
 
 
 def attached_method(token: Mapping[str, Any]) -> AttachedPaymentMethod:

@@ -163,7 +163,13 @@ async def paypal_payment(deps: Deps, ctx: RequestContext, event: Json) -> Webhoo
 
 
 async def paypal_refund(deps: Deps, ctx: RequestContext, event: Json) -> WebhookStatus:
-    """PAYMENT.CAPTURE.REFUNDED / REVERSED: the resource is the refund (or reversal)."""
+    """PAYMENT.CAPTURE.REFUNDED / REVERSED: the resource is a refund of the capture.
+
+    REVERSED is PayPal taking captured money back (a chargeback, a reversed funding source);
+    PayPal shows it as a refund of the capture, so it converges (or is mirrored onto our
+    payment, like a refund made in PayPal's dashboard) exactly like one: the payment stays
+    SUCCEEDED and the money counts as refunded.
+    """
     refund = _resource(event)
     return await wh.converge_refund(deps, ctx, PAYPAL, text(refund, "id"), refund_id=text(refund, "custom_id"))
 
