@@ -176,6 +176,10 @@ class PayPalImitation:
         refunds_created: Refunds created.
         requests: Every request received, in order.
         strict_request_id: Refuse POSTs without ``PayPal-Request-Id`` (400).
+        complete_vaulted_orders: Orders paid with a ``vault_id`` complete at once; when False they
+            come back APPROVED and wait for the merchant's capture or authorize call.
+        webhook_events: Every event PayPal would have sent, oldest first (listed at
+            ``/v1/notifications/webhooks-events``).
         stall_seconds: How long ``timeout_after_effect_next`` holds the answer.
     """
 
@@ -194,7 +198,7 @@ class PayPalImitation:
         self.strict_request_id = strict_request_id
         self.token_ttl_seconds = token_ttl_seconds
         self.stall_seconds = stall_seconds
-        self.complete_vaulted_orders = complete_vaulted_orders
+        self._vaulted_default = complete_vaulted_orders
         self._lock = threading.RLock()
         self.reset()
         self._server: uvicorn.Server | None = None
@@ -217,6 +221,7 @@ class PayPalImitation:
             self._stalls: list[str] = []
             self._garbles: list[tuple[str, Callable[[Any], Any]]] = []
             self.webhook_events: list[Json] = []
+            self.complete_vaulted_orders = self._vaulted_default
             self._idempotent: dict[tuple[str, str], tuple[int, Any]] = {}
             self.orders: dict[str, Json] = {}
             self.authorizations: dict[str, tuple[str, Json]] = {}  # id -> (order id, authorization)
@@ -537,7 +542,8 @@ class PayPalImitation:
             # Effects and business refusals are replayed for the same key; malformed or
             # unauthenticated requests had no effect and are not.
             if request.method == "POST" and request_id and (status < 400 or status == 422):
-                self._idempotent[(path, request_id)] = (status, answer)
+                # A snapshot: PayPal replays the answer it gave, not the resource as it is now.
+                self._idempotent[(path, request_id)] = (status, _public(answer))
             garble = next((g for g in self._garbles if path.startswith(g[0])), None)
             if garble is not None and status < 400:
                 self._garbles.remove(garble)

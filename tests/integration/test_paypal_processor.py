@@ -538,6 +538,61 @@ async def test_timeout_after_capture_then_retry_captures_once(
     assert paypal_api.captures_created == 1
 
 
+async def _raw_client(api: PayPalImitation) -> tuple[httpx.AsyncClient, dict[str, str]]:
+    client = httpx.AsyncClient(base_url=api.base_url)
+    token = await client.post(
+        "/v1/oauth2/token", data={"grant_type": "client_credentials"}, auth=(api.client_id, api.client_secret)
+    )
+    return client, {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+
+async def test_an_order_is_completed_under_one_key_so_a_retry_after_the_webhook_converges(
+    processor: PayPalPaymentProcessor, paypal_api: PayPalImitation
+) -> None:
+    """create_payment's completion failed; a CHECKOUT.ORDER.APPROVED re-read completed the order;
+    the caller's retry completes again. One key per order: PayPal replays, one capture."""
+    paypal_api.complete_vaulted_orders = False
+    pm = await vaulted(processor, paypal_api)
+    paypal_api.fail_next("/v2/checkout/orders/", times=3)  # the capture call, never reached
+    with pytest.raises(ProcessorUnavailable):
+        await processor.create_payment(payment(pm, Money(1000, "USD")), idempotency_key="k-two")
+    [order_id] = paypal_api.orders
+    assert paypal_api.orders[order_id]["status"] == "APPROVED"
+    by_webhook = await processor.get_payment(order_id)
+    assert by_webhook.status is PaymentStatus.SUCCEEDED
+    retried = await processor.create_payment(payment(pm, Money(1000, "USD")), idempotency_key="k-two")
+    assert (retried.processor_id, retried.status, retried.amount_captured) == (order_id, PaymentStatus.SUCCEEDED, 1000)
+    assert paypal_api.captures_created == 1
+    completions = {r.request_id for r in paypal_api.posts() if r.path.endswith("/capture")}
+    assert completions == {f"{order_id}:complete"}
+
+
+@pytest.mark.parametrize("manual", [False, True])
+async def test_an_order_completed_under_another_key_is_read_and_converged(
+    processor: PayPalPaymentProcessor, paypal_api: PayPalImitation, manual: bool
+) -> None:
+    """ORDER_ALREADY_CAPTURED / ORDER_ALREADY_AUTHORIZED is not a failure: read the order."""
+    paypal_api.complete_vaulted_orders = False
+    pm = await vaulted(processor, paypal_api)
+    paypal_api.fail_next("/v2/checkout/orders/", times=3)
+    with pytest.raises(ProcessorUnavailable):
+        await processor.create_payment(payment(pm, Money(1000, "USD"), manual=manual), idempotency_key="k-other")
+    [order_id] = paypal_api.orders
+    client, headers = await _raw_client(paypal_api)
+    try:
+        verb = "authorize" if manual else "capture"
+        done = await client.post(
+            f"/v2/checkout/orders/{order_id}/{verb}", headers={**headers, "PayPal-Request-Id": "someone-else"}
+        )
+        assert done.status_code == 201
+    finally:
+        await client.aclose()
+    state = await processor.create_payment(payment(pm, Money(1000, "USD"), manual=manual), idempotency_key="k-other")
+    expected = PaymentStatus.REQUIRES_CAPTURE if manual else PaymentStatus.SUCCEEDED
+    assert (state.processor_id, state.status) == (order_id, expected)
+    assert paypal_api.captures_created == (0 if manual else 1)
+
+
 async def test_oauth_token_is_fetched_once_and_reused(paypal_api: PayPalImitation) -> None:
     proc = PayPalPaymentProcessor(settings_for(paypal_api), retry_policy=FAST)
     try:

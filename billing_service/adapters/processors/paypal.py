@@ -15,9 +15,10 @@ list is in ``NOT_SUPPORTED``):
   (no I/O); ``update_customer`` is a no-op.
 * No order cancel: cancelling an order the buyer has not paid marks it canceled in its
   ``custom_id`` (PATCH) so the adapter never completes it later, and lets PayPal expire it.
-* Approved orders wait for the merchant: ``get_payment`` completes an APPROVED order
-  (capture or authorize) with a request id derived from the order id, so reconciling
-  twice never takes money twice.
+* Approved orders wait for the merchant: ``create_payment`` (vaulted methods) and
+  ``get_payment`` complete an APPROVED order (capture or authorize) under one request id
+  derived from the order id, so whoever completes it, and however often, money is taken
+  once; "already captured/authorized" means someone did, and the order is read instead.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ _NOTE_TO_PAYER = {
     RefundReason.REQUESTED_BY_CUSTOMER: "Refund requested by you",
 }
 _REPRESENTATION = "return=representation"
+_ALREADY_COMPLETED = frozenset({"ORDER_ALREADY_CAPTURED", "ORDER_ALREADY_AUTHORIZED"})
 
 
 @dataclass(frozen=True)
@@ -429,13 +431,27 @@ class PayPalPaymentProcessor:
         orders = self._client.orders
         return await self._json("orders.get", lambda: orders.get_order({"id": order_id}))
 
-    async def _complete(self, order: m.Json, request_id: str) -> m.Json:
-        """Captures or authorizes an APPROVED order (PayPal waits for the merchant to do so)."""
+    async def _complete(self, order: m.Json) -> m.Json:
+        """Captures or authorizes an APPROVED order (PayPal waits for the merchant to do so).
+
+        One ``PayPal-Request-Id`` per order, whoever completes it (the create that made it, a
+        webhook's re-read, reconciliation): a second completion is PayPal's replay of the
+        first, never a second capture. An order that someone else already completed under
+        another key (``ORDER_ALREADY_CAPTURED``/``_AUTHORIZED``) is not a failure: the
+        order is read again and its truth returned.
+        """
+        order_id = str(order["id"])
         orders = self._client.orders
-        options = {"id": str(order["id"]), "paypal_request_id": request_id, "prefer": _REPRESENTATION}
-        if order.get("intent") == "AUTHORIZE":
-            return await self._json("orders.authorize", lambda: orders.authorize_order(options))
-        return await self._json("orders.capture", lambda: orders.capture_order(options))
+        options = {"id": order_id, "paypal_request_id": f"{order_id}:complete", "prefer": _REPRESENTATION}
+        try:
+            if order.get("intent") == "AUTHORIZE":
+                return await self._json("orders.authorize", lambda: orders.authorize_order(options))
+            return await self._json("orders.capture", lambda: orders.capture_order(options))
+        except ProcessorError as err:
+            if err.reason not in _ALREADY_COMPLETED:
+                raise
+            log.info("paypal order already completed elsewhere; reading it", extra={"processor_payment_id": order_id})
+            return await self._get_order(order_id)
 
     async def create_payment(self, request: PaymentRequest, *, idempotency_key: str) -> ProcessorPaymentState:
         """Creates an order; with a vaulted token it completes at once, else the buyer approves."""
@@ -480,7 +496,7 @@ class PayPalPaymentProcessor:
             ),
         )
         if vault_id and order.get("status") == "APPROVED":
-            order = await self._complete(order, f"{idempotency_key}:complete")
+            order = await self._complete(order)
         state = m.payment_state(order)
         if state.status is PaymentStatus.FAILED and state.failure is not None:
             raise PaymentDeclined(
@@ -499,7 +515,7 @@ class PayPalPaymentProcessor:
         unit, _, _ = m.purchase_payments(order)
         canceled = str(unit.get("custom_id", "")).endswith(_CANCELED_MARK)
         if order.get("status") == "APPROVED" and not canceled:
-            order = await self._complete(order, f"{processor_payment_id}:complete")
+            order = await self._complete(order)
         if canceled and order.get("status") != "COMPLETED":
             return ProcessorPaymentState(processor_payment_id, PaymentStatus.CANCELED)
         return m.payment_state(order)
