@@ -218,6 +218,11 @@ async def resume_payment(
             )
             await record_payment_state(deps, ctx, payment.id, failed, "payment.failed")
             exc.metadata["payment_id"] = payment.id
+        elif processor_payment_id := exc.metadata.get("processor_payment_id", ""):
+            # The processor acted but its answer could not be read: keep its id on the PENDING
+            # payment so refreshes and reconciliation can find what it did.
+            linked = ProcessorPaymentState(processor_id=processor_payment_id, status=PaymentStatus.PENDING)
+            await record_payment_state(deps, ctx, payment.id, linked, "payment.processor_linked")
         raise
     return await record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
 

@@ -12,7 +12,8 @@ params: the stored response with ``Idempotent-Replayed: true``; same key, other 
 (``strict=True``): every POST/DELETE needs an ``Idempotency-Key``; currencies must be lower
 case.
 
-Knobs: ``fail_next``, ``timeout_after_effect_next``, ``refund_mode`` + ``settle_refund``.
+Knobs: ``fail_next``, ``timeout_after_effect_next``, ``garble_next``, ``refund_mode`` +
+``settle_refund``, ``end_trial``.
 Counters: ``requests`` (log), ``requests_to``, ``payment_intents_created``,
 ``charges_created``, ``objects(kind)``; events are listed at ``/v1/events``.
 """
@@ -29,6 +30,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -193,6 +195,7 @@ class StripeImitation:
         self.base_url = ""
         self._lock = threading.RLock()
         self._faults: list[_Fault] = []
+        self._garbles: list[tuple[str, Callable[[Obj], Obj]]] = []
         self._store = _Store()
         self._stopping = threading.Event()
         self._server: uvicorn.Server | None = None
@@ -237,6 +240,7 @@ class StripeImitation:
         with self._lock:
             self._store = _Store()
             self._faults.clear()
+            self._garbles.clear()
             self.requests.clear()
             self.refund_mode = "succeeded"
 
@@ -261,6 +265,15 @@ class StripeImitation:
         """
         with self._lock:
             self._faults.append(_Fault(path_prefix, 0, "", 1, stall=True))
+
+    def garble_next(self, path_prefix: str, garble: Callable[[Obj], Obj]) -> None:
+        """The next answer under ``path_prefix`` passes through ``garble`` on its way out.
+
+        The effect and the stored idempotent answer are untouched (a proxy or a new field
+        format mangled one answer): a retry with the same key gets the real one.
+        """
+        with self._lock:
+            self._garbles.append((path_prefix, garble))
 
     def settle_refund(self, refund_id: str, status: str, failure_reason: str = "declined") -> Obj:
         """Moves a pending refund to ``succeeded`` or ``failed`` (returning the money's reservation)."""
@@ -304,6 +317,10 @@ class StripeImitation:
         with self._lock:
             self.requests.append(record)
             record.status, payload, out_headers, stall = self._handle(record)
+            garble = next((g for g in self._garbles if request.url.path.startswith(g[0])), None)
+            if garble is not None and record.status < 400:
+                self._garbles.remove(garble)
+                payload = json.dumps(garble[1](json.loads(payload))).encode()
         if stall:  # meant to outlast the client's timeout; stop() releases it
             deadline = time.monotonic() + self.stall_seconds
             while time.monotonic() < deadline and not self._stopping.is_set():

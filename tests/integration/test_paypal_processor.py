@@ -6,6 +6,7 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -591,6 +592,42 @@ async def test_an_order_completed_under_another_key_is_read_and_converged(
     expected = PaymentStatus.REQUIRES_CAPTURE if manual else PaymentStatus.SUCCEEDED
     assert (state.processor_id, state.status) == (order_id, expected)
     assert paypal_api.captures_created == (0 if manual else 1)
+
+
+def _unknown_capture_currency(order: dict[str, Any]) -> dict[str, Any]:
+    order["purchase_units"][0]["payments"]["captures"][0]["amount"]["currency_code"] = "XTS"
+    return order
+
+
+async def test_an_answer_we_cannot_read_is_a_retryable_processor_fault_that_keeps_the_order_id(
+    processor: PayPalPaymentProcessor, paypal_api: PayPalImitation
+) -> None:
+    """PayPal took the money but its answer does not parse: not the caller's fault
+    (INVALID_ARGUMENT), a processor fault that names the order so it stays findable."""
+    pm = await vaulted(processor, paypal_api, "card")
+    paypal_api.garble_next("/v2/checkout/orders", _unknown_capture_currency)
+    with pytest.raises(ProcessorError) as info:
+        await processor.create_payment(payment(pm, Money(1000, "USD")), idempotency_key="k-garbled")
+    [order_id] = paypal_api.orders
+    assert (info.value.reason, info.value.retryable) == ("PROCESSOR_BAD_RESPONSE", True)
+    assert info.value.metadata["processor_payment_id"] == order_id
+    retried = await processor.create_payment(payment(pm, Money(1000, "USD")), idempotency_key="k-garbled")
+    assert (retried.processor_id, retried.status, paypal_api.captures_created) == (order_id, PaymentStatus.SUCCEEDED, 1)
+
+    paypal_api.garble_next(f"/v2/checkout/orders/{order_id}", lambda order: {"status": "COMPLETED"})
+    with pytest.raises(ProcessorError) as no_id:
+        await processor.get_payment(order_id)
+    assert (no_id.value.reason, no_id.value.retryable) == ("PROCESSOR_BAD_RESPONSE", True)
+
+
+def test_order_amounts_are_read_only_when_the_status_needs_them() -> None:
+    garbage = {"status": "COMPLETED", "amount": {"currency_code": "XTS", "value": "1.00"}}
+    for status, expected in (
+        ("VOIDED", PaymentStatus.CANCELED),
+        ("PAYER_ACTION_REQUIRED", PaymentStatus.REQUIRES_ACTION),
+    ):
+        order = {"id": "O1", "status": status, "purchase_units": [{"payments": {"captures": [garbage]}}]}
+        assert m.payment_state(order).status is expected
 
 
 async def test_oauth_token_is_fetched_once_and_reused(paypal_api: PayPalImitation) -> None:

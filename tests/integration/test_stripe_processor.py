@@ -352,6 +352,57 @@ async def _raw_post(api: StripeImitation, path: str, **form: str) -> Any:
         return await http.post(path, data=form, headers={"Idempotency-Key": key()})
 
 
+async def test_an_answer_we_cannot_read_is_a_retryable_processor_fault_that_keeps_the_intent_id(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    cus, pm = await setup_card(processor)
+    stripe_api.garble_next("/v1/payment_intents", lambda pi: {k: v for k, v in pi.items() if k != "currency"})
+    with pytest.raises(ProcessorError) as info:
+        await processor.create_payment(payment(cus, pm), idempotency_key="k-garbled")
+    [intent] = stripe_api.objects("payment_intent")
+    assert (info.value.reason, info.value.retryable) == ("PROCESSOR_BAD_RESPONSE", True)
+    assert info.value.metadata["processor_payment_id"] == intent["id"]
+    again = await processor.create_payment(payment(cus, pm), idempotency_key="k-garbled")
+    assert (again.processor_id, again.status, stripe_api.charges_created) == (intent["id"], PaymentStatus.SUCCEEDED, 1)
+
+    stripe_api.garble_next(f"/v1/payment_intents/{intent['id']}", lambda pi: pi | {"amount_received": "a lot"})
+    with pytest.raises(ProcessorError) as unreadable:
+        await processor.get_payment(intent["id"])
+    assert (unreadable.value.reason, unreadable.value.retryable) == ("PROCESSOR_BAD_RESPONSE", True)
+
+
+async def test_a_currency_we_do_not_know_in_an_invoice_is_the_processors_fault(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    cus, pm = await setup_card(processor)
+    basic = plan()
+    basic.processor_refs = await processor.create_plan(basic, idempotency_key=key())
+    sub = await processor.create_subscription(
+        SubscriptionRequest("sub_x", cus, pm, basic, quantity=1, trial_end=None), idempotency_key=key()
+    )
+
+    def unknown_currency(page: dict[str, Any]) -> dict[str, Any]:
+        for invoice in page["data"]:
+            invoice["currency"] = "xts"
+            for line in invoice["lines"]["data"]:
+                line["currency"] = "xts"
+        return page
+
+    stripe_api.garble_next("/v1/invoices", unknown_currency)
+    with pytest.raises(ProcessorError) as info:
+        await processor.list_invoices(sub.processor_id)
+    assert (info.value.reason, info.value.retryable) == ("PROCESSOR_BAD_RESPONSE", True)
+
+
+def test_amounts_read_back_must_be_exact_in_our_minor_units() -> None:
+    from billing_service.adapters.processors import stripe_mapping
+
+    assert stripe_mapping.from_stripe_amount(70000, "isk") == 700
+    with pytest.raises(ProcessorError) as info:
+        stripe_mapping.from_stripe_amount(70050, "isk")  # a fraction of a krona cannot be ours
+    assert info.value.reason == "PROCESSOR_BAD_RESPONSE"
+
+
 # --- retries, timeouts, idempotency, auth ---------------------------------------------------
 
 

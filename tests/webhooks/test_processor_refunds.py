@@ -10,7 +10,7 @@ import pytest
 
 from billing_service.domain.common import Processor
 from billing_service.domain.money import Money
-from billing_service.domain.payments import CaptureMethod, Payment, PaymentStatus, Refund, RefundStatus
+from billing_service.domain.payments import CaptureMethod, Payment, PaymentStatus, Refund, RefundReason, RefundStatus
 from billing_service.service_layer import payments as pay
 from billing_service.service_layer.ports import WebhookStatus
 from tests.imitations.paypal_api import PayPalImitation
@@ -109,7 +109,7 @@ async def test_our_own_paypal_refund_is_not_mirrored_twice(
     """A refund we made echoes our refund id in ``custom_id``: the event converges that refund."""
     paid = await pay_in(sidecar, Processor.PAYPAL, paypal_api.create_setup_token("card"), Money(2500, "USD"))
     refund = await pay.create_refund(
-        sidecar.runtime.deps, ctx("re"), pay.CreateRefund(paid.id, Money(500, "USD"), pay.RefundReason.UNSPECIFIED)
+        sidecar.runtime.deps, ctx("re"), pay.CreateRefund(paid.id, Money(500, "USD"), RefundReason.UNSPECIFIED)
     )
     event = paypal_api.webhook_events[-1]
     assert event["resource"]["custom_id"] == refund.id

@@ -37,7 +37,13 @@ from typing import Any, TypeVar
 import requests
 
 from billing_service.adapters.processors import paypal_mapping as m
-from billing_service.adapters.processors.retry import RetryPolicy, call_with_retries, is_retryable_http_status
+from billing_service.adapters.processors.retry import (
+    RetryPolicy,
+    bad_response,
+    call_with_retries,
+    is_retryable_http_status,
+    parsed,
+)
 from billing_service.domain.common import Processor
 from billing_service.domain.customers import Customer
 from billing_service.domain.errors import (
@@ -142,6 +148,15 @@ class _DomainErrorCarrier(ProcessorError):
 def paypal_customer_id(customer_id: str) -> str:
     """A stable Vault ``customer.id`` for our customer (PayPal allows 22 characters)."""
     return hashlib.sha256(customer_id.encode()).hexdigest()[:22]
+
+
+def _read(what: str, read: Callable[..., T], *args: Any, ids: Mapping[str, str] | None = None) -> T:
+    """Reads a PayPal answer; one we cannot read is PayPal's fault (retryable), never the caller's."""
+    return parsed("paypal", what, read, *args, ids=ids)
+
+
+def _order_state(order: m.Json) -> ProcessorPaymentState:
+    return _read("an order", m.payment_state, order, ids={"processor_payment_id": m.text_id(order)})
 
 
 def _iso(moment: datetime) -> str:
@@ -260,11 +275,7 @@ class PayPalPaymentProcessor:
         try:
             return m.body(response)
         except ValueError as exc:
-            raise ProcessorError(
-                f"PayPal answered {operation} with a body that is not JSON",
-                reason="PROCESSOR_BAD_RESPONSE",
-                metadata={"processor": "paypal"},
-            ) from exc
+            raise bad_response("paypal", operation, detail="the body is not JSON") from exc
 
     def _classify(self, exc: Exception) -> ProcessorError:
         from apimatic_core.exceptions.auth_validation_exception import AuthValidationException
@@ -399,8 +410,9 @@ class PayPalPaymentProcessor:
             "vault.create_payment_token",
             lambda: vault.create_payment_token({"body": request, "paypal_request_id": idempotency_key}),
         )
-        self._token_kinds[str(created["id"])] = m.token_source_kind(created)
-        return m.attached_method(created)
+        attached = _read("a payment token", m.attached_method, created, ids={"processor_id": m.text_id(created)})
+        self._token_kinds[attached.processor_id] = m.token_source_kind(created)
+        return attached
 
     async def detach_payment_method(self, processor_payment_method_id: str, *, idempotency_key: str) -> None:
         """Deletes the Vault token. DELETE is idempotent: an already deleted token is fine."""
@@ -440,7 +452,7 @@ class PayPalPaymentProcessor:
         another key (``ORDER_ALREADY_CAPTURED``/``_AUTHORIZED``) is not a failure: the
         order is read again and its truth returned.
         """
-        order_id = str(order["id"])
+        order_id = _read("an order", m.required_id, order)
         orders = self._client.orders
         options = {"id": order_id, "paypal_request_id": f"{order_id}:complete", "prefer": _REPRESENTATION}
         try:
@@ -496,11 +508,16 @@ class PayPalPaymentProcessor:
             ),
         )
         if vault_id and order.get("status") == "APPROVED":
-            order = await self._complete(order)
-        state = m.payment_state(order)
+            try:
+                order = await self._complete(order)
+            except ProcessorError as err:
+                if err.retryable:  # the order exists: name it, so our record can keep it
+                    err.metadata.setdefault("processor_payment_id", m.text_id(order))
+                raise
+        state = _order_state(order)
         if state.status is PaymentStatus.FAILED and state.failure is not None:
             raise PaymentDeclined(
-                f"PayPal declined order {order['id']}",
+                f"PayPal declined order {state.processor_id}",
                 metadata={
                     "processor": "paypal",
                     "processor_payment_id": state.processor_id,
@@ -512,13 +529,14 @@ class PayPalPaymentProcessor:
     async def get_payment(self, processor_payment_id: str) -> ProcessorPaymentState:
         """Reads the order; completes it if the buyer approved it (see module docstring)."""
         order = await self._get_order(processor_payment_id)
-        unit, _, _ = m.purchase_payments(order)
+        ids = {"processor_payment_id": processor_payment_id}
+        unit, _, _ = _read("an order", m.purchase_payments, order, ids=ids)
         canceled = str(unit.get("custom_id", "")).endswith(_CANCELED_MARK)
         if order.get("status") == "APPROVED" and not canceled:
             order = await self._complete(order)
         if canceled and order.get("status") != "COMPLETED":
             return ProcessorPaymentState(processor_payment_id, PaymentStatus.CANCELED)
-        return m.payment_state(order)
+        return _order_state(order)
 
     async def capture_payment(
         self, processor_payment_id: str, amount: Money, *, idempotency_key: str
@@ -526,9 +544,10 @@ class PayPalPaymentProcessor:
         """Captures (part of) the authorization as the final capture; PayPal releases the rest."""
         value = m.paypal_amount(amount)
         order = await self._get_order(processor_payment_id)
-        auth = m.open_authorization(order)
+        ids = {"processor_payment_id": processor_payment_id}
+        auth = _read("an order", m.open_authorization, order, ids=ids)
         if auth is None:
-            state = m.payment_state(order)
+            state = _order_state(order)
             if state.status is PaymentStatus.SUCCEEDED:
                 return state  # a retry after the capture already happened
             raise FailedPrecondition(
@@ -538,20 +557,21 @@ class PayPalPaymentProcessor:
             )
         payments = self._client.payments
         options = {
-            "authorization_id": str(auth["id"]),
+            "authorization_id": _read("an authorization", m.required_id, auth, ids=ids),
             "paypal_request_id": idempotency_key,
             "prefer": _REPRESENTATION,
             "body": {"amount": value, "final_capture": True},
         }
         await self._call("payments.capture_authorization", lambda: payments.capture_authorized_payment(options))
-        return m.payment_state(await self._get_order(processor_payment_id))
+        return _order_state(await self._get_order(processor_payment_id))
 
     async def cancel_payment(self, processor_payment_id: str, *, idempotency_key: str) -> ProcessorPaymentState:
         """Voids the authorization, or marks an unpaid order canceled (PayPal cannot cancel orders)."""
         order = await self._get_order(processor_payment_id)
+        ids = {"processor_payment_id": processor_payment_id}
         status = order.get("status")
         if status in ("CREATED", "PAYER_ACTION_REQUIRED", "APPROVED", "SAVED"):
-            unit, _, _ = m.purchase_payments(order)
+            unit, _, _ = _read("an order", m.purchase_payments, order, ids=ids)
             custom_id = str(unit.get("custom_id", ""))
             if not custom_id.endswith(_CANCELED_MARK):
                 patch = [
@@ -566,17 +586,17 @@ class PayPalPaymentProcessor:
                     "orders.patch", lambda: orders.patch_order({"id": processor_payment_id, "body": patch})
                 )
             return ProcessorPaymentState(processor_payment_id, PaymentStatus.CANCELED)
-        auth = m.open_authorization(order)
+        auth = _read("an order", m.open_authorization, order, ids=ids)
         if auth is not None:
             payments = self._client.payments
             options = {
-                "authorization_id": str(auth["id"]),
+                "authorization_id": _read("an authorization", m.required_id, auth, ids=ids),
                 "paypal_request_id": idempotency_key,
                 "prefer": _REPRESENTATION,
             }
             await self._call("payments.void", lambda: payments.void_payment(options))
             order = await self._get_order(processor_payment_id)
-        return m.payment_state(order)
+        return _order_state(order)
 
     # ------------------------------------------------------------------ refunds
 
@@ -587,7 +607,8 @@ class PayPalPaymentProcessor:
         if note:
             refund_request["note_to_payer"] = note
         order = await self._get_order(request.processor_payment_id)
-        capture = m.first_capture(order)
+        ids = {"processor_payment_id": request.processor_payment_id}
+        capture = _read("an order", m.first_capture, order, ids=ids)
         if capture is None:
             raise FailedPrecondition(
                 f"PayPal order {request.processor_payment_id} has no capture to refund",
@@ -596,16 +617,21 @@ class PayPalPaymentProcessor:
             )
         payments = self._client.payments
         options = {
-            "capture_id": str(capture["id"]),
+            "capture_id": _read("a capture", m.required_id, capture, ids=ids),
             "paypal_request_id": idempotency_key,
             "prefer": _REPRESENTATION,
             "body": refund_request,
         }
         refund = await self._json("payments.refund_capture", lambda: payments.refund_captured_payment(options))
-        return m.refund_state(
+        return _read(
+            "a refund",
+            partial(
+                m.refund_state,
+                processor_payment_id=request.processor_payment_id,
+                payment_custom_id=str(capture.get("custom_id") or ""),
+            ),
             refund,
-            processor_payment_id=request.processor_payment_id,
-            payment_custom_id=str(capture.get("custom_id") or ""),
+            ids={**ids, "processor_refund_id": m.text_id(refund)},
         )
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefundState:
@@ -619,23 +645,24 @@ class PayPalPaymentProcessor:
         refund = await self._json(
             "payments.get_refund", lambda: payments.get_refund({"refund_id": processor_refund_id})
         )
-        capture_id = m.resource_id(m.link(refund, "up"), "captures")
+        ids = {"processor_refund_id": processor_refund_id}
+        capture_id = _read("a refund", lambda r: m.resource_id(m.link(r, "up"), "captures"), refund, ids=ids)
         if not capture_id:
-            return m.refund_state(refund)
+            return _read("a refund", m.refund_state, refund, ids=ids)
         capture = await self._json(
             "payments.get_capture", lambda: payments.get_captured_payment({"capture_id": capture_id})
         )
-        order_id = m.related_order_id(capture)
-        authorization_id = m.resource_id(m.link(capture, "up"), "authorizations")
+        order_id = _read("a capture", m.related_order_id, capture, ids=ids)
+        authorization_id = _read("a capture", lambda c: m.resource_id(m.link(c, "up"), "authorizations"), capture)
         if not order_id and authorization_id:
             authorization = await self._json(
                 "payments.get_authorization",
                 lambda: payments.get_authorized_payment({"authorization_id": authorization_id}),
             )
-            order_id = m.related_order_id(authorization)
-        return m.refund_state(
-            refund, processor_payment_id=order_id, payment_custom_id=str(capture.get("custom_id") or "")
-        )
+            order_id = _read("an authorization", m.related_order_id, authorization, ids=ids)
+        custom_id = str(capture.get("custom_id") or "")
+        read = partial(m.refund_state, processor_payment_id=order_id, payment_custom_id=custom_id)
+        return _read("a refund", read, refund, ids={**ids, "processor_payment_id": order_id})
 
     # ------------------------------------------------------------------ plans
 
@@ -670,7 +697,7 @@ class PayPalPaymentProcessor:
                 {"body": plan_request, "paypal_request_id": f"{idempotency_key}:plan", "prefer": _REPRESENTATION}
             ),
         )
-        return {"paypal": str(created["id"]), "paypal_product": product_id}
+        return {"paypal": _read("a billing plan", m.required_id, created), "paypal_product": product_id}
 
     async def archive_plan(self, plan: Plan, *, idempotency_key: str) -> None:
         """Deactivates the billing plan; existing subscriptions keep it."""
@@ -743,11 +770,16 @@ class PayPalPaymentProcessor:
                 {"body": body, "paypal_request_id": idempotency_key, "prefer": _REPRESENTATION}
             ),
         )
-        return m.subscription_state(created)
+        return _read(
+            "a subscription", m.subscription_state, created, ids={"processor_subscription_id": m.text_id(created)}
+        )
 
     async def get_subscription(self, processor_subscription_id: str) -> ProcessorSubscriptionState:
         """Reads a subscription."""
-        return m.subscription_state(await self._get_subscription_json(processor_subscription_id))
+        sub = await self._get_subscription_json(processor_subscription_id)
+        return _read(
+            "a subscription", m.subscription_state, sub, ids={"processor_subscription_id": processor_subscription_id}
+        )
 
     async def update_subscription(
         self, processor_subscription_id: str, change: SubscriptionChange, *, idempotency_key: str
@@ -790,7 +822,7 @@ class PayPalPaymentProcessor:
             ),
         )
         state = await self.get_subscription(processor_subscription_id)
-        state.approval_url = m.link(revised, "approve") or state.approval_url
+        state.approval_url = _read("a revision", m.link, revised, "approve") or state.approval_url
         return state
 
     async def cancel_subscription(
@@ -833,10 +865,15 @@ class PayPalPaymentProcessor:
     async def list_invoices(self, processor_subscription_id: str) -> list[ProcessorInvoiceState]:
         """Maps the subscription's transactions (since it was created) to invoices, newest first."""
         sub = await self._get_subscription_json(processor_subscription_id)
-        start = m.parse_time(sub.get("create_time") or sub.get("start_time")) or datetime(2000, 1, 1, tzinfo=UTC)
+        ids = {"processor_subscription_id": processor_subscription_id}
+        created = _read("a subscription", m.parse_time, sub.get("create_time") or sub.get("start_time"), ids=ids)
+        start = created or datetime(2000, 1, 1, tzinfo=UTC)
         options = {"id": processor_subscription_id, "start_time": _iso(start), "end_time": _iso(datetime.now(UTC))}
         subscriptions = self._client.subscriptions
         listed = await self._json(
             "subscriptions.transactions", lambda: subscriptions.list_subscription_transactions(options)
         )
-        return m.transaction_invoices(processor_subscription_id, listed.get("transactions") or [])
+        transactions = listed.get("transactions") or []
+        return _read(
+            "subscription transactions", m.transaction_invoices, processor_subscription_id, transactions, ids=ids
+        )

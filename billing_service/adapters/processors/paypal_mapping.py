@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from billing_service.adapters.processors.retry import bad_response
 from billing_service.domain.customers import PaymentMethodType
 from billing_service.domain.errors import (
     BillingError,
@@ -102,20 +103,21 @@ def minor_units(value: str, currency: str) -> int:
     """Parses a PayPal decimal string into minor units of ``currency``, exactly.
 
     Raises:
-        ProcessorError: The string is not a plain decimal, or has more decimals than the
-            currency's minor unit (PayPal never sends that; refuse rather than round).
+        ProcessorError: ``PROCESSOR_BAD_RESPONSE`` (retryable): the string is not a plain
+            decimal, or has more decimals than the currency's minor unit (PayPal never sends
+            that; refuse rather than round).
+        InvalidArgument: ``currency`` is not an ISO 4217 code we know (readers of PayPal
+            answers turn it into ``PROCESSOR_BAD_RESPONSE``).
     """
     exponent = currency_exponent(currency)
     text = value.strip()
     sign = -1 if text.startswith("-") else 1
     whole, _, frac = text.lstrip("+-").partition(".")
     if not whole.isdigit() or (frac and not frac.isdigit()):
-        raise ProcessorError(f"PayPal sent an unreadable amount {value!r}", reason="PROCESSOR_BAD_RESPONSE")
+        raise bad_response("paypal", f"an amount {value!r}")
     extra = frac[exponent:]
     if extra.strip("0"):
-        raise ProcessorError(
-            f"PayPal sent {value!r} with more decimals than {currency} has", reason="PROCESSOR_BAD_RESPONSE"
-        )
+        raise bad_response("paypal", f"{value!r} {currency}, with more decimals than {currency} has")
     scale: int = 10**exponent
     fraction = int(frac[:exponent].ljust(exponent, "0")) if exponent else 0
     return sign * (int(whole) * scale + fraction)
@@ -130,6 +132,24 @@ def money_from(amount: Mapping[str, Any]) -> Money:
 # ---------------------------------------------------------------------------
 # Small JSON helpers
 # ---------------------------------------------------------------------------
+
+
+def text_id(resource: Any) -> str:
+    """The resource's ``id`` when it is a non-empty string, else "" (for error metadata)."""
+    value = resource.get("id") if isinstance(resource, Mapping) else None
+    return value if isinstance(value, str) else ""
+
+
+def required_id(resource: Mapping[str, Any]) -> str:
+    """The resource's ``id``.
+
+    Raises:
+        ValueError: It has none (the caller reports an unreadable answer).
+    """
+    value = text_id(resource)
+    if not value:
+        raise ValueError("a resource without an id")
+    return value
 
 
 def link(resource: Mapping[str, Any], *rels: str) -> str:
@@ -219,12 +239,12 @@ def payment_state(order: Mapping[str, Any]) -> ProcessorPaymentState:
     The processor id is the order id; captures and authorizations are always re-read
     from the order, so nothing else needs to be stored on our side.
     """
-    order_id = str(order["id"])
+    order_id = required_id(order)
     status = order.get("status")
     _, captures, auths = purchase_payments(order)
-    taken = _sum_taken(captures)
-    pending_capture = any(c.get("status") == "PENDING" for c in captures)
 
+    # Amounts are read only for the statuses that report them: an order still waiting for
+    # its payer (or voided) says nothing about money, whatever its payments list holds.
     if status in ("CREATED", "PAYER_ACTION_REQUIRED"):
         url = link(order, "payer-action", "approve")
         return ProcessorPaymentState(order_id, PaymentStatus.REQUIRES_ACTION, next_action=NextAction(redirect_url=url))
@@ -232,6 +252,8 @@ def payment_state(order: Mapping[str, Any]) -> ProcessorPaymentState:
         return ProcessorPaymentState(order_id, PaymentStatus.CANCELED)
     if status != "COMPLETED":  # APPROVED (being completed) or SAVED
         return ProcessorPaymentState(order_id, PaymentStatus.PROCESSING)
+    taken = _sum_taken(captures)
+    pending_capture = any(c.get("status") == "PENDING" for c in captures)
 
     if auths:
         auth = auths[0]

@@ -18,9 +18,9 @@ from typing import Any, Literal, NoReturn, TypeVar, cast
 import stripe
 
 from billing_service.adapters.processors import stripe_mapping as m
-from billing_service.adapters.processors.retry import RetryPolicy, call_with_retries
+from billing_service.adapters.processors.retry import RetryPolicy, call_with_retries, parsed
 from billing_service.domain.common import Processor
-from billing_service.domain.customers import Customer, PaymentMethodType
+from billing_service.domain.customers import Customer
 from billing_service.domain.errors import (
     FailedPrecondition,
     NotSupportedByProcessor,
@@ -93,6 +93,25 @@ class StripeSettings:
         )
 
     __str__ = __repr__
+
+
+def _id(obj: object) -> str:
+    value = m.field(obj, "id", "")
+    return value if isinstance(value, str) else ""
+
+
+# Every answer is read through ``parsed``: one we cannot read is Stripe's fault (retryable
+# PROCESSOR_BAD_RESPONSE naming the object), never the caller's INVALID_ARGUMENT.
+def _payment(pi: stripe.PaymentIntent) -> ProcessorPaymentState:
+    return parsed("stripe", "a PaymentIntent", m.payment_state, pi, ids={"processor_payment_id": _id(pi)})
+
+
+def _refund(refund: stripe.Refund) -> ProcessorRefundState:
+    return parsed("stripe", "a Refund", m.refund_state, refund, ids={"processor_refund_id": _id(refund)})
+
+
+def _subscription(sub: stripe.Subscription) -> ProcessorSubscriptionState:
+    return parsed("stripe", "a Subscription", m.subscription_state, sub, ids={"processor_subscription_id": _id(sub)})
 
 
 def _unsupported(what: str) -> NoReturn:
@@ -210,19 +229,10 @@ class StripePaymentProcessor:
                 token, {"customer": processor_customer_id}, self._key(idempotency_key)
             ),
         )
-        if pm.type == "card" and pm.card is not None:
-            card = pm.card
-            return AttachedPaymentMethod(
-                processor_id=pm.id,
-                type=PaymentMethodType.CARD,
-                brand=card.brand,
-                last4=card.last4,
-                exp_month=card.exp_month,
-                exp_year=card.exp_year,
-            )
-        if pm.type == "paypal":
-            return AttachedPaymentMethod(processor_id=pm.id, type=PaymentMethodType.PAYPAL)
-        _unsupported(f"payment method type {pm.type!r} is not supported by billing")
+        kind = m.field(pm, "type")
+        if kind not in ("card", "paypal"):
+            _unsupported(f"payment method type {kind!r} is not supported by billing")
+        return parsed("stripe", "a PaymentMethod", m.attached_method, pm, ids={"processor_payment_method_id": _id(pm)})
 
     async def detach_payment_method(self, processor_payment_method_id: str, *, idempotency_key: str) -> None:
         """Detaches the PaymentMethod from its customer."""
@@ -262,14 +272,14 @@ class StripePaymentProcessor:
         pi = await self._call(
             "payment_intents.create", lambda: self._v1.payment_intents.create_async(params, self._key(idempotency_key))
         )
-        return m.payment_state(pi)
+        return _payment(pi)
 
     async def get_payment(self, processor_payment_id: str) -> ProcessorPaymentState:
         """Retrieves the PaymentIntent."""
         pi = await self._call(
             "payment_intents.retrieve", lambda: self._v1.payment_intents.retrieve_async(processor_payment_id)
         )
-        return m.payment_state(pi)
+        return _payment(pi)
 
     async def capture_payment(
         self, processor_payment_id: str, amount: Money, *, idempotency_key: str
@@ -280,7 +290,7 @@ class StripePaymentProcessor:
             "payment_intents.capture",
             lambda: self._v1.payment_intents.capture_async(processor_payment_id, params, self._key(idempotency_key)),
         )
-        return m.payment_state(pi)
+        return _payment(pi)
 
     async def cancel_payment(self, processor_payment_id: str, *, idempotency_key: str) -> ProcessorPaymentState:
         """Cancels an uncaptured PaymentIntent."""
@@ -288,7 +298,7 @@ class StripePaymentProcessor:
             "payment_intents.cancel",
             lambda: self._v1.payment_intents.cancel_async(processor_payment_id, None, self._key(idempotency_key)),
         )
-        return m.payment_state(pi)
+        return _payment(pi)
 
     # --- refunds ------------------------------------------------------------------------
 
@@ -304,12 +314,12 @@ class StripePaymentProcessor:
         refund = await self._call(
             "refunds.create", lambda: self._v1.refunds.create_async(params, self._key(idempotency_key))
         )
-        return m.refund_state(refund)
+        return _refund(refund)
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefundState:
         """Retrieves the Refund."""
         refund = await self._call("refunds.retrieve", lambda: self._v1.refunds.retrieve_async(processor_refund_id))
-        return m.refund_state(refund)
+        return _refund(refund)
 
     # --- plans --------------------------------------------------------------------------
 
@@ -388,7 +398,7 @@ class StripePaymentProcessor:
         sub = await self._call(
             "subscriptions.create", lambda: self._v1.subscriptions.create_async(params, self._key(idempotency_key))
         )
-        return m.subscription_state(sub)
+        return _subscription(sub)
 
     async def _retrieve_subscription(self, processor_subscription_id: str) -> stripe.Subscription:
         return await self._call(
@@ -397,7 +407,7 @@ class StripePaymentProcessor:
 
     async def get_subscription(self, processor_subscription_id: str) -> ProcessorSubscriptionState:
         """Retrieves the Subscription."""
-        return m.subscription_state(await self._retrieve_subscription(processor_subscription_id))
+        return _subscription(await self._retrieve_subscription(processor_subscription_id))
 
     async def _update_subscription(
         self, processor_subscription_id: str, params: stripe.params.SubscriptionUpdateParams, idempotency_key: str
@@ -406,7 +416,7 @@ class StripePaymentProcessor:
             "subscriptions.update",
             lambda: self._v1.subscriptions.update_async(processor_subscription_id, params, self._key(idempotency_key)),
         )
-        return m.subscription_state(sub)
+        return _subscription(sub)
 
     async def update_subscription(
         self, processor_subscription_id: str, change: SubscriptionChange, *, idempotency_key: str
@@ -414,7 +424,7 @@ class StripePaymentProcessor:
         """Changes the single item's price and/or quantity with the requested proration."""
         current = await self._retrieve_subscription(processor_subscription_id)
         if change.plan is None and change.quantity is None:
-            return m.subscription_state(current)
+            return _subscription(current)
         item = m.first_item(current)
         if item is None:
             _unsupported(f"subscription {processor_subscription_id} has no item to change")
@@ -441,7 +451,7 @@ class StripePaymentProcessor:
             "subscriptions.cancel",
             lambda: self._v1.subscriptions.cancel_async(processor_subscription_id, None, self._key(idempotency_key)),
         )
-        return m.subscription_state(sub)
+        return _subscription(sub)
 
     async def pause_subscription(
         self, processor_subscription_id: str, *, idempotency_key: str
@@ -468,7 +478,12 @@ class StripePaymentProcessor:
             page = await self._call("invoices.list", partial(self._v1.invoices.list_async, params))
             for invoice in page.data:
                 lines = await self._invoice_lines(invoice)
-                result.append(m.invoice_state(invoice, processor_subscription_id, lines))
+                result.append(
+                    parsed(
+                        "stripe", "an invoice", m.invoice_state, invoice, processor_subscription_id, lines,
+                        ids={"processor_subscription_id": processor_subscription_id},
+                    )
+                )  # fmt: skip
             if not page.has_more or not page.data:
                 return result
             after = page.data[-1].id

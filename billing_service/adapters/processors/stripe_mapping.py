@@ -11,7 +11,8 @@ from typing import Any
 
 import stripe
 
-from billing_service.adapters.processors.retry import is_retryable_http_status
+from billing_service.adapters.processors.retry import bad_response, is_retryable_http_status
+from billing_service.domain.customers import PaymentMethodType
 from billing_service.domain.errors import (
     FieldViolation,
     InvalidArgument,
@@ -36,6 +37,7 @@ from billing_service.domain.subscriptions import (
     ProcessorSubscriptionState,
     SubscriptionStatus,
 )
+from billing_service.service_layer.ports import AttachedPaymentMethod
 
 # Where Stripe's minor unit differs from ISO 4217's, the factor from our minor units to
 # Stripe's (docs.stripe.com/currencies, "special cases"): ISK is zero-decimal in ISO but
@@ -72,11 +74,23 @@ def to_stripe_amount(money: Money, field_path: str = "amount") -> int:
 
 
 def from_stripe_amount(amount: int | None, currency: str) -> int:
-    """Converts a Stripe amount in ``currency`` (any case) to our minor units."""
+    """Converts a Stripe amount in ``currency`` (any case) to our minor units, exactly.
+
+    The inverse of ``to_stripe_amount``: every amount read back from Stripe goes through it.
+
+    Raises:
+        ProcessorError: ``PROCESSOR_BAD_RESPONSE`` (retryable) for an amount that is not an
+            integer, or that our minor units cannot hold exactly (a fraction of a krona).
+    """
     code = currency.upper()
-    value = amount or 0
+    value = 0 if amount is None else amount
+    if type(value) is not int:
+        raise bad_response("stripe", f"an amount {value!r}")
     if code in _SCALE_UP:
-        return value // _SCALE_UP[code]
+        units, rest = divmod(value, _SCALE_UP[code])
+        if rest:
+            raise bad_response("stripe", f"{value} {code}, which is not a whole number of {code} minor units")
+        return units
     return value * _SCALE_DOWN.get(code, 1)
 
 
@@ -118,6 +132,23 @@ def raw_list_items(page: stripe.ListObject[Any]) -> list[dict[str, Any]]:
     if isinstance(items, list) and len(items) == len(page.data):
         return [dict(item) for item in items]
     return [item.to_dict(for_json=True) for item in page.data]
+
+
+def attached_method(pm: stripe.PaymentMethod) -> AttachedPaymentMethod:
+    """Display data of a card or PayPal PaymentMethod (never more than DESIGN.md allows)."""
+    if pm.type == "paypal":
+        return AttachedPaymentMethod(processor_id=pm.id, type=PaymentMethodType.PAYPAL)
+    card = pm.card
+    if card is None:
+        raise ValueError("a card PaymentMethod without card details")
+    return AttachedPaymentMethod(
+        processor_id=pm.id,
+        type=PaymentMethodType.CARD,
+        brand=card.brand,
+        last4=card.last4,
+        exp_month=card.exp_month,
+        exp_year=card.exp_year,
+    )
 
 
 # --- payments ---------------------------------------------------------------------------
@@ -318,6 +349,9 @@ def classify_stripe_error(exc: Exception) -> ProcessorError:
         return ProcessorError(
             f"Stripe rate limit: {message}", reason="PROCESSOR_RATE_LIMITED", retryable=True, metadata=meta
         )
+    if isinstance(exc, stripe.APIError) and status is not None and 200 <= status < 300:
+        # The SDK could not decode a successful answer: the effect happened; the same key replays it.
+        return bad_response("stripe", "a request", ids=meta)
     if isinstance(exc, stripe.APIConnectionError):
         return ProcessorError(
             "Stripe could not be reached", reason="PROCESSOR_UNREACHABLE", retryable=True, metadata=meta
