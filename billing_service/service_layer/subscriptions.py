@@ -1,14 +1,22 @@
-"""Use cases for plans, subscriptions and (mirrored) invoices."""
+"""Use cases for plans, subscriptions and (mirrored) invoices.
+
+A subscription's status, period, plan and quantity are the processor's: they are written
+only from what the processor reports (its answer to our call, a re-read, a webhook), never
+from what a request asked for, so a change the processor has not confirmed (a PayPal
+revision waiting for the buyer) or one made in its dashboard ends up in our record exactly
+as the processor bills it.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from billing_service.domain.common import AuditEvent, Processor, validate_metadata, validate_text
 from billing_service.domain.customers import Customer, PaymentMethod
-from billing_service.domain.errors import InvalidArgument
+from billing_service.domain.errors import BillingError, InvalidArgument
 from billing_service.domain.ids import new_id
 from billing_service.domain.money import Money
 from billing_service.domain.subscriptions import (
@@ -23,10 +31,22 @@ from billing_service.domain.subscriptions import (
 )
 from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
 from billing_service.service_layer.customers import MAX_DESCRIPTION, MAX_NAME, ensure_processor_customer
-from billing_service.service_layer.idempotency import RequestContext
+from billing_service.service_layer.idempotency import RequestContext, is_final
 from billing_service.service_layer.ports import Change, Insert, SubscriptionChange, SubscriptionRequest, Update
 
+log = logging.getLogger(__name__)
+
 MAX_QUANTITY = 10_000
+# The request that creates subscriptions; its context is rebuilt to resume a creation.
+CREATE_METHOD = "/billing.v1.SubscriptionService/CreateSubscription"
+# A creation whose outcome is unknown is resumed (same processor key) once it is older than
+# this, and never after PROCESSOR_KEY_WINDOW: processors forget idempotency keys after 24 h.
+RESUME_AFTER = timedelta(minutes=2)
+PROCESSOR_KEY_WINDOW = timedelta(hours=23)
+# Processor statuses in which a subscription can bill (INCOMPLETE has not, CANCELED will not).
+_LIVE_AT_PROCESSOR = frozenset(
+    {SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE, SubscriptionStatus.PAUSED}
+)
 
 
 @dataclass(frozen=True)
@@ -155,10 +175,35 @@ class CreateSubscription:
         validate_metadata(self.metadata)
 
 
+async def plan_for_processor_plan(deps: Deps, processor: Processor, processor_plan_id: str) -> str:
+    """Our plan that ``processor`` bills as ``processor_plan_id``, or "" when it is none of ours.
+
+    A price made in a processor's dashboard mirrors no plan of ours: the subscription keeps
+    its plan id (and a warning is logged) rather than point at a plan we do not have.
+    """
+    if not processor_plan_id:
+        return ""
+    plan = await deps.store.find_one(Plan, {f"processor_refs.{processor.value}": processor_plan_id})
+    if plan is None:
+        log.warning(
+            "subscription billed at a price that mirrors none of our plans",
+            extra={"processor": processor.value, "processor_plan_id": processor_plan_id},
+        )
+        return ""
+    return plan.id
+
+
 async def record_subscription_state(
     deps: Deps, ctx: RequestContext, subscription_id: str, state: ProcessorSubscriptionState, action: str
 ) -> Subscription:
-    """Applies a processor report to the stored subscription and audits the move (never backwards)."""
+    """Applies a processor report to the stored subscription and audits the move.
+
+    Never backwards (status or billing period); plan and quantity follow what the processor
+    bills. A subscription we ended (refused, or canceled before its processor answered) that
+    the processor turns out to hold live is canceled there too.
+    """
+    current = await load(deps, Subscription, subscription_id, resource="subscription", field_path="subscription_id")
+    plan_id = await plan_for_processor_plan(deps, current.processor, state.processor_plan_id)
     result: list[Subscription] = []
 
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
@@ -166,13 +211,57 @@ async def record_subscription_state(
         result[:] = [sub]
         before = sub.status.value
         processor_id_before = sub.processor_id
-        if not sub.apply_processor_state(state, deps.clock.now()) and processor_id_before == sub.processor_id:
+        changed = sub.apply_processor_state(state, deps.clock.now(), plan_id=plan_id)
+        if not changed and processor_id_before == sub.processor_id:
             return None
         event = audit(
             deps, ctx, action, "subscription", sub.id, before, sub.status.value,
             cancel_at_period_end=sub.cancel_at_period_end, processor_id=sub.processor_id,
+            plan_id=sub.plan_id, quantity=sub.quantity,
         )  # fmt: skip
         return [Update(sub)], [event]
+
+    await commit_with_retry(deps, attempt)
+    sub = result[0]
+    if sub.status is SubscriptionStatus.CANCELED and state.processor_id and state.status in _LIVE_AT_PROCESSOR:
+        return await _end_at_processor(deps, ctx, sub, state.processor_id)
+    return sub
+
+
+async def _end_at_processor(deps: Deps, ctx: RequestContext, sub: Subscription, processor_id: str) -> Subscription:
+    """Cancels at the processor a live subscription that our record already ended.
+
+    It happens when a creation we had given up on (refused, or canceled while its outcome
+    was unknown) did reach the processor. The processor is read again first, so a stale
+    report cannot cancel twice; the key is derived from our id, so retries cancel once.
+    """
+    adapter = deps.processor(sub.processor)
+    fresh = await adapter.get_subscription(processor_id)
+    if fresh.status not in _LIVE_AT_PROCESSOR:
+        return sub
+    log.warning(
+        "ending at the processor a subscription our record had already ended",
+        extra={"subscription_id": sub.id, "processor_id": processor_id},
+    )
+    ended = await adapter.cancel_subscription(
+        processor_id, at_period_end=False, idempotency_key=f"billing-subscription-{sub.id}-end-orphan"
+    )
+    return await record_subscription_state(deps, ctx, sub.id, ended, "subscription.canceled")
+
+
+async def _end_unstarted(
+    deps: Deps, ctx: RequestContext, subscription_id: str, action: str, **data: object
+) -> Subscription:
+    """Ends (CANCELED) a subscription its processor does not hold, with its audit event."""
+    result: list[Subscription] = []
+
+    async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
+        sub = await load(deps, Subscription, subscription_id, resource="subscription", field_path="subscription_id")
+        result[:] = [sub]
+        if sub.status is SubscriptionStatus.CANCELED:
+            return None
+        before, after = sub.cancel_unstarted(deps.clock.now())
+        return [Update(sub)], [audit(deps, ctx, action, "subscription", sub.id, before, after, **data)]
 
     await commit_with_retry(deps, attempt)
     return result[0]
@@ -215,9 +304,18 @@ async def create_subscription(deps: Deps, ctx: RequestContext, cmd: CreateSubscr
             plan_id=plan.id, quantity=sub.quantity, processor=processor.value,
         )  # fmt: skip
         await commit(deps, [Insert(sub)], [event])
-    if sub.processor_id:
-        return sub
+    if sub.processor_id or sub.status is SubscriptionStatus.CANCELED:
+        return sub  # at the processor already, or ended (refused, canceled) before it got there
+    return await _send_to_processor(deps, ctx, sub)
 
+
+async def _send_to_processor(deps: Deps, ctx: RequestContext, sub: Subscription) -> Subscription:
+    """Creates a recorded subscription at its processor under the creating request's key.
+
+    A final refusal ends the subscription (CANCELED, ``subscription.refused``): the processor
+    holds nothing, so nothing can bill and no later call has an id to send. A retryable
+    failure leaves it INCOMPLETE for the caller's retry (or reconciliation) to resume.
+    """
     customer = await load(deps, Customer, sub.customer_id, resource="customer", field_path="customer_id")
     plan = await ensure_processor_plan(
         deps, await load(deps, Plan, sub.plan_id, resource="plan", field_path="plan_id"), sub.processor
@@ -238,9 +336,15 @@ async def create_subscription(deps: Deps, ctx: RequestContext, cmd: CreateSubscr
         trial_end=sub.trial_end,
         metadata=sub.metadata,
     )
-    state = await deps.processor(sub.processor).create_subscription(
-        request, idempotency_key=ctx.processor_key("subscription")
-    )
+    try:
+        state = await deps.processor(sub.processor).create_subscription(
+            request, idempotency_key=ctx.processor_key("subscription")
+        )
+    except BillingError as exc:
+        if is_final(exc):
+            await _end_unstarted(deps, ctx, sub.id, "subscription.refused", reason=exc.reason)
+            exc.metadata["subscription_id"] = sub.id
+        raise
     sub = await record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
     await sync_invoices(deps, ctx, sub)
     return sub
@@ -301,23 +405,23 @@ async def update_subscription(deps: Deps, ctx: RequestContext, cmd: UpdateSubscr
     state = await deps.processor(sub.processor).update_subscription(
         sub.processor_id, change, idempotency_key=ctx.processor_key("update")
     )
+    # Plan and quantity are what the processor now bills: at once for Stripe and the fake; for
+    # PayPal only after the buyer approved the revision (a webhook or a re-read brings it).
+    plan_id = await plan_for_processor_plan(deps, sub.processor, state.processor_plan_id)
     result: list[Subscription] = []
 
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]]:
         fresh = await get_subscription(deps, cmd.subscription_id)
         before = fresh.status.value
         old_plan_id, old_quantity = fresh.plan_id, fresh.quantity
-        if new_plan is not None:
-            fresh.plan_id = new_plan.id
-        if quantity is not None:
-            fresh.quantity = quantity
-        fresh.apply_processor_state(state, deps.clock.now())
+        fresh.apply_processor_state(state, deps.clock.now(), plan_id=plan_id)
         fresh.updated_at = deps.clock.now()
         result[:] = [fresh]
         event = audit(
             deps, ctx, "subscription.updated", "subscription", fresh.id, before, fresh.status.value,
             old_plan_id=old_plan_id, plan_id=fresh.plan_id, old_quantity=old_quantity, quantity=fresh.quantity,
-            proration=cmd.proration.value,
+            requested_plan_id=new_plan.id if new_plan else "", requested_quantity=quantity or 0,
+            proration=cmd.proration.value, pending_approval=bool(fresh.approval_url),
         )  # fmt: skip
         return [Update(fresh)], [event]
 
@@ -334,6 +438,10 @@ async def cancel_subscription(
     if ctx.attempt > 1 and (sub.status is SubscriptionStatus.CANCELED or (at_period_end and sub.cancel_at_period_end)):
         return sub
     sub.ensure_cancelable(at_period_end)
+    if not sub.at_processor:
+        # Never reached its processor (or its creation's outcome is unknown): end it here. If
+        # the creation did reach the processor, recording its answer ends it there too.
+        return await _end_unstarted(deps, ctx, sub.id, "subscription.canceled", at_period_end=at_period_end)
     state = await deps.processor(sub.processor).cancel_subscription(
         sub.processor_id, at_period_end=at_period_end, idempotency_key=ctx.processor_key("cancel")
     )
@@ -416,11 +524,29 @@ async def sync_invoices(deps: Deps, ctx: RequestContext, sub: Subscription) -> l
     return mirrored
 
 
+async def _creation_context(deps: Deps, sub: Subscription) -> RequestContext | None:
+    """Rebuilds the context of the request that created ``sub`` from its audit trail."""
+    trail = await deps.store.list_audit_events(sub.id, limit=1, after=None)
+    created = next((e for e in trail.items if e.action == "subscription.created"), None)
+    if created is None:
+        return None
+    return RequestContext(created.caller, CREATE_METHOD, created.request_id, sub.id)
+
+
 async def sync_subscription(deps: Deps, ctx: RequestContext, subscription_id: str) -> Subscription:
-    """Converges a subscription and its invoices on the processor's truth."""
+    """Converges a subscription and its invoices on the processor's truth.
+
+    A subscription that never got its processor id is not sent anywhere with an empty id:
+    if its creation's outcome is unknown (the caller never retried), the creation is resumed
+    with its original key, which the processor answers with what it did the first time.
+    """
     sub = await get_subscription(deps, subscription_id)
     if not sub.processor_id:
-        return sub
+        age = deps.clock.now() - sub.created_at
+        if sub.status is not SubscriptionStatus.INCOMPLETE or not RESUME_AFTER < age < PROCESSOR_KEY_WINDOW:
+            return sub
+        origin = await _creation_context(deps, sub)
+        return sub if origin is None else await _send_to_processor(deps, origin, sub)
     state = await deps.processor(sub.processor).get_subscription(sub.processor_id)
     sub = await record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
     await sync_invoices(deps, ctx, sub)

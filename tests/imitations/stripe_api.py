@@ -95,6 +95,15 @@ def _invalid(message: str, param: str | None = None, code: str | None = None, st
     return StripeApiError(status, "invalid_request_error", message, param=param, code=code)
 
 
+def _empty_string(param: str) -> StripeApiError:
+    """Stripe's answer to ``param=""`` where an empty value would mean "unset" and cannot."""
+    message = (
+        f"You passed an empty string for '{param}'. We assume empty values are an attempt to unset a parameter; "
+        f"however '{param}' cannot be unset. You should remove '{param}' from your request or supply a non-empty value."
+    )
+    return _invalid(message, param=param, code="parameter_invalid_empty")
+
+
 def parse_form(pairs: list[tuple[str, str]]) -> Obj:
     """Decodes Stripe's bracket notation: ``metadata[k]=v``, ``items[0][price]=p``, ``expand[]=x``."""
     root: Obj = {}
@@ -709,9 +718,9 @@ class StripeImitation:
         else:
             customer = self._store.objects[sub["customer"]]
             pm_id = sub["default_payment_method"] or customer["invoice_settings"]["default_payment_method"]
-            pm = self._store.objects[pm_id]
             inv["attempted"] = True
-            if self._charge(None, customer["id"], pm, total, currency)["status"] == "succeeded":
+            pm = self._store.objects.get(pm_id) if pm_id else None  # without one the invoice stays open
+            if pm is not None and self._charge(None, customer["id"], pm, total, currency)["status"] == "succeeded":
                 inv.update(status="paid", amount_paid=total, amount_remaining=0)
         self._event("invoice.paid" if inv["status"] == "paid" else "invoice.payment_failed", inv, key=key)
         return inv
@@ -732,7 +741,14 @@ class StripeImitation:
         return price
 
     def _create_subscription(self, p: Obj, key: str | None) -> Obj:
+        for param in ("customer", "default_payment_method"):
+            if p.get(param) == "":
+                raise _empty_string(param)
         customer = self._get("customer", "customer", obj_id=p.get("customer", ""))
+        end_behavior = ((p.get("trial_settings") or {}).get("end_behavior") or {}).get("missing_payment_method")
+        if end_behavior not in (None, "cancel", "create_invoice", "pause"):
+            param = "trial_settings[end_behavior][missing_payment_method]"
+            raise _invalid(f"Invalid {param}: must be one of cancel, create_invoice, or pause", param=param)
         items = p.get("items") or []
         if not items:
             raise _invalid("Missing required param: items.", param="items", code="parameter_missing")
@@ -752,6 +768,7 @@ class StripeImitation:
             "sub", "subscription", customer=customer["id"], status="incomplete", default_payment_method=pm_id,
             cancel_at_period_end=False, billing_cycle_anchor=end if trial_end else now, start_date=now,
             collection_method="charge_automatically", currency=prices[0]["currency"], metadata={},
+            trial_settings={"end_behavior": {"missing_payment_method": end_behavior or "create_invoice"}},
             **dict.fromkeys(_SUB_NULLS), _items=[], _period_start=now, _period_end=end,
         )  # fmt: skip
         if trial_end:
@@ -783,6 +800,10 @@ class StripeImitation:
         if not obj_id:
             return self._create_subscription(p, key)
         sub = self._get("subscription", "subscription_exposed_id", obj_id=obj_id)
+        if action == "resume":
+            return self._resume_subscription(sub, p, key)
+        if action:
+            raise _invalid(f"Unrecognized request URL (POST: /v1/subscriptions/{obj_id}/{action}).", status=404)
         if sub["status"] in ("canceled", "incomplete_expired"):
             raise _invalid("A canceled subscription can only update its cancellation_details and metadata.")
         previous: Obj = {}
@@ -803,6 +824,69 @@ class StripeImitation:
             previous["items"] = self._public(sub)["items"]
             self._change_items(sub, p, key)
         self._event("customer.subscription.updated", sub, previous, key=key)
+        return self._public(sub)
+
+    def _new_period(self, sub: Obj, start: int, reason: str, key: str | None) -> Obj:
+        """Starts a billing period at ``start`` (anchor reset) and invoices it."""
+        items = [self._store.objects[i] for i in sub["_items"]]
+        price = self._store.objects[items[0]["price"]]
+        end = add_interval(start, price["recurring"]["interval"], price["recurring"]["interval_count"])
+        sub.update(_period_start=start, _period_end=end, billing_cycle_anchor=start)
+        lines = []
+        for item in items:
+            item.update(current_period_start=start, current_period_end=end)
+            item_price = self._store.objects[item["price"]]
+            amount = item_price["unit_amount"] * item["quantity"]
+            lines.append(self._line(f"{item['quantity']} x {item_price['id']}", amount, item["quantity"], item["id"],
+                                    proration=False))  # fmt: skip
+        lines.extend(sub.pop("_pending_prorations", []))
+        return self._invoice(sub, reason, lines, start, end, key)
+
+    def end_trial(self, subscription_id: str) -> Obj:
+        """The trial ends now (a test clock passing ``trial_end``).
+
+        With a payment method the first period is invoiced and charged. Without one, Stripe
+        follows ``trial_settings.end_behavior.missing_payment_method``: ``pause`` sets the
+        subscription's own status to ``paused`` (no invoice), ``cancel`` cancels it,
+        ``create_invoice`` (the default) leaves an open invoice and the subscription past_due.
+        """
+        with self._lock:
+            sub = self._get("subscription", obj_id=subscription_id)
+            if sub["status"] != "trialing":
+                raise RuntimeError(f"subscription {subscription_id} is {sub['status']}, not trialing")
+            now = self._now()
+            previous = {"status": "trialing", "trial_end": sub["trial_end"]}
+            sub["trial_end"] = now
+            customer = self._store.objects[sub["customer"]]
+            has_method = bool(sub["default_payment_method"] or customer["invoice_settings"]["default_payment_method"])
+            behavior = sub["trial_settings"]["end_behavior"]["missing_payment_method"]
+            if not has_method and behavior == "pause":
+                sub.update(status="paused", _period_start=now)
+                self._event("customer.subscription.paused", sub, previous)
+            elif not has_method and behavior == "cancel":
+                sub.update(status="canceled", canceled_at=now, ended_at=now)
+                self._event("customer.subscription.deleted", sub, previous)
+            else:
+                paid = self._new_period(sub, now, "subscription_cycle", None)["status"] == "paid"
+                sub["status"] = "active" if paid else "past_due"
+                self._event("customer.subscription.updated", sub, previous)
+            return self._public(sub)
+
+    def _resume_subscription(self, sub: Obj, p: Obj, key: str | None) -> Obj:
+        """``POST /v1/subscriptions/{id}/resume``: only for Stripe's own ``paused`` status.
+
+        The billing cycle anchor resets to now (the default) and the new period is invoiced:
+        paid, the subscription is active; not paid, past_due (``resume_on_payment_attempt``).
+        """
+        if sub["status"] != "paused":
+            raise _invalid(f"Only paused subscriptions can be resumed; this subscription is {sub['status']}.")
+        anchor = p.get("billing_cycle_anchor", "now")
+        anchor = anchor.get("type", "now") if isinstance(anchor, dict) else anchor
+        if anchor not in ("now", "unchanged"):
+            raise _invalid(f"Invalid billing_cycle_anchor: {anchor}", param="billing_cycle_anchor")
+        paid = self._new_period(sub, self._now(), "subscription_update", key)["status"] == "paid"
+        sub["status"] = "active" if paid else "past_due"
+        self._event("customer.subscription.resumed", sub, {"status": "paused"}, key=key)
         return self._public(sub)
 
     def _change_items(self, sub: Obj, p: Obj, key: str | None) -> None:

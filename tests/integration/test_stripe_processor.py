@@ -565,6 +565,71 @@ async def test_trial_subscription_and_declined_first_invoice(processor: StripePa
     assert open_invoice.status is InvoiceStatus.OPEN and open_invoice.amount_paid.is_zero()
 
 
+async def test_no_payment_method_is_omitted_not_sent_empty(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    """Stripe refuses an empty string for a field that cannot be unset (``default_payment_method``)."""
+    cus, _ = await setup_card(processor)
+    basic = plan()
+    basic.processor_refs = await processor.create_plan(basic, idempotency_key=key())
+    trial_end = datetime.now(UTC).replace(microsecond=0) + timedelta(days=7)
+    sub = await processor.create_subscription(
+        SubscriptionRequest("sub_nopm", cus, "", basic, quantity=1, trial_end=trial_end), idempotency_key=key()
+    )
+    assert sub.status is SubscriptionStatus.TRIALING
+    [sent] = stripe_api.requests_to("POST", "/v1/subscriptions")
+    assert "default_payment_method" not in sent.params
+    raw = await _raw_post(stripe_api, "/v1/subscriptions", customer=cus, default_payment_method="",
+                          **{"items[0][price]": basic.processor_refs["stripe"], "trial_period_days": "3"})  # fmt: skip
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "default_payment_method"
+
+
+async def test_a_trial_that_ended_without_a_payment_method_is_resumed_through_stripes_resume_endpoint(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    """Stripe's own ``paused`` status (not ``pause_collection``) is left only through
+    ``POST /v1/subscriptions/{id}/resume``; clearing ``pause_collection`` leaves it paused."""
+    cus, pm = await setup_card(processor)
+    basic = plan()
+    basic.processor_refs = await processor.create_plan(basic, idempotency_key=key())
+    trial_end = datetime.now(UTC).replace(microsecond=0) + timedelta(days=7)
+    sub = await processor.create_subscription(
+        SubscriptionRequest("sub_trial", cus, "", basic, quantity=2, trial_end=trial_end), idempotency_key=key()
+    )
+    [sent] = stripe_api.requests_to("POST", "/v1/subscriptions")
+    assert sent.params["trial_settings"] == {"end_behavior": {"missing_payment_method": "pause"}}
+    stripe_api.end_trial(sub.processor_id)
+    paused = await processor.get_subscription(sub.processor_id)
+    assert paused.status is SubscriptionStatus.PAUSED and stripe_api.objects("subscription")[-1]["status"] == "paused"
+
+    await _raw_post(stripe_api, f"/v1/customers/{cus}", **{"invoice_settings[default_payment_method]": pm})
+    resumed = await processor.resume_subscription(sub.processor_id, idempotency_key=key())
+    assert resumed.status is SubscriptionStatus.ACTIVE
+    assert stripe_api.requests_to("POST", f"/v1/subscriptions/{sub.processor_id}/resume")
+    newest = (await processor.list_invoices(sub.processor_id))[0]
+    assert newest.status is InvoiceStatus.PAID and newest.amount_paid == Money(3000, "USD")
+
+    # Collection paused by us (pause_collection) is still resumed by clearing it.
+    await processor.pause_subscription(sub.processor_id, idempotency_key=key())
+    again = await processor.resume_subscription(sub.processor_id, idempotency_key=key())
+    assert again.status is SubscriptionStatus.ACTIVE
+    assert stripe_api.requests_to("POST", f"/v1/subscriptions/{sub.processor_id}")[-1].params == {
+        "pause_collection": ""
+    }
+
+
+async def test_the_subscription_state_names_the_price_and_quantity(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    cus, pm = await setup_card(processor)
+    basic = plan()
+    basic.processor_refs = await processor.create_plan(basic, idempotency_key=key())
+    sub = await processor.create_subscription(
+        SubscriptionRequest("sub_q", cus, pm, basic, quantity=3, trial_end=None), idempotency_key=key()
+    )
+    assert (sub.processor_plan_id, sub.quantity) == (basic.processor_refs["stripe"], 3)
+
+
 async def test_invoice_pagination(processor: StripePaymentProcessor, stripe_api: StripeImitation) -> None:
     cus, pm = await setup_card(processor)
     basic = plan()

@@ -310,6 +310,8 @@ class SubscriptionRecord:
             trial_end=self.trial_end,
             cancel_at_period_end=self.cancel_at_period_end,
             canceled_at=self.canceled_at,
+            processor_plan_id=self.price.id,
+            quantity=self.quantity,
         )
 
 

@@ -437,7 +437,8 @@ def subscription_state(sub: Mapping[str, Any]) -> ProcessorSubscriptionState:
     """Translates a Subscriptions v1 subscription.
 
     ACTIVE becomes TRIALING while no REGULAR cycle has been billed yet and the plan has a
-    TRIAL cycle, and PAST_DUE while PayPal reports failed payments it keeps retrying.
+    TRIAL cycle, and PAST_DUE while PayPal reports failed payments it keeps retrying. The
+    plan and quantity are those PayPal bills: a revision shows only once the buyer approved it.
     """
     status = _SUBSCRIPTION_STATUS.get(str(sub.get("status")), SubscriptionStatus.INCOMPLETE)
     info = sub.get("billing_info") or {}
@@ -456,14 +457,17 @@ def subscription_state(sub: Mapping[str, Any]) -> ProcessorSubscriptionState:
             status = SubscriptionStatus.PAST_DUE
     canceled_at = parse_time(sub.get("status_update_time")) if status is SubscriptionStatus.CANCELED else None
     approval = link(sub, "approve") if status is SubscriptionStatus.INCOMPLETE else ""
+    quantity = str(sub.get("quantity") or "")
     return ProcessorSubscriptionState(
-        processor_id=str(sub["id"]),
+        processor_id=required_id(sub),
         status=status,
         current_period_start=last_payment or parse_time(sub.get("start_time")),
         current_period_end=next_billing,
         trial_end=trial_end,
         canceled_at=canceled_at,
         approval_url=approval,
+        processor_plan_id=str(sub.get("plan_id") or ""),
+        quantity=int(quantity) if quantity.isdigit() and int(quantity) > 0 else 0,
     )
 
 

@@ -384,17 +384,23 @@ class StripePaymentProcessor:
 
         ``allow_incomplete`` makes Stripe attempt the first payment immediately and return
         an ``incomplete`` subscription (rather than an error) when it fails or needs 3-D
-        Secure, so the state is always known.
+        Secure, so the state is always known. Without a payment method of its own the
+        subscription uses the customer's default (Stripe refuses an empty
+        ``default_payment_method``, so none is sent); a trial then ends in Stripe's
+        ``paused`` status if the customer still has none (resumed by ``resume_subscription``).
         """
         params: stripe.params.SubscriptionCreateParams = {
             "customer": request.processor_customer_id,
             "items": [{"price": self._price_id(request.plan), "quantity": request.quantity}],
-            "default_payment_method": request.processor_payment_method_id,
             "payment_behavior": "allow_incomplete",
             "metadata": {**request.metadata, "billing_subscription_id": request.subscription_id},
         }
+        if request.processor_payment_method_id:
+            params["default_payment_method"] = request.processor_payment_method_id
         if request.trial_end is not None:
             params["trial_end"] = m.unix(request.trial_end)
+            if not request.processor_payment_method_id:
+                params["trial_settings"] = {"end_behavior": {"missing_payment_method": "pause"}}
         sub = await self._call(
             "subscriptions.create", lambda: self._v1.subscriptions.create_async(params, self._key(idempotency_key))
         )
@@ -464,7 +470,20 @@ class StripePaymentProcessor:
     async def resume_subscription(
         self, processor_subscription_id: str, *, idempotency_key: str
     ) -> ProcessorSubscriptionState:
-        """Clears ``pause_collection`` (an empty string unsets a field in Stripe's encoding)."""
+        """Resumes whichever pause Stripe holds.
+
+        Stripe's own ``paused`` status (a trial that ended without a payment method) is left
+        only through ``POST /v1/subscriptions/{id}/resume``, which starts a new period now and
+        invoices it (active if paid, past_due if not). Collection paused by us
+        (``pause_collection``) is resumed by clearing it (an empty string unsets a field).
+        """
+        current = await self._retrieve_subscription(processor_subscription_id)
+        if m.field(current, "status") == "paused":
+            sub = await self._call(
+                "subscriptions.resume",
+                lambda: self._v1.subscriptions.resume_async(processor_subscription_id, {}, self._key(idempotency_key)),
+            )
+            return _subscription(sub)
         return await self._update_subscription(processor_subscription_id, {"pause_collection": ""}, idempotency_key)
 
     async def list_invoices(self, processor_subscription_id: str) -> list[ProcessorInvoiceState]:

@@ -238,8 +238,10 @@ def subscription_state(sub: stripe.Subscription) -> ProcessorSubscriptionState:
     """Translates a Subscription.
 
     Stripe keeps ``status`` (usually ``active``) while collection is paused; we report that
-    as PAUSED. Since API 2025-03-31 the current period lives on each subscription item;
-    older versions carry it on the subscription, so both places are read.
+    as PAUSED, like Stripe's own ``paused`` status (a trial that ended without a payment
+    method). Since API 2025-03-31 the current period lives on each subscription item;
+    older versions carry it on the subscription, so both places are read. The price and
+    quantity billed are the first item's (we create one item per subscription).
     """
     status = _SUBSCRIPTION_STATUS.get(sub.status, SubscriptionStatus.INCOMPLETE)
     if field(sub, "pause_collection") is not None and status is not SubscriptionStatus.CANCELED:
@@ -247,6 +249,8 @@ def subscription_state(sub: stripe.Subscription) -> ProcessorSubscriptionState:
     item = first_item(sub)
     start = field(item, "current_period_start") or field(sub, "current_period_start")
     end = field(item, "current_period_end") or field(sub, "current_period_end")
+    price = field(item, "price")
+    quantity = field(item, "quantity")
     return ProcessorSubscriptionState(
         processor_id=sub.id,
         status=status,
@@ -255,6 +259,8 @@ def subscription_state(sub: stripe.Subscription) -> ProcessorSubscriptionState:
         trial_end=timestamp(field(sub, "trial_end")) if status is SubscriptionStatus.TRIALING else None,
         cancel_at_period_end=bool(field(sub, "cancel_at_period_end")),
         canceled_at=timestamp(field(sub, "canceled_at")),
+        processor_plan_id=(price if isinstance(price, str) else field(price, "id")) or "",
+        quantity=quantity if type(quantity) is int and quantity > 0 else 0,
     )
 
 
