@@ -10,11 +10,12 @@ import httpx
 import pytest
 
 from billing_service.domain.common import Processor
+from billing_service.domain.customers import Customer, PaymentMethod
 from billing_service.domain.errors import BillingError, IllegalTransition
 from billing_service.domain.money import Money
 from billing_service.domain.subscriptions import Interval, ProrationBehavior, Subscription, SubscriptionStatus
 from billing_service.service_layer import subscriptions as su
-from billing_service.service_layer.ports import WebhookStatus
+from billing_service.service_layer.ports import SubscriptionRequest, WebhookStatus
 from tests.imitations.paypal_api import PayPalImitation
 from tests.imitations.stripe_api import StripeImitation
 from tests.webhooks.conftest import STRIPE_KEY, RunningSidecar, ctx, customer_with_method
@@ -131,3 +132,67 @@ async def test_a_subscription_the_processor_refused_is_canceled_and_never_sent_a
         deps, context, su.CreateSubscription(customer.id, basic, "", quantity=1, trial_period_days=0)
     )
     assert again.status is SubscriptionStatus.CANCELED and len(stripe_api.requests) == before
+
+
+async def _unknown_outcome(sidecar: RunningSidecar, stripe_api: StripeImitation) -> tuple[Subscription, Any]:
+    """A CreateSubscription whose processor call failed retryably: INCOMPLETE, no processor id."""
+    from billing_service.domain.errors import ProcessorUnavailable
+    from billing_service.service_layer.idempotency import RequestContext
+
+    customer, method = await customer_with_method(sidecar.runtime, Processor.STRIPE, "pm_card_visa")
+    basic = await _plan(sidecar, 1000, "Basic")
+    await su.ensure_processor_plan(
+        sidecar.runtime.deps, await su.get_plan(sidecar.runtime.deps, basic), Processor.STRIPE
+    )
+    context = RequestContext("test-caller", su.CREATE_METHOD, str(uuid.uuid4()), f"sub_{uuid.uuid4().hex[:20]}")
+    stripe_api.fail_next("/v1/subscriptions", status=503, times=2)
+    with pytest.raises(ProcessorUnavailable):
+        await su.create_subscription(
+            sidecar.runtime.deps, context, su.CreateSubscription(customer.id, basic, method.id, 1, None)
+        )
+    sub = await _stored(sidecar, context.resource_id)
+    assert (sub.status, sub.processor_id) == (SubscriptionStatus.INCOMPLETE, "")
+    return sub, context
+
+
+async def test_a_subscription_canceled_before_its_processor_answered_is_ended_there_when_it_shows_up(
+    sidecar: RunningSidecar, stripe_api: StripeImitation
+) -> None:
+    deps = sidecar.runtime.deps
+    sub, context = await _unknown_outcome(sidecar, stripe_api)
+    canceled = await su.cancel_subscription(deps, ctx("cancel"), sub.id, at_period_end=False)
+    assert (canceled.status, canceled.processor_id) == (SubscriptionStatus.CANCELED, "")
+    assert not [r for r in stripe_api.requests if r.method == "DELETE"]
+
+    # The creation had in fact reached Stripe (its answer was lost): Stripe announces it.
+    customer = await sidecar.runtime.store.get(Customer, sub.customer_id)
+    plan = await su.get_plan(deps, sub.plan_id)
+    method = await sidecar.runtime.store.get(PaymentMethod, sub.payment_method_id)
+    assert customer is not None and method is not None
+    request = SubscriptionRequest(sub.id, customer.processor_refs["stripe"], method.processor_id, plan, 1, None)
+    live = await sidecar.stripe.create_subscription(request, idempotency_key=context.processor_key("subscription"))
+    event = _last_event(stripe_api, "customer.subscription.created", live.processor_id)
+    assert (await sidecar.post_stripe(event)).status_code == 200
+    assert await sidecar.settled([event["id"]]) == {event["id"]: WebhookStatus.PROCESSED}
+    assert stripe_api.objects("subscription")[-1]["status"] == "canceled"
+    after = await _stored(sidecar, sub.id)
+    assert (after.status, after.processor_id) == (SubscriptionStatus.CANCELED, live.processor_id)
+
+
+async def test_reconciliation_resumes_a_creation_whose_outcome_is_unknown_under_its_first_key(
+    sidecar: RunningSidecar, stripe_api: StripeImitation
+) -> None:
+    from datetime import timedelta
+
+    deps = sidecar.runtime.deps
+    sub, context = await _unknown_outcome(sidecar, stripe_api)
+    assert await su.sync_subscription(deps, ctx("sync"), sub.id) == sub  # too young: its caller may retry
+    await sidecar.runtime.store.database["subscriptions"].update_one(
+        {"_id": sub.id}, {"$set": {"created_at": sub.created_at - timedelta(minutes=10)}}
+    )
+    before = len(stripe_api.objects("subscription"))
+    synced = await su.sync_subscription(deps, ctx("sync"), sub.id)
+    assert synced.status is SubscriptionStatus.ACTIVE and synced.processor_id
+    assert len(stripe_api.objects("subscription")) == before + 1
+    keys = {r.headers["idempotency-key"] for r in stripe_api.requests_to("POST", "/v1/subscriptions")}
+    assert context.processor_key("subscription") in keys
