@@ -204,7 +204,7 @@ class StripeImitation:
         self.base_url = ""
         self._lock = threading.RLock()
         self._faults: list[_Fault] = []
-        self._garbles: list[tuple[str, Callable[[Obj], Obj]]] = []
+        self._garbles: list[tuple[str, Callable[[Obj], Obj | bytes]]] = []
         self._store = _Store()
         self._stopping = threading.Event()
         self._server: uvicorn.Server | None = None
@@ -275,11 +275,12 @@ class StripeImitation:
         with self._lock:
             self._faults.append(_Fault(path_prefix, 0, "", 1, stall=True))
 
-    def garble_next(self, path_prefix: str, garble: Callable[[Obj], Obj]) -> None:
+    def garble_next(self, path_prefix: str, garble: Callable[[Obj], Obj | bytes]) -> None:
         """The next answer under ``path_prefix`` passes through ``garble`` on its way out.
 
         The effect and the stored idempotent answer are untouched (a proxy or a new field
-        format mangled one answer): a retry with the same key gets the real one.
+        format mangled one answer): a retry with the same key gets the real one. ``bytes``
+        from ``garble`` are sent as the body as they are (not JSON at all).
         """
         with self._lock:
             self._garbles.append((path_prefix, garble))
@@ -329,7 +330,8 @@ class StripeImitation:
             garble = next((g for g in self._garbles if request.url.path.startswith(g[0])), None)
             if garble is not None and record.status < 400:
                 self._garbles.remove(garble)
-                payload = json.dumps(garble[1](json.loads(payload))).encode()
+                garbled = garble[1](json.loads(payload))
+                payload = garbled if isinstance(garbled, bytes) else json.dumps(garbled).encode()
         if stall:  # meant to outlast the client's timeout; stop() releases it
             deadline = time.monotonic() + self.stall_seconds
             while time.monotonic() < deadline and not self._stopping.is_set():

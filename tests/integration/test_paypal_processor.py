@@ -366,6 +366,29 @@ async def test_refunds_name_their_order_amount_and_our_refund_id(
     assert (again.processor_payment_id, again.amount_minor, again.refund_id) == (auth.processor_id, 300, "re_ours")
 
 
+@pytest.mark.parametrize(
+    ("paid", "refunded", "sent"),
+    [
+        (Money(150000, "HUF"), Money(15000, "HUF"), "150"),  # two ISO decimals, whole forint at PayPal
+        (Money(2000, "JPY"), Money(700, "JPY"), "700"),
+        (Money(2500, "USD"), Money(701, "USD"), "7.01"),
+    ],
+)
+async def test_amounts_round_trip_through_payments_and_refunds(
+    processor: PayPalPaymentProcessor, paypal_api: PayPalImitation, paid: Money, refunded: Money, sent: str
+) -> None:
+    pm = await vaulted(processor, paypal_api, "card")
+    state = await processor.create_payment(payment(pm, paid), idempotency_key=f"k-{paid.currency}")
+    assert state.amount_captured == paid.amount_minor
+    refund = await processor.create_refund(
+        RefundRequest("re_rt", state.processor_id, refunded, RefundReason.UNSPECIFIED), idempotency_key="k-rt"
+    )
+    assert paypal_api.posts()[-1].body["amount"] == {"currency_code": paid.currency, "value": sent}
+    assert (
+        refund.amount_minor == (await processor.get_refund(refund.processor_id)).amount_minor == refunded.amount_minor
+    )
+
+
 def test_a_refund_custom_id_copied_from_the_capture_is_not_our_refund_id() -> None:
     refund = {"id": "R1", "status": "COMPLETED", "amount": {"currency_code": "USD", "value": "7.00"}}
     inherited = m.refund_state(refund | {"custom_id": "pay_1"}, processor_payment_id="O1", payment_custom_id="pay_1")

@@ -371,6 +371,17 @@ async def test_an_answer_we_cannot_read_is_a_retryable_processor_fault_that_keep
     assert (unreadable.value.reason, unreadable.value.retryable) == ("PROCESSOR_BAD_RESPONSE", True)
 
 
+async def test_a_success_the_sdk_cannot_decode_is_retried_with_the_same_key(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    cus, pm = await setup_card(processor)
+    stripe_api.garble_next("/v1/payment_intents", lambda pi: b"<html>an overloaded proxy</html>")
+    state = await processor.create_payment(payment(cus, pm), idempotency_key="k-html")
+    assert state.status is PaymentStatus.SUCCEEDED and stripe_api.charges_created == 1
+    attempts = stripe_api.requests_to("POST", "/v1/payment_intents")
+    assert [r.headers["idempotency-key"] for r in attempts] == ["k-html", "k-html"]
+
+
 async def test_a_currency_we_do_not_know_in_an_invoice_is_the_processors_fault(
     processor: StripePaymentProcessor, stripe_api: StripeImitation
 ) -> None:
