@@ -42,14 +42,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     cannot be filtered by.
     """
     UNKNOWN_CURRENCY: _ErrorReason.ValueType  # 6
-    """A currency code is not an ISO 4217 code the service knows, or the amount
-    has more digits than the currency allows.
-    """
+    """A currency code is not an ISO 4217 code the service knows."""
     CURRENCY_MISMATCH: _ErrorReason.ValueType  # 7
     """Two amounts of one request or resource are in different currencies."""
     AMOUNT_NOT_SUPPORTED_BY_PROCESSOR: _ErrorReason.ValueType  # 8
-    """The processor cannot charge this amount in this currency (too small, too
-    large, or a currency it does not support).
+    """The processor cannot express this amount in this currency (a currency it
+    does not support, or an amount it cannot represent).
     """
     IDEMPOTENCY_KEY_REUSED: _ErrorReason.ValueType  # 9
     """The request_id was already used for a different request of this method."""
@@ -84,21 +82,25 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     PAYMENT_NOT_CAPTURABLE: _ErrorReason.ValueType  # 42
     """The payment is not REQUIRES_CAPTURE, so it cannot be captured."""
     PAYMENT_NOT_CANCELABLE: _ErrorReason.ValueType  # 43
-    """The payment was captured or has ended, so it cannot be canceled."""
+    """The payment was captured or has ended (only PENDING, REQUIRES_ACTION and
+    REQUIRES_CAPTURE payments can be canceled); refund it instead.
+    """
     PAYMENT_NOT_REFUNDABLE: _ErrorReason.ValueType  # 44
-    """The payment has not succeeded, so it cannot be refunded."""
+    """The payment has not succeeded or nothing of it was captured, so it cannot
+    be refunded.
+    """
     PAYMENT_METHOD_DETACHED: _ErrorReason.ValueType  # 45
     """The payment method is detached and can no longer be charged or detached."""
     PLAN_ARCHIVED: _ErrorReason.ValueType  # 46
     """The plan is archived: no new subscriptions may use it."""
     SUBSCRIPTION_NOT_UPDATABLE: _ErrorReason.ValueType  # 47
-    """The subscription cannot change plan or quantity in its current status."""
+    """A canceled or incomplete subscription cannot change plan or quantity."""
     SUBSCRIPTION_CANCELED: _ErrorReason.ValueType  # 48
     """The subscription has been canceled."""
     SUBSCRIPTION_ALREADY_CANCELING: _ErrorReason.ValueType  # 49
     """The subscription is already set to cancel at the end of its period."""
     SUBSCRIPTION_NOT_PAUSABLE: _ErrorReason.ValueType  # 50
-    """Only an ACTIVE or TRIALING subscription can be paused."""
+    """Only an ACTIVE, TRIALING or PAST_DUE subscription can be paused."""
     SUBSCRIPTION_NOT_PAUSED: _ErrorReason.ValueType  # 51
     """Only a PAUSED subscription can be resumed."""
     REFUND_EXCEEDS_CAPTURED: _ErrorReason.ValueType  # 52
@@ -122,7 +124,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     PROCESSOR_ERROR: _ErrorReason.ValueType  # 70
     """-- the processor (FAILED_PRECONDITION, or UNAVAILABLE when retryable) ----
 
-    The processor refused or failed in a way no other reason describes.
+    The processor refused or failed in a way no other reason describes
+    (status UNAVAILABLE with RetryInfo when the failure is transient, such as
+    an HTTP 5xx); a processor's own code is in the metadata key
+    "processor_reason" or "stripe_code".
     """
     PROCESSOR_UNAVAILABLE: _ErrorReason.ValueType  # 71
     """The processor failed transiently or kept failing after retries (status
@@ -209,14 +214,12 @@ INVALID_FILTER: ErrorReason.ValueType  # 5
 cannot be filtered by.
 """
 UNKNOWN_CURRENCY: ErrorReason.ValueType  # 6
-"""A currency code is not an ISO 4217 code the service knows, or the amount
-has more digits than the currency allows.
-"""
+"""A currency code is not an ISO 4217 code the service knows."""
 CURRENCY_MISMATCH: ErrorReason.ValueType  # 7
 """Two amounts of one request or resource are in different currencies."""
 AMOUNT_NOT_SUPPORTED_BY_PROCESSOR: ErrorReason.ValueType  # 8
-"""The processor cannot charge this amount in this currency (too small, too
-large, or a currency it does not support).
+"""The processor cannot express this amount in this currency (a currency it
+does not support, or an amount it cannot represent).
 """
 IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 9
 """The request_id was already used for a different request of this method."""
@@ -251,21 +254,25 @@ exists.
 PAYMENT_NOT_CAPTURABLE: ErrorReason.ValueType  # 42
 """The payment is not REQUIRES_CAPTURE, so it cannot be captured."""
 PAYMENT_NOT_CANCELABLE: ErrorReason.ValueType  # 43
-"""The payment was captured or has ended, so it cannot be canceled."""
+"""The payment was captured or has ended (only PENDING, REQUIRES_ACTION and
+REQUIRES_CAPTURE payments can be canceled); refund it instead.
+"""
 PAYMENT_NOT_REFUNDABLE: ErrorReason.ValueType  # 44
-"""The payment has not succeeded, so it cannot be refunded."""
+"""The payment has not succeeded or nothing of it was captured, so it cannot
+be refunded.
+"""
 PAYMENT_METHOD_DETACHED: ErrorReason.ValueType  # 45
 """The payment method is detached and can no longer be charged or detached."""
 PLAN_ARCHIVED: ErrorReason.ValueType  # 46
 """The plan is archived: no new subscriptions may use it."""
 SUBSCRIPTION_NOT_UPDATABLE: ErrorReason.ValueType  # 47
-"""The subscription cannot change plan or quantity in its current status."""
+"""A canceled or incomplete subscription cannot change plan or quantity."""
 SUBSCRIPTION_CANCELED: ErrorReason.ValueType  # 48
 """The subscription has been canceled."""
 SUBSCRIPTION_ALREADY_CANCELING: ErrorReason.ValueType  # 49
 """The subscription is already set to cancel at the end of its period."""
 SUBSCRIPTION_NOT_PAUSABLE: ErrorReason.ValueType  # 50
-"""Only an ACTIVE or TRIALING subscription can be paused."""
+"""Only an ACTIVE, TRIALING or PAST_DUE subscription can be paused."""
 SUBSCRIPTION_NOT_PAUSED: ErrorReason.ValueType  # 51
 """Only a PAUSED subscription can be resumed."""
 REFUND_EXCEEDS_CAPTURED: ErrorReason.ValueType  # 52
@@ -289,7 +296,10 @@ NOT_SUPPORTED_BY_PROCESSOR: ErrorReason.ValueType  # 58
 PROCESSOR_ERROR: ErrorReason.ValueType  # 70
 """-- the processor (FAILED_PRECONDITION, or UNAVAILABLE when retryable) ----
 
-The processor refused or failed in a way no other reason describes.
+The processor refused or failed in a way no other reason describes
+(status UNAVAILABLE with RetryInfo when the failure is transient, such as
+an HTTP 5xx); a processor's own code is in the metadata key
+"processor_reason" or "stripe_code".
 """
 PROCESSOR_UNAVAILABLE: ErrorReason.ValueType  # 71
 """The processor failed transiently or kept failing after retries (status
