@@ -5,7 +5,8 @@ class-level ``reason = "..."`` of the error classes, every ``reason=`` keyword, 
 positional ``reason`` argument of helpers that take one (``processor_error(reason, ...)``,
 ``_refuse(what, reason)``), module constants they name, and ``error_reason_pb2.<NAME>``
 references. Reasons computed from a processor's own code at run time are not in the
-source; the gRPC layer sends those under a listed reason (``test_grpc_servicers``). The README's table is generated from the enum.
+source; the gRPC layer sends those under a listed reason (``test_grpc_servicers``).
+The README's table is generated from the enum.
 """
 
 from __future__ import annotations
