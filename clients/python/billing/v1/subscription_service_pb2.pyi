@@ -1214,7 +1214,7 @@ class PauseSubscriptionRequest(_message.Message):
     INVALID_ARGUMENT / IDEMPOTENCY_KEY_REUSED.
     """
     subscription_id: _builtins.str
-    """The subscription to pause; it must be ACTIVE or TRIALING. Required."""
+    """The subscription to pause; it must be ACTIVE, TRIALING or PAST_DUE. Required."""
     def __init__(
         self,
         *,
