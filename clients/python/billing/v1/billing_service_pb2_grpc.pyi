@@ -48,8 +48,9 @@ class BillingServiceStub:
 
     List RPCs take an optional filter, a small subset of AIP-160: one or more
     comparisons joined by AND, each `field operator value`. Equality (=) is
-    allowed on the id and status fields each list documents; create_time
-    accepts <, <=, > and >= with an RFC 3339 timestamp in double quotes. Enum
+    allowed on the id, status and email fields each list names on its filter
+    field; create_time accepts <, <=, > and >= with an RFC 3339 timestamp in
+    double quotes. Enum
     values are written by name, in full or without their prefix, quoted or
     not. For example:
       status = SUCCEEDED AND create_time >= "2026-01-01T00:00:00Z"
@@ -162,8 +163,9 @@ class BillingServiceAsyncStub(BillingServiceStub):
 
     List RPCs take an optional filter, a small subset of AIP-160: one or more
     comparisons joined by AND, each `field operator value`. Equality (=) is
-    allowed on the id and status fields each list documents; create_time
-    accepts <, <=, > and >= with an RFC 3339 timestamp in double quotes. Enum
+    allowed on the id, status and email fields each list names on its filter
+    field; create_time accepts <, <=, > and >= with an RFC 3339 timestamp in
+    double quotes. Enum
     values are written by name, in full or without their prefix, quoted or
     not. For example:
       status = SUCCEEDED AND create_time >= "2026-01-01T00:00:00Z"
@@ -272,8 +274,9 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
 
     List RPCs take an optional filter, a small subset of AIP-160: one or more
     comparisons joined by AND, each `field operator value`. Equality (=) is
-    allowed on the id and status fields each list documents; create_time
-    accepts <, <=, > and >= with an RFC 3339 timestamp in double quotes. Enum
+    allowed on the id, status and email fields each list names on its filter
+    field; create_time accepts <, <=, > and >= with an RFC 3339 timestamp in
+    double quotes. Enum
     values are written by name, in full or without their prefix, quoted or
     not. For example:
       status = SUCCEEDED AND create_time >= "2026-01-01T00:00:00Z"
