@@ -14,6 +14,7 @@ from billing_service.domain.customers import (
 )
 from billing_service.domain.errors import InvalidArgument
 from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
+from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
 from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.ports import Change, Insert, Update
 
@@ -21,6 +22,13 @@ MAX_NAME = 256
 MAX_DESCRIPTION = 1000
 MAX_TOKEN = 255
 UPDATABLE_CUSTOMER_FIELDS = frozenset({"email", "name", "description", "metadata", "default_processor"})
+CUSTOMER_FILTERS = FilterSpec({"email": FilterField("email"), "create_time": created()})
+PAYMENT_METHOD_FILTERS = FilterSpec(
+    {
+        "status": FilterField("status", enum=PaymentMethodStatus, enum_prefix="PAYMENT_METHOD_STATUS_"),
+        "create_time": created(),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -132,9 +140,11 @@ async def get_customer(deps: Deps, customer_id: str) -> Customer:
     return await load(deps, Customer, customer_id, resource="customer", field_path="customer_id")
 
 
-async def list_customers(deps: Deps, *, email: str, page_size: int, page_token: str) -> tuple[list[Customer], str]:
-    """Lists customers newest first, optionally by exact email."""
-    filters = {"email": email} if email else {}
+async def list_customers(
+    deps: Deps, *, email: str, page_size: int, page_token: str, filter_expr: str = ""
+) -> tuple[list[Customer], str]:
+    """Lists customers newest first, optionally by exact email and a filter (CUSTOMER_FILTERS)."""
+    filters = merge_filters({"email": email} if email else {}, filter_expr, CUSTOMER_FILTERS)
     return await list_page(deps, Customer, filters, requested_size=page_size, token=page_token)
 
 
@@ -244,10 +254,14 @@ async def detach_payment_method(deps: Deps, ctx: RequestContext, payment_method_
 
 
 async def list_payment_methods(
-    deps: Deps, *, customer_id: str, page_size: int, page_token: str
+    deps: Deps, *, customer_id: str, page_size: int, page_token: str, filter_expr: str = ""
 ) -> tuple[list[PaymentMethod], str]:
-    """Lists a customer's payment methods newest first."""
+    """Lists a customer's payment methods newest first, optionally filtered (PAYMENT_METHOD_FILTERS)."""
+    filters = merge_filters({"customer_id": customer_id}, filter_expr, PAYMENT_METHOD_FILTERS)
     await load(deps, Customer, customer_id, resource="customer", field_path="customer_id")
-    return await list_page(
-        deps, PaymentMethod, {"customer_id": customer_id}, requested_size=page_size, token=page_token
-    )
+    return await list_page(deps, PaymentMethod, filters, requested_size=page_size, token=page_token)
+
+
+async def get_payment_method(deps: Deps, payment_method_id: str) -> PaymentMethod:
+    """Returns one payment method."""
+    return await load(deps, PaymentMethod, payment_method_id, resource="payment_method", field_path="payment_method_id")

@@ -36,6 +36,7 @@ from billing_service.domain.payments import (
 )
 from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
 from billing_service.service_layer.customers import MAX_DESCRIPTION, ensure_processor_customer
+from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
 from billing_service.service_layer.idempotency import RequestContext, is_final
 from billing_service.service_layer.ports import Change, Insert, PaymentRequest, RefundRequest, Update
 
@@ -232,15 +233,34 @@ async def get_payment(deps: Deps, payment_id: str) -> Payment:
     return await load(deps, Payment, payment_id, resource="payment", field_path="payment_id")
 
 
+PAYMENT_FILTERS = FilterSpec(
+    {
+        "customer_id": FilterField("customer_id"),
+        "status": FilterField("status", enum=PaymentStatus, enum_prefix="PAYMENT_STATUS_"),
+        "create_time": created(),
+    }
+)
+REFUND_FILTERS = FilterSpec(
+    {"status": FilterField("status", enum=RefundStatus, enum_prefix="REFUND_STATUS_"), "create_time": created()}
+)
+
+
 async def list_payments(
-    deps: Deps, *, customer_id: str, status: PaymentStatus | None, page_size: int, page_token: str
+    deps: Deps,
+    *,
+    customer_id: str,
+    status: PaymentStatus | None,
+    page_size: int,
+    page_token: str,
+    filter_expr: str = "",
 ) -> tuple[list[Payment], str]:
-    """Lists payments newest first, by customer and/or status."""
+    """Lists payments newest first, by customer and/or status and a filter (PAYMENT_FILTERS)."""
     filters: dict[str, object] = {}
     if customer_id:
         filters["customer_id"] = customer_id
     if status is not None:
         filters["status"] = status.value
+    filters = merge_filters(filters, filter_expr, PAYMENT_FILTERS)
     return await list_page(deps, Payment, filters, requested_size=page_size, token=page_token)
 
 
@@ -474,7 +494,63 @@ async def get_refund(deps: Deps, refund_id: str) -> Refund:
     return await load(deps, Refund, refund_id, resource="refund", field_path="refund_id")
 
 
-async def list_refunds(deps: Deps, *, payment_id: str, page_size: int, page_token: str) -> tuple[list[Refund], str]:
-    """Lists refunds newest first, optionally of one payment."""
-    filters = {"payment_id": payment_id} if payment_id else {}
+async def list_refunds(
+    deps: Deps, *, payment_id: str, page_size: int, page_token: str, filter_expr: str = ""
+) -> tuple[list[Refund], str]:
+    """Lists refunds newest first, optionally of one payment and filtered (REFUND_FILTERS)."""
+    filters = merge_filters({"payment_id": payment_id} if payment_id else {}, filter_expr, REFUND_FILTERS)
     return await list_page(deps, Refund, filters, requested_size=page_size, token=page_token)
+
+
+UPDATABLE_PAYMENT_FIELDS = frozenset({"description", "metadata"})
+
+
+@dataclass(frozen=True)
+class UpdatePayment:
+    """Command: change the masked caller-owned fields of a payment (our record only)."""
+
+    payment_id: str
+    paths: frozenset[str]
+    description: str
+    metadata: dict[str, str]
+
+    def validate(self) -> None:
+        """Raises InvalidArgument naming the first bad field."""
+        if not self.payment_id:
+            raise InvalidArgument.field("payment.id", "is required")
+        if not self.paths:
+            raise InvalidArgument.field("update_mask", "must name at least one field")
+        unknown = sorted(self.paths - UPDATABLE_PAYMENT_FIELDS)
+        if unknown:
+            raise InvalidArgument.field(
+                "update_mask",
+                f"cannot update {', '.join(unknown)}; allowed: {', '.join(sorted(UPDATABLE_PAYMENT_FIELDS))}",
+            )
+        validate_text(self.description, "payment.description", max_len=MAX_DESCRIPTION)
+        validate_metadata(self.metadata, field_path="payment.metadata")
+
+
+async def update_payment(deps: Deps, ctx: RequestContext, cmd: UpdatePayment) -> Payment:
+    """Applies a masked update of description and/or metadata, audited as ``payment.updated``.
+
+    The processor keeps the values sent at creation: no processor is called. Each attempt
+    re-reads the payment, so a concurrent webhook's change is never overwritten.
+    """
+    result: list[Payment] = []
+
+    async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]]:
+        payment = await load(deps, Payment, cmd.payment_id, resource="payment", field_path="payment.id")
+        if "description" in cmd.paths:
+            payment.description = cmd.description
+        if "metadata" in cmd.paths:
+            payment.metadata = dict(cmd.metadata)
+        payment.updated_at = deps.clock.now()
+        result[:] = [payment]
+        event = audit(
+            deps, ctx, "payment.updated", "payment", payment.id, payment.status.value, payment.status.value,
+            fields=",".join(sorted(cmd.paths)),
+        )  # fmt: skip
+        return [Update(payment)], [event]
+
+    await commit_with_retry(deps, attempt)
+    return result[0]

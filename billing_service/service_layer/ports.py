@@ -259,6 +259,19 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class Between:
+    """A filter value for ``list_page``: matches values inside an interval.
+
+    A ``None`` bound is open. Used for creation-time windows of list filters.
+    """
+
+    lower: Any = None
+    upper: Any = None
+    lower_inclusive: bool = True
+    upper_inclusive: bool = False
+
+
+@dataclass(frozen=True)
 class Page(Generic[T]):
     """One page of a listing. ``next_cursor`` is empty on the last page."""
 
@@ -319,7 +332,10 @@ class BillingStore(Protocol):
         ...
 
     async def list_page(self, kind: type[E], filters: Mapping[str, Any], *, limit: int, after: str | None) -> Page[E]:
-        """Lists entities newest first, ``limit`` at most, strictly after cursor ``after``."""
+        """Lists entities newest first, ``limit`` at most, strictly after cursor ``after``.
+
+        A filter value is an equality, or a :class:`Between` interval.
+        """
         ...
 
     async def commit(self, changes: Sequence[Change], events: Sequence[AuditEvent]) -> None:

@@ -22,6 +22,7 @@ from billing_service.domain.money import Money
 from billing_service.domain.subscriptions import (
     Interval,
     Invoice,
+    InvoiceStatus,
     Plan,
     PlanStatus,
     ProcessorSubscriptionState,
@@ -31,6 +32,7 @@ from billing_service.domain.subscriptions import (
 )
 from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
 from billing_service.service_layer.customers import MAX_DESCRIPTION, MAX_NAME, ensure_processor_customer
+from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
 from billing_service.service_layer.idempotency import RequestContext, is_final
 from billing_service.service_layer.ports import Change, Insert, SubscriptionChange, SubscriptionRequest, Update
 
@@ -101,9 +103,31 @@ async def get_plan(deps: Deps, plan_id: str) -> Plan:
     return await load(deps, Plan, plan_id, resource="plan", field_path="plan_id")
 
 
-async def list_plans(deps: Deps, *, include_archived: bool, page_size: int, page_token: str) -> tuple[list[Plan], str]:
-    """Lists plans newest first (active only unless asked)."""
+PLAN_FILTERS = FilterSpec({"create_time": created()})
+SUBSCRIPTION_FILTERS = FilterSpec(
+    {
+        "customer_id": FilterField("customer_id"),
+        "plan_id": FilterField("plan_id"),
+        "status": FilterField("status", enum=SubscriptionStatus, enum_prefix="SUBSCRIPTION_STATUS_"),
+        "create_time": created(),
+    }
+)
+INVOICE_FILTERS = FilterSpec(
+    {
+        "customer_id": FilterField("customer_id"),
+        "subscription_id": FilterField("subscription_id"),
+        "status": FilterField("status", enum=InvoiceStatus, enum_prefix="INVOICE_STATUS_"),
+        "create_time": created(),
+    }
+)
+
+
+async def list_plans(
+    deps: Deps, *, include_archived: bool, page_size: int, page_token: str, filter_expr: str = ""
+) -> tuple[list[Plan], str]:
+    """Lists plans newest first (active only unless asked), optionally filtered (PLAN_FILTERS)."""
     filters = {} if include_archived else {"status": PlanStatus.ACTIVE.value}
+    filters = merge_filters(filters, filter_expr, PLAN_FILTERS)
     return await list_page(deps, Plan, filters, requested_size=page_size, token=page_token)
 
 
@@ -356,14 +380,21 @@ async def get_subscription(deps: Deps, subscription_id: str) -> Subscription:
 
 
 async def list_subscriptions(
-    deps: Deps, *, customer_id: str, status: SubscriptionStatus | None, page_size: int, page_token: str
+    deps: Deps,
+    *,
+    customer_id: str,
+    status: SubscriptionStatus | None,
+    page_size: int,
+    page_token: str,
+    filter_expr: str = "",
 ) -> tuple[list[Subscription], str]:
-    """Lists subscriptions newest first, by customer and/or status."""
+    """Lists subscriptions newest first, by customer and/or status and a filter (SUBSCRIPTION_FILTERS)."""
     filters: dict[str, object] = {}
     if customer_id:
         filters["customer_id"] = customer_id
     if status is not None:
         filters["status"] = status.value
+    filters = merge_filters(filters, filter_expr, SUBSCRIPTION_FILTERS)
     return await list_page(deps, Subscription, filters, requested_size=page_size, token=page_token)
 
 
@@ -559,12 +590,13 @@ async def get_invoice(deps: Deps, invoice_id: str) -> Invoice:
 
 
 async def list_invoices(
-    deps: Deps, *, customer_id: str, subscription_id: str, page_size: int, page_token: str
+    deps: Deps, *, customer_id: str, subscription_id: str, page_size: int, page_token: str, filter_expr: str = ""
 ) -> tuple[list[Invoice], str]:
-    """Lists invoices newest first, by customer and/or subscription."""
+    """Lists invoices newest first, by customer and/or subscription and a filter (INVOICE_FILTERS)."""
     filters: dict[str, object] = {}
     if customer_id:
         filters["customer_id"] = customer_id
     if subscription_id:
         filters["subscription_id"] = subscription_id
+    filters = merge_filters(filters, filter_expr, INVOICE_FILTERS)
     return await list_page(deps, Invoice, filters, requested_size=page_size, token=page_token)

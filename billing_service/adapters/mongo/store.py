@@ -34,6 +34,7 @@ from billing_service.domain.errors import ConcurrencyConflict, StoreUnavailable
 from billing_service.domain.payments import Payment, Refund
 from billing_service.domain.subscriptions import Invoice, Plan, Subscription
 from billing_service.service_layer.ports import (
+    Between,
     Change,
     E,
     Entity,
@@ -83,6 +84,7 @@ _BY_PROCESSOR_ID = [("processor_id", ASCENDING), ("processor", ASCENDING)]
 _INDEXES: Final[Mapping[str, list[IndexModel]]] = {
     "customers": [IndexModel([("email", ASCENDING)], name="email")],
     "payment_methods": [IndexModel([("customer_id", ASCENDING)], name="customer_id")],
+    "plans": [IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id")],
     "payments": [
         IndexModel([("customer_id", ASCENDING), ("_id", DESCENDING)], name="customer_id__id"),
         IndexModel(
@@ -103,6 +105,11 @@ _INDEXES: Final[Mapping[str, list[IndexModel]]] = {
     ],
     "subscriptions": [
         IndexModel([("customer_id", ASCENDING)], name="customer_id"),
+        # List filters (status alone, or customer and status), newest first.
+        IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id"),
+        IndexModel(
+            [("customer_id", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], name="customer_status__id"
+        ),
         IndexModel(
             _BY_PROCESSOR_ID,
             name="processor_id",
@@ -111,6 +118,7 @@ _INDEXES: Final[Mapping[str, list[IndexModel]]] = {
     ],
     "invoices": [
         IndexModel([("subscription_id", ASCENDING)], name="subscription_id"),
+        IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id"),
         IndexModel([("customer_id", ASCENDING)], name="customer_id"),
         # A processor invoice is mirrored once; empty processor ids stay out of the index.
         IndexModel(
@@ -122,6 +130,7 @@ _INDEXES: Final[Mapping[str, list[IndexModel]]] = {
     ],
     "disputes": [
         IndexModel([("payment_id", ASCENDING)], name="payment_id"),
+        IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id"),
         # One record per processor dispute, even when created and closed events race.
         IndexModel(_BY_PROCESSOR_ID, name="processor_id_unique", unique=True, partialFilterExpression=_NON_EMPTY),
     ],
@@ -259,7 +268,14 @@ class MongoBillingStore:
     @staticmethod
     def _query(kind: type[Any], filters: Mapping[str, Any]) -> Doc:
         _collection_name(kind)
-        return dict(encode_filter_value(kind, name, value) for name, value in filters.items())
+        query: Doc = {}
+        for name, value in filters.items():
+            if isinstance(value, Between):
+                query.update(_between(kind, name, value))
+            else:
+                key, encoded = encode_filter_value(kind, name, value)
+                query[key] = encoded
+        return query
 
     async def _page(self, collection: str, query: Doc, direction: int, limit: int) -> list[Doc]:
         if limit < 1:
@@ -503,6 +519,22 @@ class MongoBillingStore:
         if doc is None:
             raise StoreUnavailable("page token secret vanished")
         return bytes(doc["value"])
+
+
+def _between(kind: type[Any], name: str, window: Between) -> Doc:
+    """The range condition of one :class:`Between` filter (an open window matches all)."""
+    bounds: Doc = {}
+    key = name
+    for bound, op in (
+        (window.lower, "$gte" if window.lower_inclusive else "$gt"),
+        (window.upper, "$lte" if window.upper_inclusive else "$lt"),
+    ):
+        if bound is not None:
+            key, bounds[op] = encode_filter_value(kind, name, bound)
+    if not bounds:
+        encode_filter_value(kind, name, None)  # still refuses an unknown field name
+        return {}
+    return {key: bounds}
 
 
 def _record(doc: Mapping[str, Any]) -> IdempotencyRecord:

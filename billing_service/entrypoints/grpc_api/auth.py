@@ -19,7 +19,8 @@ Modes (``BILLING_AUTH_MODE``):
       name the same caller. grpcio cannot ask for an *optional* client certificate, so
       when ``BILLING_TLS_CLIENT_CA`` is set the handshake requires one from everybody.
 
-Authorization: :data:`METHOD_PERMISSIONS` is the one table from RPC to permission group;
+Authorization: :data:`METHOD_PERMISSIONS` maps each RPC to its permission group, as declared
+by the RPC's entry in ``billing.py`` / ``subscriptions.py``;
 ``admin`` grants everything. Health is open to everybody; reflection (when enabled) to any
 authenticated caller. A method missing from the table is refused to everybody (fail
 closed; a test checks the table covers every RPC of both services).
@@ -50,6 +51,8 @@ from billing_service.config import CALLER_NAME, ConfigError, Settings
 from billing_service.domain.errors import BillingError, PermissionDenied, Unauthenticated
 from billing_service.entrypoints.grpc_api import errors
 from billing_service.entrypoints.grpc_api.base import current_caller
+from billing_service.entrypoints.grpc_api.billing import BILLING
+from billing_service.entrypoints.grpc_api.subscriptions import SUBSCRIPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -64,43 +67,10 @@ else:
 
 ADMIN: Final = "admin"
 
-_B = "/billing.v1.BillingService/"
-_S = "/billing.v1.SubscriptionService/"
-
-#: RPC full name -> the permission group a caller needs for it (``admin`` covers all).
+#: RPC full name -> the permission group a caller needs for it (``admin`` covers all), read
+#: from the RPC tables of both servicers, so a new RPC cannot be added without one.
 METHOD_PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType(
-    {
-        _B + "CreateCustomer": "customers:write",
-        _B + "GetCustomer": "customers:read",
-        _B + "UpdateCustomer": "customers:write",
-        _B + "ListCustomers": "customers:read",
-        _B + "AttachPaymentMethod": "customers:write",
-        _B + "ListPaymentMethods": "customers:read",
-        _B + "DetachPaymentMethod": "customers:write",
-        _B + "CreatePayment": "payments:write",
-        _B + "GetPayment": "payments:read",
-        _B + "ListPayments": "payments:read",
-        _B + "CapturePayment": "payments:write",
-        _B + "CancelPayment": "payments:write",
-        _B + "CreateRefund": "refunds:write",
-        _B + "GetRefund": "payments:read",
-        _B + "ListRefunds": "payments:read",
-        _B + "ListAuditEvents": "audit:read",
-        _B + "ListDisputes": "payments:read",
-        _S + "CreatePlan": "plans:write",
-        _S + "GetPlan": "subscriptions:read",
-        _S + "ListPlans": "subscriptions:read",
-        _S + "ArchivePlan": "plans:write",
-        _S + "CreateSubscription": "subscriptions:write",
-        _S + "GetSubscription": "subscriptions:read",
-        _S + "ListSubscriptions": "subscriptions:read",
-        _S + "UpdateSubscription": "subscriptions:write",
-        _S + "CancelSubscription": "subscriptions:write",
-        _S + "PauseSubscription": "subscriptions:write",
-        _S + "ResumeSubscription": "subscriptions:write",
-        _S + "GetInvoice": "subscriptions:read",
-        _S + "ListInvoices": "subscriptions:read",
-    }
+    {**BILLING.permissions(), **SUBSCRIPTIONS.permissions()}
 )
 
 #: Every permission name ``BILLING_CALLER_PERMISSIONS`` may grant.

@@ -38,6 +38,7 @@ from billing_service.domain.subscriptions import (
     Subscription,
     SubscriptionStatus,
 )
+from billing_service.service_layer.previews import PaymentMethodPreview
 
 PROCESSOR_TO_PB = {
     Processor.STRIPE: cpb.PROCESSOR_STRIPE,
@@ -80,6 +81,22 @@ def enum_in(value: int, table: dict[int, object], field_path: str) -> None:
     """Refuses enum numbers the contract does not define."""
     if value not in table:
         raise InvalidArgument.field(field_path, f"unknown value {value}")
+
+
+def payment_status_filter(value: int, field_path: str = "status") -> PaymentStatus | None:
+    """Parses a list's optional PaymentStatus filter (UNSPECIFIED: any status)."""
+    if not value:
+        return None
+    enum_in(value, PAYMENT_STATUS_FROM_PB, field_path)  # type: ignore[arg-type]
+    return PAYMENT_STATUS_FROM_PB[value]  # type: ignore[index]
+
+
+def subscription_status_filter(value: int, field_path: str = "status") -> SubscriptionStatus | None:
+    """Parses a list's optional SubscriptionStatus filter (UNSPECIFIED: any status)."""
+    if not value:
+        return None
+    enum_in(value, SUB_STATUS_FROM_PB, field_path)  # type: ignore[arg-type]
+    return SUB_STATUS_FROM_PB[value]  # type: ignore[index]
 
 
 def processor_from_pb(value: int, field_path: str, *, required: bool = False) -> Processor | None:
@@ -163,6 +180,13 @@ def payment_method_pb(m: PaymentMethod) -> bpb.PaymentMethod:
     )
 
 
+def payment_method_preview_pb(m: PaymentMethodPreview) -> bpb.PaymentMethod:
+    """A validate_only preview of an attach: no id, and no type or card until the processor answers."""
+    return bpb.PaymentMethod(
+        customer_id=m.customer_id, processor=PROCESSOR_TO_PB[m.processor], status=bpb.PAYMENT_METHOD_STATUS_ATTACHED
+    )
+
+
 def _next_action(n: NextAction | None) -> cpb.NextAction | None:
     if n is None:
         return None
@@ -186,6 +210,7 @@ def payment_pb(p: Payment) -> bpb.Payment:
         amount_capturable=money_pb(p.money(p.amount_capturable)),
         amount_captured=money_pb(p.money(p.amount_captured)),
         amount_refunded=money_pb(p.money(p.amount_refunded)),
+        amount_refund_pending=money_pb(p.money(p.amount_refund_pending)),
         capture_method=CAPTURE_TO_PB[p.capture_method],
         status=PAYMENT_STATUS_TO_PB[p.status],
         description=p.description,

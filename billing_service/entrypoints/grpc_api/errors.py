@@ -3,6 +3,12 @@
 Every error leaves as a ``google.rpc.Status`` carrying exactly one ``ErrorInfo`` (domain
 ``billing.v1``), plus ``BadRequest`` field violations for bad input and ``RetryInfo`` for
 failures worth retrying. ``INTERNAL`` is reserved for bugs.
+
+The ErrorInfo ``reason`` is always the name of a ``billing.v1.ErrorReason`` value. A reason
+built at run time from a processor's own error code (Stripe's ``code``, PayPal's ``issue``)
+is not one: it is sent as the nearest listed reason of its class (``PROCESSOR_ERROR``,
+``INVALID_ARGUMENT``...) with the processor's code under the metadata key
+``processor_reason``.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+from billing.v1 import error_reason_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -19,6 +26,15 @@ from billing_service.domain import errors as e
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "billing.v1"
+
+#: Every reason the API may send: the names of billing.v1.ErrorReason, except UNSPECIFIED.
+REASONS: frozenset[str] = frozenset(
+    name for name in error_reason_pb2.ErrorReason.DESCRIPTOR.values_by_name if name != "ERROR_REASON_UNSPECIFIED"
+)
+_INTERNAL = error_reason_pb2.ErrorReason.Name(error_reason_pb2.INTERNAL)
+_DEADLINE_EXCEEDED = error_reason_pb2.ErrorReason.Name(error_reason_pb2.DEADLINE_EXCEEDED)
+_FALLBACK = error_reason_pb2.ErrorReason.Name(error_reason_pb2.FAILED_PRECONDITION)
+PROCESSOR_REASON_KEY = "processor_reason"
 
 # Most specific class first: the first isinstance match wins.
 _TABLE: list[tuple[type[e.BillingError], grpc.StatusCode]] = [
@@ -51,6 +67,21 @@ def status_code(error: e.BillingError) -> grpc.StatusCode:
         if isinstance(error, cls):
             return code
     return grpc.StatusCode.FAILED_PRECONDITION
+
+
+def wire_reason(error: e.BillingError) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo reason for ``error`` and any metadata its normalisation adds.
+
+    A listed reason is sent as is; an unlisted one (a processor's own code) is replaced by
+    the reason of the nearest class in the error's hierarchy that has a listed one.
+    """
+    if error.reason in REASONS:
+        return error.reason, {}
+    for cls in type(error).__mro__:
+        reason = cls.__dict__.get("reason")
+        if isinstance(reason, str) and reason in REASONS:
+            return reason, {PROCESSOR_REASON_KEY: error.reason}
+    return _FALLBACK, {PROCESSOR_REASON_KEY: error.reason}
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -86,12 +117,14 @@ def _clip(text: str, limit: int) -> str:
 def to_status(error: e.BillingError) -> grpc.Status:
     """Builds the rich status for ``error`` (echoed values are clipped to a few hundred bytes)."""
     code = status_code(error)
+    reason, extra = wire_reason(error)
+    metadata = {**extra, **error.metadata}
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
-                reason=error.reason,
+                reason=reason,
                 domain=ERROR_DOMAIN,
-                metadata={_clip(k, _MAX_VALUE): _clip(str(v), _MAX_VALUE) for k, v in error.metadata.items()},
+                metadata={_clip(k, _MAX_VALUE): _clip(str(v), _MAX_VALUE) for k, v in metadata.items()},
             )
         )
     ]
@@ -131,7 +164,7 @@ def to_status(error: e.BillingError) -> grpc.Status:
 
 def internal_status(method: str) -> grpc.Status:
     """Status for an unexpected exception (a bug); details stay in our logs."""
-    info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"method": method})
+    info = error_details_pb2.ErrorInfo(reason=_INTERNAL, domain=ERROR_DOMAIN, metadata={"method": method})
     return rpc_status.to_status(
         status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; it has been logged", details=[_pack(info)])
     )
@@ -139,7 +172,7 @@ def internal_status(method: str) -> grpc.Status:
 
 def deadline_status(method: str) -> grpc.Status:
     """Status for work cut off by the caller's deadline."""
-    info = error_details_pb2.ErrorInfo(reason="DEADLINE_EXCEEDED", domain=ERROR_DOMAIN, metadata={"method": method})
+    info = error_details_pb2.ErrorInfo(reason=_DEADLINE_EXCEEDED, domain=ERROR_DOMAIN, metadata={"method": method})
     return rpc_status.to_status(
         status_pb2.Status(
             code=code_pb2.DEADLINE_EXCEEDED,

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from billing.v1 import billing_service_pb2, subscription_service_pb2
@@ -72,9 +72,10 @@ class GrpcServer:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
-        billing_grpc.add_BillingServiceServicer_to_server(BillingServicer(deps, idempotency), self.server)
+        # The servicers' handlers are bound from their RPC tables at run time (see runner.py).
+        billing_grpc.add_BillingServiceServicer_to_server(cast(Any, BillingServicer(deps, idempotency)), self.server)
         subscription_grpc.add_SubscriptionServiceServicer_to_server(
-            SubscriptionServicer(deps, idempotency), self.server
+            cast(Any, SubscriptionServicer(deps, idempotency)), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if reflection_enabled:

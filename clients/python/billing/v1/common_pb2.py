@@ -22,10 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62illing/v1/common.proto\x12\nbilling.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x05Money\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"J\n\x12ProcessorReference\x12(\n\tprocessor\x18\x01 \x01(\x0e\x32\x15.billing.v1.Processor\x12\n\n\x02id\x18\x02 \x01(\t\"9\n\nNextAction\x12\x15\n\rclient_secret\x18\x01 \x01(\t\x12\x14\n\x0credirect_url\x18\x02 \x01(\t\"\xb3\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x15\n\rresource_type\x18\x05 \x01(\t\x12\x13\n\x0bresource_id\x18\x06 \x01(\t\x12\x15\n\rbefore_status\x18\x07 \x01(\t\x12\x14\n\x0c\x61\x66ter_status\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x04\x64\x61ta\x18\n \x03(\x0b\x32 .billing.v1.AuditEvent.DataEntry\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*f\n\tProcessor\x12\x19\n\x15PROCESSOR_UNSPECIFIED\x10\x00\x12\x14\n\x10PROCESSOR_STRIPE\x10\x01\x12\x14\n\x10PROCESSOR_PAYPAL\x10\x02\x12\x12\n\x0ePROCESSOR_FAKE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62illing/v1/common.proto\x12\nbilling.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x05Money\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"J\n\x12ProcessorReference\x12(\n\tprocessor\x18\x01 \x01(\x0e\x32\x15.billing.v1.Processor\x12\n\n\x02id\x18\x02 \x01(\t\"9\n\nNextAction\x12\x15\n\rclient_secret\x18\x01 \x01(\t\x12\x14\n\x0credirect_url\x18\x02 \x01(\t\"\xb0\x03\n\nAuditEvent\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x14\n\x06\x63\x61ller\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06\x61\x63tion\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rresource_type\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bresource_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rbefore_status\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x61\x66ter_status\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\x04\x64\x61ta\x18\n \x03(\x0b\x32 .billing.v1.AuditEvent.DataEntryB\x04\xe2\x41\x01\x03\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:?\xea\x41<\n\x1b\x62illing.internal/AuditEvent\x12\x19\x61uditEvents/{audit_event}\x1a\x02id*f\n\tProcessor\x12\x19\n\x15PROCESSOR_UNSPECIFIED\x10\x00\x12\x14\n\x10PROCESSOR_STRIPE\x10\x01\x12\x14\n\x10PROCESSOR_PAYPAL\x10\x02\x12\x12\n\x0ePROCESSOR_FAKE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +36,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUDITEVENT_DATAENTRY']._loaded_options = None
   _globals['_AUDITEVENT_DATAENTRY']._serialized_options = b'8\001'
-  _globals['_PROCESSOR']._serialized_start=566
-  _globals['_PROCESSOR']._serialized_end=668
-  _globals['_MONEY']._serialized_start=72
-  _globals['_MONEY']._serialized_end=119
-  _globals['_PROCESSORREFERENCE']._serialized_start=121
-  _globals['_PROCESSORREFERENCE']._serialized_end=195
-  _globals['_NEXTACTION']._serialized_start=197
-  _globals['_NEXTACTION']._serialized_end=254
-  _globals['_AUDITEVENT']._serialized_start=257
-  _globals['_AUDITEVENT']._serialized_end=564
-  _globals['_AUDITEVENT_DATAENTRY']._serialized_start=521
-  _globals['_AUDITEVENT_DATAENTRY']._serialized_end=564
+  _globals['_AUDITEVENT'].fields_by_name['id']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['id']._serialized_options = b'\342A\001\010'
+  _globals['_AUDITEVENT'].fields_by_name['caller']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['caller']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['request_id']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['request_id']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['action']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['action']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['resource_type']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['resource_type']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['resource_id']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['resource_id']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['before_status']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['before_status']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['after_status']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['after_status']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['create_time']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['data']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['data']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT']._loaded_options = None
+  _globals['_AUDITEVENT']._serialized_options = b'\352A<\n\033billing.internal/AuditEvent\022\031auditEvents/{audit_event}\032\002id'
+  _globals['_PROCESSOR']._serialized_start=751
+  _globals['_PROCESSOR']._serialized_end=853
+  _globals['_MONEY']._serialized_start=132
+  _globals['_MONEY']._serialized_end=179
+  _globals['_PROCESSORREFERENCE']._serialized_start=181
+  _globals['_PROCESSORREFERENCE']._serialized_end=255
+  _globals['_NEXTACTION']._serialized_start=257
+  _globals['_NEXTACTION']._serialized_end=314
+  _globals['_AUDITEVENT']._serialized_start=317
+  _globals['_AUDITEVENT']._serialized_end=749
+  _globals['_AUDITEVENT_DATAENTRY']._serialized_start=641
+  _globals['_AUDITEVENT_DATAENTRY']._serialized_end=684
 # @@protoc_insertion_point(module_scope)

@@ -32,11 +32,15 @@ class SubscriptionServiceStub:
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. SUBSCRIPTION_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. SUBSCRIPTION_CANCELED, or NOT_FOUND with
+    the metadata keys resource_type and resource_id); invalid input adds
+    google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    CreatePlan and CreateSubscription take validate_only, and the list RPCs take
+    a filter, with the semantics and syntax described on BillingService.
     """
 
     def __init__(self, channel):
@@ -119,11 +123,15 @@ class SubscriptionServiceServicer:
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. SUBSCRIPTION_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. SUBSCRIPTION_CANCELED, or NOT_FOUND with
+    the metadata keys resource_type and resource_id); invalid input adds
+    google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    CreatePlan and CreateSubscription take validate_only, and the list RPCs take
+    a filter, with the semantics and syntax described on BillingService.
     """
 
     def CreatePlan(self, request, context):
@@ -142,7 +150,8 @@ class SubscriptionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPlans(self, request, context):
-        """Lists plans, newest first; archived plans only when asked for.
+        """Lists plans, newest first; archived plans only when asked for; optionally
+        filtered by creation time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,8 +182,8 @@ class SubscriptionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSubscriptions(self, request, context):
-        """Lists subscriptions, newest first, optionally filtered by customer and
-        status.
+        """Lists subscriptions, newest first, optionally filtered by customer, plan,
+        status and creation time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -217,7 +226,8 @@ class SubscriptionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListInvoices(self, request, context):
-        """Lists invoices, newest first, filtered by customer and/or subscription.
+        """Lists invoices, newest first, optionally filtered by customer,
+        subscription, status and creation time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -306,11 +316,15 @@ class SubscriptionService:
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. SUBSCRIPTION_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. SUBSCRIPTION_CANCELED, or NOT_FOUND with
+    the metadata keys resource_type and resource_id); invalid input adds
+    google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    CreatePlan and CreateSubscription take validate_only, and the list RPCs take
+    a filter, with the semantics and syntax described on BillingService.
     """
 
     @staticmethod
