@@ -121,6 +121,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The processor the request needs is not configured on this deployment."""
     NOT_SUPPORTED_BY_PROCESSOR: _ErrorReason.ValueType  # 58
     """The processor cannot do what was asked (a feature it lacks)."""
+    SUBSCRIPTION_AT_PROCESSOR: _ErrorReason.ValueType  # 59
+    """The subscription exists at its processor, so it cannot be ended locally
+    as never started; cancel it instead.
+    """
     PROCESSOR_ERROR: _ErrorReason.ValueType  # 70
     """-- the processor (FAILED_PRECONDITION, or UNAVAILABLE when retryable) ----
 
@@ -293,6 +297,10 @@ PROCESSOR_NOT_CONFIGURED: ErrorReason.ValueType  # 57
 """The processor the request needs is not configured on this deployment."""
 NOT_SUPPORTED_BY_PROCESSOR: ErrorReason.ValueType  # 58
 """The processor cannot do what was asked (a feature it lacks)."""
+SUBSCRIPTION_AT_PROCESSOR: ErrorReason.ValueType  # 59
+"""The subscription exists at its processor, so it cannot be ended locally
+as never started; cancel it instead.
+"""
 PROCESSOR_ERROR: ErrorReason.ValueType  # 70
 """-- the processor (FAILED_PRECONDITION, or UNAVAILABLE when retryable) ----
 
