@@ -5,8 +5,10 @@ import warnings
 
 from billing.v1 import billing_service_pb2 as billing_dot_v1_dot_billing__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,16 +18,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in billing/v1/billing_service_pb2_grpc.py depends on'
+        + f' but the generated code in billing/v1/billing_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class BillingServiceStub:
+class BillingServiceStub(object):
     """BillingService takes one-off payments: it manages customers, their saved
     payment methods, payments, refunds, and exposes the audit trail.
 
@@ -166,7 +171,7 @@ class BillingServiceStub:
                 _registered_method=True)
 
 
-class BillingServiceServicer:
+class BillingServiceServicer(object):
     """BillingService takes one-off payments: it manages customers, their saved
     payment methods, payments, refunds, and exposes the audit trail.
 
@@ -469,11 +474,10 @@ def add_BillingServiceServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'billing.v1.BillingService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('billing.v1.BillingService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class BillingService:
+class BillingService(object):
     """BillingService takes one-off payments: it manages customers, their saved
     payment methods, payments, refunds, and exposes the audit trail.
 

@@ -5,8 +5,10 @@ import warnings
 
 from billing.v1 import subscription_service_pb2 as billing_dot_v1_dot_subscription__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,16 +18,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in billing/v1/subscription_service_pb2_grpc.py depends on'
+        + f' but the generated code in billing/v1/subscription_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class SubscriptionServiceStub:
+class SubscriptionServiceStub(object):
     """SubscriptionService runs recurring billing: it manages plans (what is sold
     and at what price), customers' subscriptions to them, and the invoices the
     processor issues each billing period.
@@ -116,7 +121,7 @@ class SubscriptionServiceStub:
                 _registered_method=True)
 
 
-class SubscriptionServiceServicer:
+class SubscriptionServiceServicer(object):
     """SubscriptionService runs recurring billing: it manages plans (what is sold
     and at what price), customers' subscriptions to them, and the invoices the
     processor issues each billing period.
@@ -305,11 +310,10 @@ def add_SubscriptionServiceServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'billing.v1.SubscriptionService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('billing.v1.SubscriptionService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class SubscriptionService:
+class SubscriptionService(object):
     """SubscriptionService runs recurring billing: it manages plans (what is sold
     and at what price), customers' subscriptions to them, and the invoices the
     processor issues each billing period.
