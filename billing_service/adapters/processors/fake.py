@@ -32,9 +32,9 @@ from billing_service.adapters.processors._fake_records import (
     PriceRecord,
     conflict,
     invalid,
-    looks_like_card_number,
     processor_error,
 )
+from billing_service.domain.card_data import contains_card_number
 from billing_service.domain.common import Processor
 from billing_service.domain.customers import Customer
 from billing_service.domain.errors import BillingError, PaymentDeclined, ProcessorError
@@ -238,7 +238,7 @@ class FakePaymentProcessor:
             ProcessorError: INVALID_PAYMENT_METHOD_TOKEN for an unknown token or anything
                 that looks like a raw card number (refused before it is kept anywhere).
         """
-        if looks_like_card_number(token):
+        if contains_card_number(token):
             raise processor_error("INVALID_PAYMENT_METHOD_TOKEN", "payment method token looks like a raw card number")
 
         def effect() -> AttachedPaymentMethod:

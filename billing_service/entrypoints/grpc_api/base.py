@@ -17,6 +17,7 @@ from billing_service.domain.errors import BillingError, InvalidArgument
 from billing_service.entrypoints.grpc_api import errors
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import Idempotency, RequestContext, validate_request_id
+from billing_service.service_layer.pagination import token_scope
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,9 @@ class Servicer:
         raise AssertionError("unreachable")  # abort_with_status always raises
 
     async def _read(self, context: Ctx, method: str, call: Callable[[], Awaitable[R]]) -> R:
-        """Runs a read-only use case."""
-        return await self._guard(context, method, call)
+        """Runs a read-only use case; page tokens are bound to this method and caller."""
+        with token_scope(method, current_caller.get()):
+            return await self._guard(context, method, call)
 
     async def _mutate(
         self,
