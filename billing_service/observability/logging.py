@@ -24,8 +24,10 @@ import json
 import logging
 import re
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, TextIO
 
 from billing_service.domain.card_data import mask_card_numbers
@@ -34,6 +36,7 @@ __all__ = [
     "JsonFormatter",
     "RedactionFilter",
     "current_request_id",
+    "install_exception_hooks",
     "redact",
     "setup_logging",
 ]
@@ -180,3 +183,30 @@ def setup_logging(level: str = "INFO", *, stream: TextIO | None = None, json_for
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     return handler
+
+
+def install_exception_hooks() -> None:
+    """Routes what Python itself would print on stderr through the logging handler.
+
+    Uncaught exceptions (main thread and other threads) and ``warnings`` become JSON
+    records that pass the redaction filter, so a process started with ``setup_logging``
+    writes nothing else on stderr. Call it once per process, from its entry point.
+    """
+    log = logging.getLogger("billing_service")
+
+    def uncaught(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            log.info("interrupted")
+            return
+        log.critical("uncaught exception, exiting", exc_info=(kind, error, trace))
+
+    def uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        error = args.exc_value if args.exc_value is not None else args.exc_type()
+        log.error("uncaught exception in thread %s", name, exc_info=(args.exc_type, error, args.exc_traceback))
+
+    sys.excepthook = uncaught
+    threading.excepthook = uncaught_in_thread
+    logging.captureWarnings(True)

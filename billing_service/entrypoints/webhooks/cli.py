@@ -184,6 +184,7 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
         config = uvicorn.Config(
             create_app(sidecar),
             log_level="warning",
+            log_config=None,  # uvicorn's records go to our root handler: JSON, redacted
             access_log=False,  # the app logs processor, event id and type; nothing else
             lifespan="on",
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
