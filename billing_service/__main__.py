@@ -153,7 +153,7 @@ async def _run_dev(settings: Settings) -> int:
                 await asyncio.create_subprocess_exec(sys.executable, "-m", "billing_service", *command, env=env)
             )
         print(
-            f"webhook sidecar on http://{settings.webhook_address} "
+            f"webhook sidecar on {'https' if settings.webhook_tls_cert else 'http'}://{settings.webhook_address} "
             "(stripe listen --forward-to <that>/webhooks/stripe; PayPal: <that>/webhooks/paypal)",
             flush=True,
         )

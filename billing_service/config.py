@@ -88,6 +88,8 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    webhook_tls_cert: Path | None = None
+    webhook_tls_key: Path | None = None
 
     @property
     def stripe_mode(self) -> str:
@@ -162,6 +164,8 @@ class Settings:
             raise ConfigError("BILLING_WEBHOOK_RETRY_BASE_SECONDS must be positive and at most ..._MAX_SECONDS")
         if not 0 < self.stripe_webhook_tolerance_seconds <= 3600:
             raise ConfigError("STRIPE_WEBHOOK_TOLERANCE_SECONDS must be between 1 and 3600")
+        if bool(self.webhook_tls_cert) != bool(self.webhook_tls_key):
+            raise ConfigError("BILLING_WEBHOOK_TLS_CERT and BILLING_WEBHOOK_TLS_KEY must be set together")
 
     def _validate_auth(self) -> None:
         """Refuses caller-authentication settings that are unsafe or incomplete."""
@@ -258,6 +262,8 @@ class Settings:
             tls_cert=Path(get("BILLING_TLS_CERT")) if get("BILLING_TLS_CERT") else None,
             tls_key=Path(get("BILLING_TLS_KEY")) if get("BILLING_TLS_KEY") else None,
             tls_client_ca=Path(get("BILLING_TLS_CLIENT_CA")) if get("BILLING_TLS_CLIENT_CA") else None,
+            webhook_tls_cert=Path(get("BILLING_WEBHOOK_TLS_CERT")) if get("BILLING_WEBHOOK_TLS_CERT") else None,
+            webhook_tls_key=Path(get("BILLING_WEBHOOK_TLS_KEY")) if get("BILLING_WEBHOOK_TLS_KEY") else None,
         )
         settings.validate()
         return settings
