@@ -101,7 +101,9 @@ def test_tls_settings_are_checked_at_start(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "billing_service", "webhooks", "serve"],
         env={
-            **os.environ, "BILLING_WEBHOOK_TLS_CERT": str(tmp_path / "missing.pem"), "BILLING_WEBHOOK_TLS_KEY": str(key),
+            **os.environ,
+            "BILLING_WEBHOOK_TLS_CERT": str(tmp_path / "missing.pem"),
+            "BILLING_WEBHOOK_TLS_KEY": str(key),
             "BILLING_EMBEDDED_DATA_DIR": str(tmp_path / "db"),
         },
         capture_output=True, text=True, timeout=60, check=False,

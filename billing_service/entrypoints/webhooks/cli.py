@@ -208,7 +208,8 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
             host, port = sock.getsockname()[:2]
             configured = [p.value for p in (Processor.STRIPE, Processor.PAYPAL) if p in built.runtime.processors]
             print(
-                f"billing webhook sidecar on {'https' if tls else 'http'}://{host}:{port} (POST /webhooks/stripe, /webhooks/paypal; "
+                f"billing webhook sidecar on {'https' if tls else 'http'}://{host}:{port} "
+                "(POST /webhooks/stripe, /webhooks/paypal; "
                 f"workers: {settings.webhook_workers}; stripe secrets: {len(settings.stripe_webhook_secrets)}; "
                 f"paypal: {'on' if sidecar.paypal else 'off'}; processors: {', '.join(configured) or 'none'})",
                 flush=True,
