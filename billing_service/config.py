@@ -6,7 +6,9 @@ Nothing here reads the environment at import time. Secrets are wrapped in
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,9 @@ AUTH_MODES = ("none", "token", "mtls", "mtls+token", "any")
 CALLER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PERMISSION = re.compile(r"^[a-z]+(:[a-z]+)?$")
 MIN_TOKEN_LENGTH = 32
+# Shannon estimate of a token's characters, in bits. 32 random hex characters (128 bits)
+# measure 93 bits at worst over 100,000 draws; a 32-character token over 5 letters, 74.
+MIN_TOKEN_BITS = 80
 
 
 @dataclass(frozen=True)
@@ -291,11 +296,40 @@ def parse_auth_tokens(raw: str) -> tuple[tuple[str, Secret], ...]:
                 f"BILLING_AUTH_TOKENS token of {caller!r} must be at least {MIN_TOKEN_LENGTH} characters "
                 "without spaces (e.g. openssl rand -hex 32)"
             )
+        weakness = token_weakness(token)
+        if weakness:
+            raise ConfigError(
+                f"BILLING_AUTH_TOKENS token of {caller!r} is not random ({weakness}); "
+                "generate one, e.g. openssl rand -hex 32"
+            )
         if token in seen:
             raise ConfigError(f"BILLING_AUTH_TOKENS token of {caller!r} is also given to another entry")
         seen.add(token)
         out.append((caller, Secret(token)))
     return tuple(out)
+
+
+def token_weakness(token: str) -> str:
+    """Why ``token`` is obviously not random, or "" (the message never shows the token).
+
+    Catches what people type instead of generating: few distinct characters or a small
+    alphabet (too little entropy by character frequencies), runs counting up or down
+    (``0123...``, ``abcd...``) and a repeated pattern (``password`` x 4, a half repeated).
+    Random tokens of 32+ characters from ``openssl rand``/``secrets`` always pass.
+    """
+    n = len(token)
+    counts = Counter(token)
+    bits = max(0.0, -sum(c * math.log2(c / n) for c in counts.values()))
+    if bits < MIN_TOKEN_BITS:
+        return f"about {bits:.0f} bits of character entropy, at least {MIN_TOKEN_BITS} needed"
+    steps = [ord(b) - ord(a) for a, b in zip(token, token[1:], strict=False)]
+    if sum(step in (-1, 0, 1) for step in steps) * 2 > len(steps):
+        return "mostly characters counting up or down"
+    for period in range(1, n // 2 + 1):
+        same = sum(token[i] == token[i + period] for i in range(n - period))
+        if same >= 0.9 * (n - period):
+            return "a repeated pattern"
+    return ""
 
 
 def parse_caller_permissions(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
