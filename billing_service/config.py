@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from billing_service.domain.common import Processor
@@ -322,7 +323,7 @@ def token_weakness(token: str) -> str:
     bits = max(0.0, -sum(c * math.log2(c / n) for c in counts.values()))
     if bits < MIN_TOKEN_BITS:
         return f"about {bits:.0f} bits of character entropy, at least {MIN_TOKEN_BITS} needed"
-    steps = [ord(b) - ord(a) for a, b in zip(token, token[1:], strict=False)]
+    steps = [ord(b) - ord(a) for a, b in pairwise(token)]
     if sum(step in (-1, 0, 1) for step in steps) * 2 > len(steps):
         return "mostly characters counting up or down"
     for period in range(1, n // 2 + 1):
