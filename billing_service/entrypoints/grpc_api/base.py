@@ -66,6 +66,24 @@ def string_fields(message: Message, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
+def without_client_secrets(message: R) -> R:
+    """A copy of ``message`` with every ``client_secret`` cleared (what may be stored)."""
+    clone = type(message)()
+    clone.CopyFrom(message)
+    _clear_client_secrets(clone)
+    return clone
+
+
+def _clear_client_secrets(message: Message) -> None:
+    for desc, value in message.ListFields():
+        if desc.message_type is None:
+            if desc.name == "client_secret":
+                message.ClearField(desc.name)  # type: ignore[arg-type]
+        elif not desc.message_type.GetOptions().map_entry:
+            for item in value if desc.is_repeated else [value]:
+                _clear_client_secrets(item)
+
+
 class Servicer:
     """Base of both servicers.
 
@@ -113,11 +131,14 @@ class Servicer:
         resource_prefix: str,
         response_type: type[R],
         prepare: Callable[[], Callable[[RequestContext], Awaitable[R]]],
+        on_replay: Callable[[R], Awaitable[R]] | None = None,
     ) -> R:
         """Runs a mutating use case exactly once per (caller, method, request_id).
 
         ``prepare`` parses and validates the request (raising ``InvalidArgument`` before
-        anything is stored) and returns the work to execute.
+        anything is stored) and returns the work to execute. The stored answer has its
+        client secrets cleared (they are never kept); the first caller gets them, and
+        ``on_replay`` may restore live ones on a replayed answer.
         """
 
         async def run() -> R:
@@ -127,9 +148,12 @@ class Servicer:
             request_id = validate_request_id(getattr(request, "request_id", ""))
             execute = prepare()
 
+            fresh: list[R] = []
+
             async def work(ctx: RequestContext) -> bytes:
                 response = await execute(ctx)
-                return response.SerializeToString(deterministic=True)
+                fresh.append(response)
+                return without_client_secrets(response).SerializeToString(deterministic=True)
 
             data = await self.idem.run(
                 caller=current_caller.get(),
@@ -139,7 +163,10 @@ class Servicer:
                 resource_prefix=resource_prefix,
                 work=work,
             )
-            return response_type.FromString(data)
+            if fresh:
+                return fresh[0]
+            replayed = response_type.FromString(data)
+            return replayed if on_replay is None else await on_replay(replayed)
 
         return await self._guard(context, method, run)
 

@@ -184,8 +184,16 @@ class BillingServicer(Servicer, pb_grpc.BillingServiceServicer):
 
         return await self._mutate(
             context, request, method=_SVC + "CreatePayment", resource_prefix="pay",
-            response_type=pb.CreatePaymentResponse, prepare=prepare,
+            response_type=pb.CreatePaymentResponse, prepare=prepare, on_replay=self._live_client_secret,
         )  # fmt: skip
+
+    async def _live_client_secret(self, response: pb.CreatePaymentResponse) -> pb.CreatePaymentResponse:
+        """A replayed answer was stored without its client secret: the caller gets the live one."""
+        if response.payment.status == pb.PAYMENT_STATUS_REQUIRES_ACTION:
+            live = await pay.get_payment(self.deps, response.payment.id)
+            if live.next_action is not None and live.next_action.client_secret:
+                response.payment.next_action.client_secret = live.next_action.client_secret
+        return response
 
     async def GetPayment(self, request: pb.GetPaymentRequest, context: Ctx) -> pb.GetPaymentResponse:
         """Returns a payment."""
