@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.message import Message
 
 from billing_service.domain.card_data import contains_card_number, refuse_card_data
-from billing_service.domain.errors import BillingError, InvalidArgument
+from billing_service.domain.errors import BillingError, InvalidArgument, StoreUnavailable
 from billing_service.entrypoints.grpc_api import errors
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import Idempotency, RequestContext, validate_request_id
@@ -84,26 +84,50 @@ def _clear_client_secrets(message: Message) -> None:
                 _clear_client_secrets(item)
 
 
+# Of a caller's deadline, the store's operations get all but this share (at most 0.5 s),
+# so a store that does not answer ends the call UNAVAILABLE before the deadline does. Half
+# of it is left for cleanup (releasing the request's lease) after a timed-out operation.
+_STORE_RESERVE_SHARE = 0.25
+_STORE_RESERVE_MAX = 0.5
+
+
+def _store_is_serving() -> bool:
+    return True
+
+
 class Servicer:
     """Base of both servicers.
 
     Args:
         deps: Ports for the use cases.
         idempotency: Runs mutating requests at most once per request_id.
+        store_serving: False while the health probe finds the store down: calls then fail
+            at once with ``UNAVAILABLE`` and ``RetryInfo`` instead of waiting for it.
     """
 
-    def __init__(self, deps: Deps, idempotency: Idempotency) -> None:
+    def __init__(
+        self, deps: Deps, idempotency: Idempotency, store_serving: Callable[[], bool] = _store_is_serving
+    ) -> None:
         self.deps = deps
         self.idem = idempotency
+        self._store_serving = store_serving
 
     async def _guard(self, context: Ctx, method: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Runs ``call`` within the caller's deadline and maps its errors to rich statuses."""
+        """Runs ``call`` within the caller's deadline and maps its errors to rich statuses.
+
+        Store operations are bounded by the deadline minus a reserve, so a dead store
+        answers ``UNAVAILABLE`` (retry with the same request_id) within the deadline.
+        """
         remaining = context.time_remaining()
         try:
+            if not self._store_serving():
+                raise StoreUnavailable("the store is not answering (health probe); retry after the delay")
             if remaining is None:
                 return await call()
-            async with asyncio.timeout(max(remaining, 0.001)):
-                return await call()
+            reserve = min(_STORE_RESERVE_MAX, remaining * _STORE_RESERVE_SHARE)
+            with self.deps.store.deadline(remaining - reserve, cleanup_seconds=reserve / 2):
+                async with asyncio.timeout(max(remaining, 0.001)):
+                    return await call()
         except BillingError as exc:
             await context.abort_with_status(errors.to_status(exc))  # type: ignore[attr-defined]
         except TimeoutError:
