@@ -96,6 +96,7 @@ class Settings:
     tls_client_ca: Path | None = None
     webhook_tls_cert: Path | None = None
     webhook_tls_key: Path | None = None
+    fake_state: str = "store"
 
     @property
     def stripe_mode(self) -> str:
@@ -151,6 +152,8 @@ class Settings:
                 raise ConfigError("live mode requires PAYPAL_WEBHOOK_ID (webhooks must be verified)")
             if not self.mongodb_uri:
                 raise ConfigError("live mode requires MONGODB_URI (the embedded store is for development)")
+        if self.fake_state not in ("store", "memory"):
+            raise ConfigError("BILLING_FAKE_STATE must be store or memory")
         if self.idempotency_ttl_hours < 24:
             raise ConfigError("BILLING_IDEMPOTENCY_TTL_HOURS must be at least 24")
         self._validate_webhooks()
@@ -270,6 +273,7 @@ class Settings:
             tls_client_ca=Path(get("BILLING_TLS_CLIENT_CA")) if get("BILLING_TLS_CLIENT_CA") else None,
             webhook_tls_cert=Path(get("BILLING_WEBHOOK_TLS_CERT")) if get("BILLING_WEBHOOK_TLS_CERT") else None,
             webhook_tls_key=Path(get("BILLING_WEBHOOK_TLS_KEY")) if get("BILLING_WEBHOOK_TLS_KEY") else None,
+            fake_state=get("BILLING_FAKE_STATE", "store").lower(),
         )
         settings.validate()
         return settings
