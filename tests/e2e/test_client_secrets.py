@@ -21,6 +21,9 @@ from billing_service.observability.logging import setup_logging
 from tests.e2e.conftest import Api
 from tests.helpers import rich, rid, usd
 
+# stripe-python's HTTPXClient posts the form body as a string (``data=``), which httpx deprecates.
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
 
 async def _all_documents(api: Api) -> str:
     db = api.runtime.store.database

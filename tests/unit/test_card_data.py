@@ -142,6 +142,32 @@ def test_the_fake_processor_uses_the_same_detector() -> None:
     assert not hasattr(records, "looks_like_card_number")
 
 
+def test_log_lines_redact_the_request_id_and_caller_they_carry() -> None:
+    import io
+    import json
+    import logging
+
+    from billing_service.entrypoints.grpc_api.base import current_caller
+    from billing_service.observability.logging import current_request_id, setup_logging
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    buffer = io.StringIO()
+    handler = setup_logging("INFO", stream=buffer)
+    request_token = current_request_id.set(f"req-{VISA}")
+    caller_token = current_caller.set(f"svc-{VISA}")
+    try:
+        logging.getLogger("billing_service.test").info("something happened")
+    finally:
+        current_request_id.reset(request_token)
+        current_caller.reset(caller_token)
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        handler.close()
+    line = json.loads(buffer.getvalue())
+    assert (line["request_id"], line["caller"]) == ("req-[PAN ****4242]", "svc-[PAN ****4242]")
+
+
 def test_large_inputs_stay_fast_enough_to_scan() -> None:
     # A megabyte of digit groups must not make the scan quadratic.
     text = "1234 " * 200_000
