@@ -24,10 +24,17 @@ DEV_WEBHOOK_METRICS_PORT = 9465
 
 
 def _setup_logging(level: str) -> None:
-    from billing_service.observability.logging import setup_logging
+    from billing_service.observability.logging import install_exception_hooks, setup_logging
 
-    # JSON lines on stderr, every record through the PCI redaction filter.
+    # JSON lines on stderr, every record through the PCI redaction filter; uncaught
+    # exceptions and warnings too, so nothing else is ever written on stderr.
     setup_logging(level, stream=sys.stderr)
+    install_exception_hooks()
+
+
+def _config_error(exc: ConfigError) -> int:
+    log.error("configuration error: %s", exc)
+    return 2
 
 
 async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
@@ -146,7 +153,7 @@ async def _run_dev(settings: Settings) -> int:
                 await asyncio.create_subprocess_exec(sys.executable, "-m", "billing_service", *command, env=env)
             )
         print(
-            f"webhook sidecar on http://{settings.webhook_address} "
+            f"webhook sidecar on {'https' if settings.webhook_tls_cert else 'http'}://{settings.webhook_address} "
             "(stripe listen --forward-to <that>/webhooks/stripe; PayPal: <that>/webhooks/paypal)",
             flush=True,
         )
@@ -180,11 +187,11 @@ def main(argv: list[str] | None = None) -> int:
 
     webhooks_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    _setup_logging("INFO")  # before the settings, so a configuration error is a JSON line too
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _config_error(exc)
     if args.command == "run" and not os.environ.get("BILLING_METRICS_PORT", "").strip():
         settings = dataclasses.replace(settings, metrics_port=DEV_METRICS_PORT)
     _setup_logging(settings.log_level)
@@ -192,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return webhooks_cli.run(args, settings)
         except ConfigError as exc:
-            print(f"configuration error: {exc}", file=sys.stderr)
-            return 2
+            return _config_error(exc)
     if args.command == "run":
         return asyncio.run(_run_dev(settings))
     if args.command == "reconcile":
@@ -206,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             asyncio.run(_serve(settings))
         except ConfigError as exc:  # TLS files or permission names, checked before serving
-            print(f"configuration error: {exc}", file=sys.stderr)
-            return 2
+            return _config_error(exc)
     return 0
 
 

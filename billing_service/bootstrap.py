@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from billing_service.adapters.mongo.embedded import EmbeddedMongo
 from billing_service.adapters.mongo.store import MongoBillingStore
@@ -17,16 +18,25 @@ from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import Idempotency
 from billing_service.service_layer.ports import Clock, PaymentProcessor
 
+if TYPE_CHECKING:
+    from billing_service.adapters.processors._fake_state import FakeStateStore
+
 log = logging.getLogger(__name__)
 
 
-def build_processors(settings: Settings, clock: Clock) -> dict[Processor, PaymentProcessor]:
-    """Creates one adapter per enabled processor, each with its own client."""
+def build_processors(
+    settings: Settings, clock: Clock, *, fake_state: FakeStateStore | None = None
+) -> dict[Processor, PaymentProcessor]:
+    """Creates one adapter per enabled processor, each with its own client.
+
+    Args:
+        fake_state: Where the fake processor keeps its state (None: in memory).
+    """
     processors: dict[Processor, PaymentProcessor] = {}
     if settings.enable_fake:
         from billing_service.adapters.processors.fake import FakePaymentProcessor
 
-        processors[Processor.FAKE] = FakePaymentProcessor(clock)
+        processors[Processor.FAKE] = FakePaymentProcessor(clock, state=fake_state)
     if settings.stripe_secret_key:
         from billing_service.adapters.processors.stripe import StripePaymentProcessor, StripeSettings
 
@@ -120,7 +130,13 @@ async def bootstrap(
             embedded.stop()
         raise
     metrics = metrics if metrics is not None else BillingMetrics()
-    built = dict(processors) if processors is not None else build_processors(settings, clock)
+    fake_state: FakeStateStore | None = None
+    if processors is None and settings.enable_fake and settings.fake_state == "store":
+        from billing_service.adapters.mongo.fake_state import MongoFakeState
+
+        # The fake plays a processor: its state outlives restarts, in its own database.
+        fake_state = MongoFakeState(store.database.client, f"{settings.mongodb_database}_fake_processor")
+    built = dict(processors) if processors is not None else build_processors(settings, clock, fake_state=fake_state)
     procs: dict[Processor, PaymentProcessor] = {
         name: InstrumentedProcessor(adapter, metrics) for name, adapter in built.items()
     }

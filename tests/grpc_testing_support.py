@@ -11,16 +11,20 @@ which turns ``abort_with_status`` into the testing context's code, details and t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import grpc
 import grpc_testing
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
+
+from billing_service.service_layer.core import Deps
 
 
 class _Aborted(Exception):
@@ -170,3 +174,15 @@ def socketless_server(services: dict[ServiceDescriptor, object], *, fake_time: b
     """
     time = grpc_testing.strict_fake_time(0.0) if fake_time else grpc_testing.strict_real_time()
     return grpc_testing.server_from_dictionary(services, time)
+
+
+class _NoStore:
+    """The one store call the runner makes itself: bounding store work by the caller's deadline."""
+
+    def deadline(self, seconds: float, *, cleanup_seconds: float = 0.0) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+
+def deps_without_ports() -> Deps:
+    """Deps for tests where no use case may reach a port (schema checks, error mapping)."""
+    return cast(Deps, SimpleNamespace(store=_NoStore()))

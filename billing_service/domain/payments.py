@@ -86,9 +86,16 @@ class PaymentFailure:
 
 @dataclass
 class NextAction:
-    """What the buyer must do before the payment can go on."""
+    """What the buyer must do before the payment can go on.
 
-    client_secret: str = ""
+    Attributes:
+        client_secret: Lets the buyer's browser finish the payment (Stripe.js), so it is
+            handed to the caller and never stored (``stored: False``): a payment read
+            back from the store has none, ``get_payment`` asks the processor for it.
+        redirect_url: Where the buyer approves (PayPal); kept.
+    """
+
+    client_secret: str = field(default="", metadata={"stored": False})
     redirect_url: str = ""
 
 

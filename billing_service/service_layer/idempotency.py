@@ -52,8 +52,8 @@ def validate_request_id(request_id: str) -> str:
         raise InvalidArgument.field(
             "request_id", "must be 1-255 characters of letters, digits and . _ : - (use a UUID)"
         )
-    digits = request_id.replace("-", "")
-    if digits.isdigit() and contains_card_number(digits):
+    # Anywhere in the id (x4242..., req-4242-4242-...): the id is stored and logged.
+    if contains_card_number(request_id):
         raise CardDataNotAllowed(
             "request_id looks like a card number; use a UUID",
             violations=[FieldViolation("request_id", "looks like a card number")],

@@ -25,6 +25,7 @@ from billing_service.domain.ids import new_id
 from billing_service.domain.money import Money
 from billing_service.domain.payments import (
     CaptureMethod,
+    NextAction,
     Payment,
     PaymentFailure,
     PaymentStatus,
@@ -229,8 +230,20 @@ async def resume_payment(
 
 
 async def get_payment(deps: Deps, payment_id: str) -> Payment:
-    """Returns one payment."""
-    return await load(deps, Payment, payment_id, resource="payment", field_path="payment_id")
+    """Returns one payment; one awaiting buyer action carries the processor's live client secret.
+
+    Client secrets are never stored (see ``NextAction``), so the processor is asked for
+    it; when the processor cannot answer, the call fails (retryably) rather than hand the
+    caller a payment it cannot finish. Nothing is written.
+    """
+    payment = await load(deps, Payment, payment_id, resource="payment", field_path="payment_id")
+    if payment.status is PaymentStatus.REQUIRES_ACTION and payment.processor_id:
+        state = await deps.processor(payment.processor).get_payment(payment.processor_id)
+        live = state.next_action if state.status is PaymentStatus.REQUIRES_ACTION else None
+        if live is not None and live.client_secret:
+            redirect = payment.next_action.redirect_url if payment.next_action else live.redirect_url
+            payment.next_action = NextAction(client_secret=live.client_secret, redirect_url=redirect)
+    return payment
 
 
 PAYMENT_FILTERS = FilterSpec(

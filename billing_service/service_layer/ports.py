@@ -8,6 +8,7 @@ crosses a port: adapters translate to and from the domain types below.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -318,6 +319,18 @@ class IdempotencyRecord:
 
 class BillingStore(Protocol):
     """Durable state: resources, append-only audit events and idempotency records."""
+
+    def deadline(self, seconds: float, *, cleanup_seconds: float = 0.0) -> AbstractContextManager[None]:
+        """Bounds every operation started inside the block to end ``seconds`` from now.
+
+        An operation that would overrun fails with ``StoreUnavailable``; one started after
+        the end (cleanup) still gets ``cleanup_seconds``.
+        """
+        ...
+
+    def seems_reachable(self) -> bool:
+        """False when the store is already known to be gone (no I/O); True says nothing more."""
+        ...
 
     async def ping(self) -> None:
         """Raises ``StoreUnavailable`` unless the store answers."""

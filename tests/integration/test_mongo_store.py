@@ -95,7 +95,7 @@ def payment(customer_id: str, **kw: Any) -> Payment:
         "updated_at": _t(2),
         "processor_id": "pi_3Xyz",
         "amount_capturable": 1999,
-        "next_action": NextAction(client_secret="pi_3Xyz_secret_abc", redirect_url="https://hooks.example/3ds"),
+        "next_action": NextAction(redirect_url="https://hooks.example/3ds"),
         "failure": PaymentFailure(code="card_declined", decline_code="insufficient_funds", message="nope"),
         "off_session": True,
         "dispute_ids": ["dp_1", "dp_2"],
@@ -229,7 +229,11 @@ async def test_audit_event_round_trips(store: MongoBillingStore) -> None:
 
 async def test_documents_use_plain_bson(store: MongoBillingStore) -> None:
     cus = customer()
-    pay = payment(cus.id, amount=Money(10**15, "USD"))
+    pay = payment(
+        cus.id,
+        amount=Money(10**15, "USD"),
+        next_action=NextAction(client_secret="pi_3Xyz_secret_abc", redirect_url="https://hooks.example/3ds"),
+    )
     await store.commit([Insert(pay)], [])
     (doc,) = await raw(store, "payments")
     assert doc["_id"] == pay.id
@@ -238,7 +242,9 @@ async def test_documents_use_plain_bson(store: MongoBillingStore) -> None:
     assert isinstance(doc["amount"]["amount_minor"], int)  # bson.Int64 for large values, never a float
     assert doc["status"] == "requires_action"
     assert type(doc["status"]) is str
-    assert doc["next_action"] == {"client_secret": "pi_3Xyz_secret_abc", "redirect_url": "https://hooks.example/3ds"}
+    # A client secret is handed to the caller, never stored.
+    assert doc["next_action"] == {"redirect_url": "https://hooks.example/3ds"}
+    assert (await store.get(Payment, pay.id)).next_action == NextAction(redirect_url="https://hooks.example/3ds")  # type: ignore[union-attr]
     assert doc["version"] == 1
 
 

@@ -33,11 +33,10 @@ from billing_service.entrypoints.grpc_api.field_behavior import (
 )
 from billing_service.entrypoints.grpc_api.runner import Write
 from billing_service.entrypoints.grpc_api.subscriptions import SUBSCRIPTIONS, SubscriptionServicer
-from billing_service.service_layer.core import Deps
 from billing_service.service_layer.customers import UPDATABLE_CUSTOMER_FIELDS
 from billing_service.service_layer.idempotency import Idempotency
 from billing_service.service_layer.payments import UPDATABLE_PAYMENT_FIELDS
-from tests.grpc_testing_support import invoke, socketless_server, sync_servicer
+from tests.grpc_testing_support import deps_without_ports, invoke, socketless_server, sync_servicer
 
 SERVICES = [svc for module in (bpb, spb) for svc in module.DESCRIPTOR.services_by_name.values()]
 METHODS = [(svc, m) for svc in SERVICES for m in svc.methods]
@@ -107,7 +106,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def server() -> Any:
     # The ports are never reached: a missing required field is refused before any use case.
-    deps, idem = cast(Deps, None), cast(Idempotency, None)
+    deps, idem = deps_without_ports(), cast(Idempotency, None)
     servicers = {
         "BillingService": BillingServicer(deps, idem),
         "SubscriptionService": SubscriptionServicer(deps, idem),

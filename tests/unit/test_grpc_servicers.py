@@ -25,7 +25,7 @@ from billing_service.entrypoints.grpc_api.errors import PROCESSOR_REASON_KEY, RE
 from billing_service.entrypoints.grpc_api.runner import Read, Runner, Service
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import Idempotency
-from tests.grpc_testing_support import invoke, socketless_server, sync_servicer
+from tests.grpc_testing_support import deps_without_ports, invoke, socketless_server, sync_servicer
 
 SERVICE = pb.DESCRIPTOR.services_by_name["BillingService"]
 REQUEST_TYPES = {rpc.name: rpc.request_type for rpc in BILLING.rpcs}
@@ -96,7 +96,7 @@ def _same(out: Any) -> Any:
 def _server(service: Service, interceptors: list[Any] | None = None, *, fake_time: bool = False) -> Any:
     servicer = _Servicer()
     # No use case reaches a port here: the runner is only asked to run and map errors.
-    Runner(cast(Deps, None), cast(Idempotency, None)).bind(servicer, service)
+    Runner(deps_without_ports(), cast(Idempotency, None)).bind(servicer, service)
     return socketless_server({SERVICE: sync_servicer(SERVICE, servicer, interceptors or [])}, fake_time=fake_time)
 
 

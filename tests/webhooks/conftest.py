@@ -46,6 +46,7 @@ from billing_service.entrypoints.webhooks.cli import bind
 from billing_service.entrypoints.webhooks.paypal import PayPalWebhookVerifier
 from billing_service.entrypoints.webhooks.stripe import StripeWebhookVerifier
 from billing_service.entrypoints.webhooks.worker import InboxWorkers, WorkerSettings
+from billing_service.observability.metrics import WebhookMetrics
 from billing_service.service_layer.ports import PaymentProcessor, WebhookStatus
 from tests.imitations.paypal_api import PayPalImitation
 from tests.imitations.stripe_api import StripeImitation
@@ -222,6 +223,7 @@ class RunningSidecar:
     stripe: StripePaymentProcessor
     paypal: PayPalPaymentProcessor
     pki: TestPki
+    metrics: WebhookMetrics
 
     async def post_stripe(self, event: dict[str, Any] | bytes, **sign: Any) -> httpx.Response:
         body = event if isinstance(event, bytes) else json.dumps(event).encode()
@@ -289,6 +291,7 @@ async def make_sidecar(
             ),
             max_body_bytes=max_body,
             workers=pool if workers else None,
+            metrics=WebhookMetrics(),
         )
         sock = bind("127.0.0.1:0")
         server = uvicorn.Server(uvicorn.Config(create_app(sidecar), log_level="warning", lifespan="on"))
@@ -298,7 +301,7 @@ async def make_sidecar(
             await asyncio.sleep(0.01)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         running = RunningSidecar(
-            url, runtime, inbox, httpx.AsyncClient(timeout=10), stripe_adapter, paypal_adapter, pki
+            url, runtime, inbox, httpx.AsyncClient(timeout=10), stripe_adapter, paypal_adapter, pki, sidecar.metrics
         )
         started.append((server, task, running))
         return running

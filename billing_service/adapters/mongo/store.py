@@ -3,6 +3,11 @@
 Every state change and its audit events are written in one multi-document transaction,
 with optimistic concurrency on each document's ``version``. Any driver failure is turned
 into ``StoreUnavailable`` here, so no PyMongo type crosses the port.
+
+Operations run inside :meth:`MongoBillingStore.deadline` are bounded by the caller's
+budget with the driver's client-side operation timeout (``pymongo.timeout``), so a dead
+store fails them with ``StoreUnavailable`` in time instead of after the driver's 5 s
+server selection.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import pymongo
 from bson import Binary
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -152,11 +160,36 @@ def idempotency_key(caller: str, method: str, request_id: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
+# The caller's budget (see ``MongoBillingStore.deadline``): monotonic end, per-operation
+# floor once it is spent, and whether the driver still sees the store.
+_budget: ContextVar[tuple[float, float, Callable[[], bool]] | None] = ContextVar("store_budget", default=None)
+# Cleanup after a spent budget (releasing a lease) on a store the driver still sees: the
+# caller's deadline has passed anyway, and a released lease lets its retry resume at once.
+_REACHABLE_CLEANUP_SECONDS = 1.0
+
+
+def _time_limit() -> AbstractContextManager[None]:
+    """The driver timeout for one operation started now: what is left of the budget.
+
+    An operation started once the budget is spent (releasing a lease after a timeout)
+    still gets the floor, or a second while the driver still sees the store.
+    """
+    budget = _budget.get()
+    if budget is None:
+        return nullcontext()
+    end, floor, reachable = budget
+    left = end - time.monotonic()
+    if left <= floor and reachable():
+        floor = max(floor, _REACHABLE_CLEANUP_SECONDS)
+    return pymongo.timeout(max(left, floor, 0.001))
+
+
 @asynccontextmanager
 async def _unavailable(what: str) -> AsyncIterator[None]:
-    """Turns any driver failure into ``StoreUnavailable``."""
+    """Bounds the operation by the caller's budget and turns any driver failure into ``StoreUnavailable``."""
     try:
-        yield
+        with _time_limit():
+            yield
     except PyMongoError as exc:
         log.warning("store %s failed: %s", what, exc)
         raise StoreUnavailable(f"store {what} failed: {type(exc).__name__}") from exc
@@ -228,6 +261,29 @@ class MongoBillingStore:
         async with _unavailable("ensure_indexes"):
             for name, models in _INDEXES.items():
                 await self._coll(name).create_indexes(models)
+
+    @contextmanager
+    def deadline(self, seconds: float, *, cleanup_seconds: float = 0.0) -> Iterator[None]:
+        """Every store operation started in the block ends within ``seconds`` from now.
+
+        An operation that would overrun fails with ``StoreUnavailable`` (the driver's
+        client-side operation timeout: server selection, connection and the server's
+        ``maxTimeMS`` alike). Operations started after the end still get
+        ``cleanup_seconds`` each, or a second while the driver still sees the store.
+        """
+        token = _budget.set((time.monotonic() + seconds, cleanup_seconds, self.seems_reachable))
+        try:
+            yield
+        finally:
+            _budget.reset(token)
+
+    def seems_reachable(self) -> bool:
+        """False when the driver already knows it has no writable server (no I/O).
+
+        The driver's monitor sees a killed server's connection close at once; a hung one
+        is only found by a timed-out ``ping``.
+        """
+        return self._client.topology_description.has_writable_server()
 
     async def ping(self) -> None:
         """Raises ``StoreUnavailable`` unless the server answers."""
@@ -307,7 +363,8 @@ class MongoBillingStore:
         if not changes and not events:
             return
         try:
-            await self._run_transaction(changes, events)
+            with _time_limit():
+                await self._run_transaction(changes, events)
         except _Conflict as exc:
             raise ConcurrencyConflict(
                 f"{type(exc.entity).__name__} {exc.entity.id} was changed concurrently",

@@ -7,10 +7,7 @@ Refusals are raised as ``ProcessorError`` before anything is changed.
 
 from __future__ import annotations
 
-import itertools
 import secrets
-from collections import defaultdict
-from collections.abc import Iterator
 from datetime import datetime
 
 from billing_service.adapters.processors._fake_records import (
@@ -30,6 +27,7 @@ from billing_service.adapters.processors._fake_records import (
     processor_error,
     prorate,
 )
+from billing_service.adapters.processors._fake_state import Table
 from billing_service.domain.errors import NotSupportedByProcessor
 from billing_service.domain.money import Money
 from billing_service.domain.payments import CaptureMethod, NextAction, PaymentFailure, PaymentStatus, RefundStatus
@@ -44,23 +42,31 @@ class FakeLedger:
 
     Attributes:
         charges: Every attempt to move money, declines included, in order.
+        counters: The last number handed out per id prefix; kept with the state, so a
+            restarted fake never hands out an id twice.
     """
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self._counters: defaultdict[str, Iterator[int]] = defaultdict(lambda: itertools.count(1))
-        self.customers: dict[str, CustomerRecord] = {}
-        self.payment_methods: dict[str, PaymentMethodRecord] = {}
-        self.payments: dict[str, PaymentRecord] = {}
-        self.refunds: dict[str, RefundRecord] = {}
-        self.prices: dict[str, PriceRecord] = {}
-        self.subscriptions: dict[str, SubscriptionRecord] = {}
-        self.invoices: dict[str, InvoiceRecord] = {}
+        self.counters: dict[str, int] = {}
+        # Tables remember the rows an operation touched, so only those are persisted.
+        self.customers: Table[CustomerRecord] = Table()
+        self.payment_methods: Table[PaymentMethodRecord] = Table()
+        self.payments: Table[PaymentRecord] = Table()
+        self.refunds: Table[RefundRecord] = Table()
+        self.prices: Table[PriceRecord] = Table()
+        self.subscriptions: Table[SubscriptionRecord] = Table()
+        self.invoices: Table[InvoiceRecord] = Table()
         self.charges: list[FakeCharge] = []
+
+    def next_number(self, counter: str) -> int:
+        """Returns 1, 2, 3... per counter name."""
+        self.counters[counter] = self.counters.get(counter, 0) + 1
+        return self.counters[counter]
 
     def new_id(self, prefix: str) -> str:
         """Returns ``<prefix>_fake_<n>``, counting per prefix."""
-        return f"{prefix}_fake_{next(self._counters[prefix])}"
+        return f"{prefix}_fake_{self.next_number(prefix)}"
 
     # -- lookups (each raises RESOURCE_MISSING_AT_PROCESSOR) ----------------------
 
@@ -318,7 +324,7 @@ class FakeLedger:
             sub.pending_lines.append(InvoiceLine("Credit from a previous invoice", Money(total, currency), 1))
             total = 0
         invoice = InvoiceRecord(
-            self.new_id("in"), next(self._counters["invoice_seq"]), sub.id, InvoiceStatus.OPEN,
+            self.new_id("in"), self.next_number("invoice_seq"), sub.id, InvoiceStatus.OPEN,
             Money(total, currency), Money.zero(currency), start, end, lines, created,
         )  # fmt: skip
         self.invoices[invoice.id] = invoice

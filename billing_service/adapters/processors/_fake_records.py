@@ -7,7 +7,6 @@ these records and ``fake.FakePaymentProcessor`` exposes them through the port's 
 from __future__ import annotations
 
 import calendar
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -105,16 +104,6 @@ TEST_TOKENS: dict[str, TokenProfile] = {
     "pm_card_refundPending": _card("visa", "7726", refund_outcome=RefundStatus.SUCCEEDED),
     "pm_paypal": TokenProfile(PaymentMethodType.PAYPAL),
 }
-
-# 13-19 digits, optionally grouped by spaces or dashes, anywhere in the token: a caller that
-# sends a PAN by mistake must be refused before the value is kept anywhere.
-_PAN = re.compile(r"(?:\d[ -]?){12,18}\d")
-
-
-def looks_like_card_number(token: str) -> bool:
-    """True when ``token`` contains what could be a raw card number."""
-    return _PAN.search(token) is not None
-
 
 # ---------------------------------------------------------------------------
 # Calendar and proration arithmetic

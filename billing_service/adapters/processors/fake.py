@@ -9,6 +9,11 @@ later, and subscriptions billed on the injected clock, like Stripe test clocks.
 Beyond the port it has a few test handles: ``complete_action`` (the buyer finishes 3-D
 Secure), ``settle_refunds``, ``process_renewals`` / ``advance_clock_to``, ``fail_next``
 (fault injection) and the effect records ``charges_created`` and ``effects``.
+
+Built with a ``state`` store (as ``bootstrap`` does for the running service), it keeps its
+records, id counters and idempotency keys there, like a processor: ids are never handed
+out twice and nothing is forgotten across restarts, and processes on one store share it.
+Without one (unit tests) it lives in memory only.
 """
 
 from __future__ import annotations
@@ -32,9 +37,16 @@ from billing_service.adapters.processors._fake_records import (
     PriceRecord,
     conflict,
     invalid,
-    looks_like_card_number,
     processor_error,
 )
+from billing_service.adapters.processors._fake_state import (
+    FakeStateStore,
+    LedgerPersistence,
+    Table,
+    decode_outcome,
+    encode_outcome,
+)
+from billing_service.domain.card_data import contains_card_number
 from billing_service.domain.common import Processor
 from billing_service.domain.customers import Customer
 from billing_service.domain.errors import BillingError, PaymentDeclined, ProcessorError
@@ -64,6 +76,8 @@ __all__ = ["FakeCharge", "FakePaymentProcessor"]
 
 T = TypeVar("T")
 _S = SubscriptionStatus
+# Reload-and-redo rounds when another process keeps saving the shared state first.
+_STATE_ATTEMPTS = 5
 PRICE_REF = Processor.FAKE.value
 PRODUCT_REF = f"{Processor.FAKE.value}_product"
 
@@ -126,17 +140,27 @@ class FakePaymentProcessor:
 
     name: Processor = Processor.FAKE
 
-    def __init__(self, clock: Clock | None = None) -> None:
-        """Creates an empty processor.
+    def __init__(self, clock: Clock | None = None, *, state: FakeStateStore | None = None) -> None:
+        """Creates a processor, empty or with what ``state`` holds.
 
         Args:
             clock: Time source for subscriptions and timestamps; a ``ManualClock`` makes
                 renewals controllable with ``advance_clock_to``.
+            state: Where records, id counters and idempotency keys are kept (None: memory).
         """
         self._clock: Clock = clock or SystemClock()
         self._ledger = FakeLedger(self._clock)
         self._lock = asyncio.Lock()
-        self._idempotency: dict[str, _Stored] = {}
+        self._idempotency: Table[_Stored] = Table()
+        self._persistence = (
+            None
+            if state is None
+            else LedgerPersistence(
+                state,
+                lambda o: encode_outcome(o.fingerprint, o.result, o.error),
+                lambda doc: _Stored(*decode_outcome(doc)),
+            )
+        )
         self._faults: defaultdict[str, deque[_Fault]] = defaultdict(deque)
         self.effects: Counter[str] = Counter()
 
@@ -151,6 +175,29 @@ class FakePaymentProcessor:
         queue = self._faults.get(operation)
         return queue.popleft() if queue else None
 
+    async def _transact(self, step: Callable[[], T]) -> T:
+        """Runs ``step`` on the records under the lock, loading and saving them with a state store.
+
+        What ``step`` changed is saved even when it raises (a decline is a result). If
+        another process saved first, the state is reloaded and ``step`` runs again.
+        """
+        async with self._lock:
+            if self._persistence is None:
+                return step()
+            for _ in range(_STATE_ATTEMPTS):
+                await self._persistence.refresh(self._ledger, self._idempotency)
+                try:
+                    result = step()
+                except BaseException:
+                    if await self._persistence.save(self._ledger, self._idempotency):
+                        raise
+                    continue
+                if await self._persistence.save(self._ledger, self._idempotency):
+                    return result
+        raise ProcessorError(
+            "the fake processor's state kept changing under us", reason="PROCESSOR_UNAVAILABLE", retryable=True
+        )
+
     async def _write(self, operation: str, key: str, params: object, effect: Callable[[], T]) -> T:
         """Runs ``effect`` once per idempotency key, replaying its first outcome afterwards."""
         if not key:
@@ -159,19 +206,21 @@ class FakePaymentProcessor:
         if fault is not None and not fault.after_effect:
             raise fault.error  # the request never reached the processor
         fingerprint = _fingerprint(operation, params)
-        async with self._lock:
+
+        def step() -> _Stored:
             stored = self._idempotency.get(key)
             if stored is None:
-                outcome = self._execute(operation, key, fingerprint, effect)
-            elif stored.fingerprint != fingerprint:
+                return self._execute(operation, key, fingerprint, effect)
+            if stored.fingerprint != fingerprint:
                 raise processor_error(
                     "IDEMPOTENCY_KEY_REUSED_AT_PROCESSOR",
                     f"idempotency key was already used for another operation or other {operation} parameters",
                     idempotency_key=key,
                 )
-            else:
-                # Copies, so neither the caller nor a later replay can alter what is stored.
-                outcome = _Stored(fingerprint, copy.deepcopy(stored.result), copy.deepcopy(stored.error))
+            # Copies, so neither the caller nor a later replay can alter what is stored.
+            return _Stored(fingerprint, copy.deepcopy(stored.result), copy.deepcopy(stored.error))
+
+        outcome = await self._transact(step)
         if fault is not None:
             raise fault.error  # the effect happened, then the connection dropped
         if outcome.error is not None:
@@ -200,8 +249,7 @@ class FakePaymentProcessor:
         fault = self._take_fault(operation)
         if fault is not None:
             raise fault.error
-        async with self._lock:
-            return copy.deepcopy(read())
+        return await self._transact(lambda: copy.deepcopy(read()))
 
     # -- customers and payment methods --------------------------------------
 
@@ -238,7 +286,7 @@ class FakePaymentProcessor:
             ProcessorError: INVALID_PAYMENT_METHOD_TOKEN for an unknown token or anything
                 that looks like a raw card number (refused before it is kept anywhere).
         """
-        if looks_like_card_number(token):
+        if contains_card_number(token):
             raise processor_error("INVALID_PAYMENT_METHOD_TOKEN", "payment method token looks like a raw card number")
 
         def effect() -> AttachedPaymentMethod:
@@ -326,10 +374,13 @@ class FakePaymentProcessor:
         Returns:
             The new state: REQUIRES_CAPTURE or SUCCEEDED per capture method, or FAILED.
         """
-        async with self._lock:
+
+        def step() -> ProcessorPaymentState:
             payment = self._ledger.payment(processor_payment_id)
             self._ledger.complete_action(payment, succeed=succeed)
             return copy.deepcopy(payment.state())
+
+        return await self._transact(step)
 
     # -- refunds ----------------------------------------------------------------
 
@@ -363,8 +414,7 @@ class FakePaymentProcessor:
         Returns:
             The refunds that changed, in creation order.
         """
-        async with self._lock:
-            return [refund.state() for refund in copy.deepcopy(self._ledger.settle_refunds())]
+        return await self._transact(lambda: [refund.state() for refund in copy.deepcopy(self._ledger.settle_refunds())])
 
     # -- plans ----------------------------------------------------------------------
 
@@ -519,8 +569,7 @@ class FakePaymentProcessor:
         Returns:
             The invoices created, oldest first.
         """
-        async with self._lock:
-            return [invoice.state() for invoice in copy.deepcopy(self._ledger.renew_due())]
+        return await self._transact(lambda: [invoice.state() for invoice in copy.deepcopy(self._ledger.renew_due())])
 
     async def advance_clock_to(self, when: datetime) -> list[ProcessorInvoiceState]:
         """Test helper: moves a ``ManualClock`` to ``when``, then runs ``process_renewals``.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     Ctx = grpc.aio.ServicerContext[Any, Any]
 else:
     Ctx = grpc.aio.ServicerContext
+
+M = TypeVar("M", bound=Message)
 
 # Set by the authentication interceptor; "anonymous" when auth is off.
 current_caller: contextvars.ContextVar[str] = contextvars.ContextVar("current_caller", default="anonymous")
@@ -51,3 +53,21 @@ def string_fields(message: Message, prefix: str = "") -> list[tuple[str, str]]:
             for item in items:
                 out.extend(string_fields(item, f"{path}."))
     return out
+
+
+def without_client_secrets(message: M) -> M:
+    """A copy of ``message`` with every ``client_secret`` cleared (what may be stored)."""
+    clone = type(message)()
+    clone.CopyFrom(message)
+    _clear_client_secrets(clone)
+    return clone
+
+
+def _clear_client_secrets(message: Message) -> None:
+    for desc, value in message.ListFields():
+        if desc.message_type is None:
+            if desc.name == "client_secret":
+                message.ClearField(desc.name)  # type: ignore[arg-type]
+        elif not desc.message_type.GetOptions().map_entry:
+            for item in value if desc.is_repeated else [value]:
+                _clear_client_secrets(item)

@@ -6,6 +6,8 @@ annotations, so the decoders only convert and run the commands' own validation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from billing.v1 import billing_service_pb2 as pb
 
 from billing_service.domain.customers import PaymentMethod
@@ -111,6 +113,15 @@ def _payment_method(m: _Attached) -> pb.AttachPaymentMethodResponse:
     return pb.AttachPaymentMethodResponse(payment_method=cv.payment_method_pb(m))
 
 
+async def _live_client_secret(deps: Deps, response: pb.CreatePaymentResponse) -> pb.CreatePaymentResponse:
+    """A replayed answer was stored without its client secret: the caller gets the live one."""
+    if response.payment.status == pb.PAYMENT_STATUS_REQUIRES_ACTION:
+        live = await pay.get_payment(deps, response.payment.id)
+        if live.next_action is not None and live.next_action.client_secret:
+            response.payment.next_action.client_secret = live.next_action.client_secret
+    return response
+
+
 # -- the RPCs -------------------------------------------------------------------------
 
 BILLING = Service(
@@ -164,7 +175,7 @@ BILLING = Service(
         Write(
             "CreatePayment", pb.CreatePaymentRequest, "payments:write", "pay",
             _create_payment, pay.create_payment, lambda p: pb.CreatePaymentResponse(payment=cv.payment_pb(p)),
-            preview=previews.preview_payment,
+            preview=previews.preview_payment, on_replay=_live_client_secret,
         ),
         Read(
             "GetPayment", pb.GetPaymentRequest, "payments:read",
@@ -238,7 +249,8 @@ class BillingServicer:
     Args:
         deps: Ports for the use cases.
         idempotency: Runs mutating requests at most once per request_id.
+        store_serving: False while health finds the store down (calls then fail at once).
     """
 
-    def __init__(self, deps: Deps, idempotency: Idempotency) -> None:
-        Runner(deps, idempotency).bind(self, BILLING)
+    def __init__(self, deps: Deps, idempotency: Idempotency, store_serving: Callable[[], bool] = lambda: True) -> None:
+        Runner(deps, idempotency, store_serving).bind(self, BILLING)

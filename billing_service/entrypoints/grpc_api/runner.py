@@ -29,12 +29,19 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
 from billing_service.domain.card_data import refuse_card_data
-from billing_service.domain.errors import BillingError
+from billing_service.domain.errors import BillingError, StoreUnavailable
 from billing_service.entrypoints.grpc_api import errors
-from billing_service.entrypoints.grpc_api.base import Ctx, current_caller, fingerprint, string_fields
+from billing_service.entrypoints.grpc_api.base import (
+    Ctx,
+    current_caller,
+    fingerprint,
+    string_fields,
+    without_client_secrets,
+)
 from billing_service.entrypoints.grpc_api.field_behavior import enforce
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import Idempotency, RequestContext, validate_request_id
+from billing_service.service_layer.pagination import token_scope
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,8 @@ class Write(Generic[Req, Cmd, Out, Resp]):
         encode: Builds the response from the use case's result.
         preview: The use case's checks without its effects, for ``validate_only``;
             required when the request has a ``validate_only`` field.
+        on_replay: Completes a replayed answer, which was stored without its client
+            secrets (they are never kept): e.g. reads the live one from the processor.
     """
 
     name: str
@@ -88,6 +97,7 @@ class Write(Generic[Req, Cmd, Out, Resp]):
     run: Callable[[Deps, RequestContext, Cmd], Awaitable[Out]]
     encode: Callable[[Out], Resp]
     preview: Callable[[Deps, Cmd], Awaitable[Out]] | None = None
+    on_replay: Callable[[Deps, Resp], Awaitable[Resp]] | None = None
 
 
 Rpc = Read[Any, Any, Any] | Write[Any, Any, Any, Any]
@@ -139,17 +149,33 @@ class Service:
         return {self.method(rpc): rpc.permission for rpc in self.rpcs}
 
 
+# Of a caller's deadline, the store's operations get all but this share (at most 0.5 s),
+# so a store that does not answer ends the call UNAVAILABLE before the deadline does. Half
+# of it is left for cleanup (releasing the request's lease) after a timed-out operation.
+_STORE_RESERVE_SHARE = 0.25
+_STORE_RESERVE_MAX = 0.5
+
+
+def _store_is_serving() -> bool:
+    return True
+
+
 class Runner:
     """Runs declared RPCs against the use cases.
 
     Args:
         deps: Ports for the use cases.
         idempotency: Runs mutating requests at most once per request_id.
+        store_serving: False while the health probe finds the store down: calls then fail
+            at once with ``UNAVAILABLE`` and ``RetryInfo`` instead of waiting for it.
     """
 
-    def __init__(self, deps: Deps, idempotency: Idempotency) -> None:
+    def __init__(
+        self, deps: Deps, idempotency: Idempotency, store_serving: Callable[[], bool] = _store_is_serving
+    ) -> None:
         self.deps = deps
         self.idem = idempotency
+        self._store_serving = store_serving
 
     def bind(self, servicer: object, service: Service) -> None:
         """Sets one async handler per RPC of ``service`` on ``servicer`` (by RPC name)."""
@@ -172,7 +198,9 @@ class Runner:
         clean.CopyFrom(request)
         if isinstance(rpc, Read):
             enforce(clean)
-            response: Message = rpc.encode(await rpc.run(self.deps, clean))
+            # Page tokens are bound to this list and this caller.
+            with token_scope(method, current_caller.get()):
+                response: Message = rpc.encode(await rpc.run(self.deps, clean))
             return response
         return await self._write(method, rpc, clean, response_type)
 
@@ -189,9 +217,13 @@ class Runner:
             preview: Message = rpc.encode(await rpc.preview(self.deps, command))
             return preview
 
+        fresh: list[Message] = []
+
         async def work(ctx: RequestContext) -> bytes:
             response: Message = rpc.encode(await rpc.run(self.deps, ctx, command))
-            return response.SerializeToString(deterministic=True)
+            fresh.append(response)
+            # The stored answer keeps no client secret; the first caller gets it.
+            return without_client_secrets(response).SerializeToString(deterministic=True)
 
         data = await self.idem.run(
             caller=current_caller.get(),
@@ -201,16 +233,30 @@ class Runner:
             resource_prefix=rpc.resource_prefix,
             work=work,
         )
-        return response_type.FromString(data)
+        if fresh:
+            return fresh[0]
+        replayed = response_type.FromString(data)
+        if rpc.on_replay is None:
+            return replayed
+        completed: Message = await rpc.on_replay(self.deps, replayed)
+        return completed
 
     async def _guard(self, context: Ctx, method: str, call: Callable[[], Awaitable[Message]]) -> Message:
-        """Runs ``call`` within the caller's deadline and maps its errors to rich statuses."""
+        """Runs ``call`` within the caller's deadline and maps its errors to rich statuses.
+
+        Store operations are bounded by the deadline minus a reserve, so a dead store
+        answers ``UNAVAILABLE`` (retry with the same request_id) within the deadline.
+        """
         remaining = context.time_remaining()
         try:
+            if not self._store_serving():
+                raise StoreUnavailable("the store is not answering (health probe); retry after the delay")
             if remaining is None:
                 return await call()
-            async with asyncio.timeout(max(remaining, 0.001)):
-                return await call()
+            reserve = min(_STORE_RESERVE_MAX, remaining * _STORE_RESERVE_SHARE)
+            with self.deps.store.deadline(remaining - reserve, cleanup_seconds=reserve / 2):
+                async with asyncio.timeout(max(remaining, 0.001)):
+                    return await call()
         except BillingError as exc:
             await context.abort_with_status(errors.to_status(exc))  # type: ignore[attr-defined]
         except TimeoutError:

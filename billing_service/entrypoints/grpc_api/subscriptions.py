@@ -6,6 +6,8 @@ annotations, so the decoders only convert and run the commands' own validation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from billing.v1 import subscription_service_pb2 as pb
 
 from billing_service.domain.errors import InvalidArgument
@@ -158,7 +160,8 @@ class SubscriptionServicer:
     Args:
         deps: Ports for the use cases.
         idempotency: Runs mutating requests at most once per request_id.
+        store_serving: False while health finds the store down (calls then fail at once).
     """
 
-    def __init__(self, deps: Deps, idempotency: Idempotency) -> None:
-        Runner(deps, idempotency).bind(self, SUBSCRIPTIONS)
+    def __init__(self, deps: Deps, idempotency: Idempotency, store_serving: Callable[[], bool] = lambda: True) -> None:
+        Runner(deps, idempotency, store_serving).bind(self, SUBSCRIPTIONS)

@@ -3,15 +3,18 @@
 ``POST /webhooks/stripe`` and ``POST /webhooks/paypal`` accept a delivery only after, in
 this order: the declared size fits (413), the body is JSON (415), the raw body read with
 a cap fits (413), the signature verifies on the raw bytes (400, no details), and the body
-is an event (400). The raw event is then inserted into the inbox and acknowledged with
-200; a redelivery is acknowledged the same way and changes nothing. Nothing is stored for
-a refused request. ``GET /healthz`` answers while the process lives, ``GET /readyz`` only
-while the store answers (with the inbox's depth and lag).
+is an event (400: strict UTF-8 JSON, one object, nested at most ``inbox.MAX_DEPTH``).
+The raw event is then inserted into the inbox and acknowledged with 200; a redelivery
+is acknowledged the same way and changes nothing. Nothing is stored for a refused
+request. ``GET /healthz`` answers while the process lives, ``GET /readyz`` only while the
+store answers (with the inbox's depth and lag).
 
 Every delivery is counted in the sidecar's :class:`WebhookMetrics`: received, then either
-rejected (cause ``too_large``, ``bad_content_type``, ``bad_signature``, ``bad_event``,
-``bad_request`` for a malformed Content-Length or a client gone mid-body, or
-``store_unavailable``) or stored / ``duplicate``. While the app runs, a sampler refreshes
+rejected (cause ``too_large``, ``bad_content_type``, ``bad_signature``, ``bad_event``
+for a body that is not a usable event, whatever the parser raised, ``bad_request`` for a
+malformed Content-Length or a client gone mid-body, ``store_unavailable`` or
+``store_error``, both answered 503) or stored / ``duplicate``. No request is ever
+answered 500. While the app runs, a sampler refreshes
 the inbox depth and lag gauges every ``stats_interval_seconds``.
 """
 
@@ -78,6 +81,10 @@ def _bad_request() -> Response:
     return PlainTextResponse("bad request", status_code=400)
 
 
+def _retry_later(text: str) -> Response:
+    return PlainTextResponse(text, status_code=503, headers={"Retry-After": "5"})
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """Reads the raw body, refusing more than ``limit`` bytes whatever Content-Length said."""
     body = bytearray()
@@ -129,13 +136,24 @@ def create_app(sidecar: Sidecar) -> Starlette:
             metrics.rejected(name, "bad_event")
             log.warning("webhook rejected: processor=%s reason=payload", name)
             return _bad_request()
+        except Exception as exc:
+            # Whatever else a body can make the verifier or parser raise is still the body's
+            # fault: a 400 without details, never a 500 with a traceback.
+            metrics.rejected(name, "bad_event")
+            log.warning("webhook rejected: processor=%s reason=%s", name, type(exc).__name__)
+            return _bad_request()
         token = current_request_id.set(event.event_id)
         try:
             created = await record(sidecar.inbox, sidecar.clock, processor, event, body)
         except StoreUnavailable:
             # Not acknowledged: the processor redelivers later.
             metrics.rejected(name, "store_unavailable")
-            return PlainTextResponse("store unavailable", status_code=503, headers={"Retry-After": "5"})
+            return _retry_later("store unavailable")
+        except Exception:
+            # A bug while storing: not acknowledged (the processor redelivers), logged as JSON.
+            metrics.rejected(name, "store_error")
+            log.exception("webhook not stored: processor=%s", name)
+            return _retry_later("not stored")
         finally:
             current_request_id.reset(token)
         if not created:
@@ -166,7 +184,9 @@ def create_app(sidecar: Sidecar) -> Starlette:
         try:
             await sidecar.ping()
             stats = await sidecar.inbox.stats(now=sidecar.clock.now())
-        except StoreUnavailable:
+        except Exception as exc:
+            if not isinstance(exc, StoreUnavailable):
+                log.warning("readiness check failed", exc_info=True)
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse(
             {

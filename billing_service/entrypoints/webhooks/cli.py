@@ -191,8 +191,10 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
     import uvicorn
 
     from billing_service.entrypoints.webhooks.app import create_app
+    from billing_service.entrypoints.webhooks.tls import check_tls_files
     from billing_service.observability.metrics import serve_metrics
 
+    tls = check_tls_files(settings)  # before anything starts: bad files are a config error
     built = await _build(settings, mongodb_uri=mongodb_uri)
     metrics_server = None
     try:
@@ -206,10 +208,13 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
         config = uvicorn.Config(
             create_app(sidecar),
             log_level="warning",
+            log_config=None,  # uvicorn's records go to our root handler: JSON, redacted
             access_log=False,  # the app logs processor, event id and type; nothing else
             lifespan="on",
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
             server_header=False,
+            ssl_certfile=tls[0] if tls else None,
+            ssl_keyfile=tls[1] if tls else None,
         )
         server = uvicorn.Server(config)
         # uvicorn captures SIGTERM/SIGINT while serving (graceful shutdown, lifespan stops the
@@ -225,7 +230,8 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
             host, port = sock.getsockname()[:2]
             configured = [p.value for p in (Processor.STRIPE, Processor.PAYPAL) if p in built.runtime.processors]
             print(
-                f"billing webhook sidecar on http://{host}:{port} (POST /webhooks/stripe, /webhooks/paypal; "
+                f"billing webhook sidecar on {'https' if tls else 'http'}://{host}:{port} "
+                "(POST /webhooks/stripe, /webhooks/paypal; "
                 f"workers: {settings.webhook_workers}; stripe secrets: {len(settings.stripe_webhook_secrets)}; "
                 f"paypal: {'on' if sidecar.paypal else 'off'}; processors: {', '.join(configured) or 'none'})",
                 flush=True,

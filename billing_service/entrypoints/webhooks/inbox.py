@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,10 @@ log = logging.getLogger("billing_service.webhooks")
 
 MAX_EVENT_ID = 255
 MAX_EVENT_TYPE = 128
+# Real Stripe and PayPal events nest about ten levels; anything far deeper is hostile.
+MAX_DEPTH = 64
+# Processor event ids and types are printable ASCII (evt_..., WH-..., payment_intent.succeeded).
+_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 
 
 class SignatureError(Exception):
@@ -40,6 +45,45 @@ class ParsedEvent:
     def __post_init__(self) -> None:
         if len(self.event_id) > MAX_EVENT_ID or len(self.type) > MAX_EVENT_TYPE:
             raise BadEvent("event id or type too long")
+        if not (_PRINTABLE.match(self.event_id) and _PRINTABLE.match(self.type)):
+            raise BadEvent("event id or type is not printable ASCII")
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """True when ``value`` nests containers more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values() if isinstance(child, dict | list))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item if isinstance(child, dict | list))
+    return False
+
+
+def load_json_object(body: bytes) -> dict[str, Any]:
+    """Parses a verified body strictly: one UTF-8 JSON object of bounded depth.
+
+    Raises:
+        BadEvent: Not UTF-8 (or led by a BOM), not JSON (NaN and Infinity included),
+            nested deeper than ``MAX_DEPTH`` (the parser's ``RecursionError`` too), or not
+            an object.
+    """
+    try:
+        payload: Any = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise BadEvent("not JSON") from None
+    if not isinstance(payload, dict):
+        raise BadEvent("not a JSON object")
+    if _deeper_than(payload, MAX_DEPTH):
+        raise BadEvent("nested too deeply")
+    return payload
 
 
 # Fields a stored event must never keep: they let a browser finish a payment (PaymentIntent

@@ -19,14 +19,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import warnings
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -36,7 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from billing_service.entrypoints.webhooks.inbox import BadEvent, ParsedEvent, SignatureError
+from billing_service.entrypoints.webhooks.inbox import BadEvent, ParsedEvent, SignatureError, load_json_object
 
 CERT_HOSTS = frozenset({"api.paypal.com", "api.sandbox.paypal.com", "api-m.paypal.com", "api-m.sandbox.paypal.com"})
 # The host names PayPal's signing certificates are issued for, per environment.
@@ -203,12 +201,7 @@ def parse_event(body: bytes) -> ParsedEvent:
     Raises:
         BadEvent: Not a JSON object with string ``id``/``event_type`` and a ``resource``.
     """
-    try:
-        payload: Any = json.loads(body)
-    except ValueError:
-        raise BadEvent("not JSON") from None
-    if not isinstance(payload, dict):
-        raise BadEvent("not an event")
+    payload = load_json_object(body)
     event_id, event_type = payload.get("id"), payload.get("event_type")
     if not (isinstance(event_id, str) and event_id and isinstance(event_type, str) and event_type):
         raise BadEvent("event without id or event_type")

@@ -9,15 +9,13 @@ signature matched, and never through the SDK's global client.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import stripe
 
-from billing_service.entrypoints.webhooks.inbox import BadEvent, ParsedEvent, SignatureError
+from billing_service.entrypoints.webhooks.inbox import BadEvent, ParsedEvent, SignatureError, load_json_object
 
 
 @dataclass(frozen=True, repr=False)
@@ -76,11 +74,8 @@ def parse_event(body: bytes) -> ParsedEvent:
     Raises:
         BadEvent: Not a JSON object with string ``id``/``type`` and a ``data.object``.
     """
-    try:
-        payload: Any = json.loads(body)
-    except ValueError:
-        raise BadEvent("not JSON") from None
-    if not isinstance(payload, dict) or payload.get("object", "event") != "event":
+    payload = load_json_object(body)
+    if payload.get("object", "event") != "event":
         raise BadEvent("not an event")
     event_id, event_type = payload.get("id"), payload.get("type")
     data = payload.get("data")
