@@ -125,7 +125,7 @@ Repair = Callable[[Api, Payment, str], Awaitable[None]]
 
 
 async def by_reconciliation(api: Api, payment: Payment, processor_id: str) -> None:
-    api.clock.advance(timedelta(seconds=2 * api.runtime.deps.lease_seconds + 1))
+    api.clock.advance(timedelta(seconds=2 * api.runtime.settings.idempotency_lease_seconds + 1))
     report = await reconcile_once(api.runtime.deps)
     assert [d.resource_id for d in report.drift] == [payment.id]
 
@@ -147,7 +147,7 @@ async def test_a_charge_landing_after_a_cancel_is_drift_that_is_repaired(api: Ap
     create = asyncio.ensure_future(api.billing.CreatePayment(request))
     await gate.entered.wait()
     payment = await pending_payment(api, customer_id)
-    api.clock.advance(timedelta(seconds=api.runtime.deps.lease_seconds + 1))  # no heartbeat reached the store
+    api.clock.advance(timedelta(seconds=api.runtime.settings.idempotency_lease_seconds + 1))  # no heartbeat reached the store
 
     canceled = await cancel(api, payment.id)
     assert isinstance(canceled, pb.Payment) and canceled.status == pb.PAYMENT_STATUS_CANCELED
@@ -180,7 +180,7 @@ async def test_an_authorization_held_for_a_failed_payment_is_voided(api: Api) ->
     create = asyncio.ensure_future(api.billing.CreatePayment(request))
     await gate.entered.wait()
     payment = await pending_payment(api, customer_id)
-    api.clock.advance(timedelta(seconds=api.runtime.deps.lease_seconds + 1))
+    api.clock.advance(timedelta(seconds=api.runtime.settings.idempotency_lease_seconds + 1))
     assert isinstance(await cancel(api, payment.id), pb.Payment)
     gate.release.set()
     with pytest.raises(grpc.aio.AioRpcError):
