@@ -147,7 +147,8 @@ async def test_a_charge_landing_after_a_cancel_is_drift_that_is_repaired(api: Ap
     create = asyncio.ensure_future(api.billing.CreatePayment(request))
     await gate.entered.wait()
     payment = await pending_payment(api, customer_id)
-    api.clock.advance(timedelta(seconds=api.runtime.settings.idempotency_lease_seconds + 1))  # no heartbeat reached the store
+    lease = api.runtime.settings.idempotency_lease_seconds
+    api.clock.advance(timedelta(seconds=lease + 1))  # no heartbeat reached the store
 
     canceled = await cancel(api, payment.id)
     assert isinstance(canceled, pb.Payment) and canceled.status == pb.PAYMENT_STATUS_CANCELED

@@ -113,6 +113,9 @@ _INDEXES: Final[Mapping[str, list[IndexModel]]] = {
             name="processor_id",
             partialFilterExpression=_NON_EMPTY,
         ),
+        # Reconciliation's sweeps: by status (rotating slice), and renewals due by status.
+        IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id"),
+        IndexModel([("status", ASCENDING), ("current_period_end", ASCENDING)], name="status_period_end"),
     ],
     "invoices": [
         IndexModel([("subscription_id", ASCENDING)], name="subscription_id"),
