@@ -31,6 +31,7 @@ from billing_service.adapters.mongo.idempotency import (
     FENCES,
     IDEMPOTENCY,
     MongoIdempotencyRecords,
+    idempotency_key,
 )
 from billing_service.domain.common import AuditEvent
 from billing_service.domain.customers import Customer, PaymentMethod
@@ -47,7 +48,7 @@ from billing_service.service_layer.ports import (
     Page,
 )
 
-__all__ = ["COLLECTIONS", "MongoBillingStore"]
+__all__ = ["COLLECTIONS", "MongoBillingStore", "idempotency_key"]
 
 log = logging.getLogger(__name__)
 
