@@ -184,8 +184,11 @@ def _drift_changes(
     if linked:
         payment.processor_id = state.processor_id
     if state.status is PaymentStatus.PROCESSING:
-        drifts.append(Drift("payment", payment.id, ours, state.status.value, repaired=False))
+        first = payment.lookup_after is None or linked  # later re-reads only move the next one
         payment.lookup_after = now + timedelta(minutes=15)
+        if not first:
+            return [Update(payment)], []
+        drifts.append(Drift("payment", payment.id, ours, state.status.value, repaired=False))
         event = audit(
             deps, ctx, "payment.drift_found", "payment", payment.id, ours, ours,
             processor_id=payment.processor_id, processor_status=state.status.value,
@@ -200,12 +203,13 @@ async def _release_held_money(deps: Deps, ctx: RequestContext, payment: Payment)
     adapter = deps.processor(payment.processor)
     fresh = await adapter.get_payment(payment.processor_id)  # the report may be stale
     if fresh.status in _HOLDS_MONEY:
+        held = fresh.status.value
         try:
             fresh = await adapter.cancel_payment(payment.processor_id, idempotency_key=_drift_key(payment.id, "void"))
         except BillingError:
-            report_drift(deps, Drift("payment", payment.id, payment.status.value, fresh.status.value, repaired=False))
+            report_drift(deps, Drift("payment", payment.id, payment.status.value, held, repaired=False))
             raise
-        report_drift(deps, Drift("payment", payment.id, payment.status.value, "requires_capture", repaired=True))
+        report_drift(deps, Drift("payment", payment.id, payment.status.value, held, repaired=True))
         event = audit(
             deps, ctx, "payment.drift_voided", "payment", payment.id, payment.status.value, payment.status.value,
             processor_id=payment.processor_id, processor_status=fresh.status.value,
