@@ -182,7 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gRPC API (uses MONGODB_URI, or starts the embedded store)")
     sub.add_parser("run", help="local development: embedded store + gRPC API + webhook sidecar")
-    sub.add_parser("reconcile", help="converge everything not final on the processors' truth, once")
+    reconcile = sub.add_parser("reconcile", help="converge everything not final on the processors' truth, once")
+    reconcile.add_argument(
+        "--check",
+        action="store_true",
+        help="compare every record with its processor and report the differences, changing nothing "
+        "(exit status 1 when any record differs or could not be checked)",
+    )
     from billing_service.entrypoints.webhooks import cli as webhooks_cli
 
     webhooks_cli.add_parser(sub)
@@ -203,10 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return asyncio.run(_run_dev(settings))
     if args.command == "reconcile":
-        from billing_service.entrypoints.reconciler import print_report, reconcile_command
+        from billing_service.entrypoints import reconciler
 
-        report = asyncio.run(reconcile_command(settings))
-        print_report(report)
+        if args.check:
+            checked = asyncio.run(reconciler.check_command(settings))
+            reconciler.print_check(checked)
+            return 1 if checked.drift or checked.errors else 0
+        report = asyncio.run(reconciler.reconcile_command(settings))
+        reconciler.print_report(report)
         return 1 if report.errors else 0
     if args.command == "serve":
         try:

@@ -11,7 +11,7 @@ from billing_service.adapters.mongo.embedded import EmbeddedMongo
 from billing_service.adapters.mongo.store import MongoBillingStore
 from billing_service.config import Settings
 from billing_service.domain.common import Processor
-from billing_service.observability.metrics import BillingMetrics, KpiRecorder
+from billing_service.observability.metrics import BillingMetrics, DriftRecorder, KpiRecorder
 from billing_service.observability.processor import InstrumentedProcessor
 from billing_service.service_layer.clock import SystemClock
 from billing_service.service_layer.core import Deps
@@ -140,8 +140,12 @@ async def bootstrap(
     procs: dict[Processor, PaymentProcessor] = {
         name: InstrumentedProcessor(adapter, metrics) for name, adapter in built.items()
     }
-    deps = Deps(store=store, processors=procs, default_processor=settings.default_processor, clock=clock)
+    deps = Deps(
+        store=store, processors=procs, default_processor=settings.default_processor, clock=clock,
+        lease_seconds=settings.idempotency_lease_seconds,
+    )  # fmt: skip
     deps.audit_hooks.append(KpiRecorder(metrics))
+    deps.drift_hooks.append(DriftRecorder(metrics))
     idempotency = Idempotency(
         store,
         clock,

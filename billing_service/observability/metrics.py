@@ -28,6 +28,14 @@ Payment KPIs (:class:`KpiRecorder`, an audit hook fed every committed AuditEvent
     ``billing_subscriptions{status}`` and ``billing_subscriptions_active`` (active,
     trialing, past_due): gauges refreshed by :class:`SubscriptionSampler` from the store.
 
+Reconciliation and drift:
+    ``billing_reconcile_passes_total{outcome}`` (ok, skipped: another replica holds the
+    lease, failed: the pass itself broke and the loop backs off),
+    ``billing_reconcile_errors_total``: records a pass could not reconcile (retried next pass),
+    ``billing_drift_total{resource,outcome}`` (:class:`DriftRecorder`, a drift hook): records
+    found to differ from their processor (``found``) and those converged (``repaired``), from
+    reconciliation and from webhooks that contradict a final payment.
+
 Webhooks (:class:`WebhookMetrics`, called by the webhook sidecar)::
 
     wm = WebhookMetrics(registry)
@@ -67,9 +75,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from billing_service.domain.common import AuditEvent
 from billing_service.observability.logging import current_request_id
+from billing_service.service_layer.core import Drift
 
 __all__ = [
     "BillingMetrics",
+    "DriftRecorder",
     "KpiRecorder",
     "MetricsInterceptor",
     "MetricsServer",
@@ -156,6 +166,21 @@ class BillingMetrics:
         )
         self.subscriptions_active = Gauge(
             "billing_subscriptions_active", "Active, trialing and past-due subscriptions (sampled)", registry=r
+        )
+        self.reconcile_passes = Counter(
+            "billing_reconcile_passes",
+            "Reconciliation passes by outcome (ok, skipped, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            "billing_reconcile_errors", "Records a reconciliation pass could not reconcile", registry=r
+        )
+        self.drift = Counter(
+            "billing_drift",
+            "Records found to differ from their processor, by resource and outcome (found, repaired)",
+            ["resource", "outcome"],
+            registry=r,
         )
 
 
@@ -300,6 +325,19 @@ class KpiRecorder:
                     opened = None
             if opened is not None:
                 self._m.dispute_resolution.observe(max((e.at - opened).total_seconds(), 0.0))
+
+
+class DriftRecorder:
+    """A drift hook (``Deps.drift_hooks``): counts drift found and repaired."""
+
+    def __init__(self, metrics: BillingMetrics) -> None:
+        self._m = metrics
+
+    def __call__(self, drift: Drift) -> None:
+        """Counts ``drift``."""
+        self._m.drift.labels(drift.resource, "found").inc()
+        if drift.repaired:
+            self._m.drift.labels(drift.resource, "repaired").inc()
 
 
 class SubscriptionSampler:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from billing_service.domain.common import Processor
@@ -22,8 +23,12 @@ from billing_service.observability.metrics import BillingMetrics
 from billing_service.observability.tracing import processor_span
 from billing_service.service_layer.ports import (
     AttachedPaymentMethod,
+    PaymentLookup,
+    PaymentLookupResult,
     PaymentProcessor,
     PaymentRequest,
+    RefundLookup,
+    RefundLookupResult,
     RefundRequest,
     SubscriptionChange,
     SubscriptionRequest,
@@ -56,6 +61,7 @@ class InstrumentedProcessor:
     def __init__(self, inner: PaymentProcessor, metrics: BillingMetrics) -> None:
         self.inner = inner
         self.name: Processor = inner.name
+        self.key_retention: timedelta = inner.key_retention
         self._m = metrics
         self._label = inner.name.value
 
@@ -139,6 +145,14 @@ class InstrumentedProcessor:
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefundState:
         """See ``PaymentProcessor``."""
         return await self._call("get_refund", lambda: self.inner.get_refund(processor_refund_id))
+
+    async def find_payment(self, lookup: PaymentLookup) -> PaymentLookupResult:
+        """See ``PaymentProcessor``."""
+        return await self._call("find_payment", lambda: self.inner.find_payment(lookup))
+
+    async def find_refund(self, lookup: RefundLookup) -> RefundLookupResult:
+        """See ``PaymentProcessor``."""
+        return await self._call("find_refund", lambda: self.inner.find_refund(lookup))
 
     async def create_plan(self, plan: Plan, *, idempotency_key: str) -> dict[str, str]:
         """See ``PaymentProcessor``."""

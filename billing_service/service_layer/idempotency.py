@@ -10,19 +10,33 @@ the serialized response (or the final error) for at least 24 hours.
 - The executor crashed or failed retryably: the lease lapses and the next retry takes
   over, reusing the allocated resource id and the same processor idempotency keys, so it
   resumes the work instead of doing it twice.
+
+A live executor renews its lease (a heartbeat every third of the lease), so a request that
+chains several slow processor calls is never taken over while it runs. Its writes are
+fenced: every commit made on its behalf checks, in the same transaction, that the
+request's fence still names this execution, and is refused once another execution took
+over; before each money-moving processor call ``ensure_leases`` refuses to go on when the
+heartbeat has not confirmed the lease recently (the store may be unreachable while another
+replica takes over). The same leases let a cancel or the reconciler *hold* another
+request's lapsed record (``hold_request``) so that request cannot resume meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from billing_service.domain.card_data import contains_card_number
+from billing_service.domain.common import RequestOrigin
 from billing_service.domain.errors import (
     BillingError,
     CardDataNotAllowed,
@@ -36,7 +50,13 @@ from billing_service.domain.errors import (
     StoreUnavailable,
 )
 from billing_service.domain.ids import new_id
-from billing_service.service_layer.ports import BillingStore, Clock, IdempotencyOutcome
+from billing_service.service_layer.ports import (
+    BillingStore,
+    Clock,
+    Fence,
+    HoldOutcome,
+    IdempotencyOutcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +100,11 @@ class RequestContext:
     resource_id: str
     attempt: int = 1
 
+    @property
+    def origin(self) -> RequestOrigin:
+        """This request as the resources it creates remember it."""
+        return RequestOrigin(self.caller, self.method, self.request_id)
+
     def processor_key(self, step: str) -> str:
         """Idempotency key for one processor call of this request.
 
@@ -88,6 +113,153 @@ class RequestContext:
         """
         digest = hashlib.sha256(f"{self.caller}\x1f{self.method}\x1f{self.request_id}".encode()).hexdigest()
         return f"billing-{digest[:40]}-{step}"
+
+
+def context_of(origin: RequestOrigin, resource_id: str, attempt: int = 2) -> RequestContext:
+    """The context of a resource's creating request, to resume or verify its work later."""
+    return RequestContext(origin.caller, origin.method, origin.request_id, resource_id, attempt)
+
+
+# ---------------------------------------------------------------------------
+# Leases held by the running task (the executor's own, and any it holds for others)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Lease:
+    """An idempotency record this task holds.
+
+    Attributes:
+        valid_until: Until when the lease is known to be ours: the ``lease_until`` of the
+            last successful claim or heartbeat.
+        lost: Another execution took the record over; nothing more may be done for it.
+    """
+
+    key: str
+    owner: str
+    lease_seconds: float
+    valid_until: datetime
+    lost: bool = False
+
+    def fence(self, now: datetime) -> Fence:
+        """The fence a commit made now carries."""
+        return Fence(self.key, self.owner, now)
+
+
+_LEASES: ContextVar[tuple[Lease, ...]] = ContextVar("billing_held_leases", default=())
+
+
+def held_fences(now: datetime) -> list[Fence]:
+    """Fences for a commit made now on behalf of the current task's requests."""
+    return [lease.fence(now) for lease in _LEASES.get()]
+
+
+def ensure_leases(now: datetime) -> None:
+    """Raises unless every lease the current task holds is certainly still ours.
+
+    Called before each money-moving processor call: a lease whose heartbeat has not been
+    confirmed for two beats (a third of its term left) may have been taken over by a
+    replica that could not see our renewals, so the call must not be sent.
+
+    Raises:
+        RequestInProgress: A lease was lost or could not be confirmed in time.
+    """
+    for lease in _LEASES.get():
+        margin = timedelta(seconds=lease.lease_seconds / 3)
+        if lease.lost or now >= lease.valid_until - margin:
+            raise RequestInProgress(
+                "this execution could not confirm its lease on the request; another execution may have "
+                "taken it over, so nothing more is sent; retry with the same request_id"
+            )
+
+
+async def _heartbeat(store: BillingStore, clock: Clock, lease: Lease) -> None:
+    """Renews ``lease`` every third of its term until cancelled or lost."""
+    interval = lease.lease_seconds / 3
+    while True:
+        await asyncio.sleep(interval)
+        until = clock.now() + timedelta(seconds=lease.lease_seconds)
+        try:
+            renewed = await store.idempotency_renew(lease.key, lease.owner, lease_until=until)
+        except Exception:  # the store is down: ensure_leases stops the work if this lasts
+            log.warning("idempotency lease heartbeat failed", exc_info=True)
+            continue
+        if not renewed:
+            lease.lost = True
+            log.warning("idempotency lease lost to another execution", extra={"key": lease.key})
+            return
+        lease.valid_until = max(lease.valid_until, until)
+
+
+@contextlib.asynccontextmanager
+async def _holding(store: BillingStore, clock: Clock, lease: Lease) -> AsyncIterator[Lease]:
+    """Makes ``lease`` the current task's (fences, guards) and keeps it alive meanwhile."""
+    token = _LEASES.set((*_LEASES.get(), lease))
+    beat = asyncio.create_task(_heartbeat(store, clock, lease), name="idempotency-heartbeat")
+    try:
+        yield lease
+    finally:
+        # Stop renewing before anyone releases or completes the record: a late beat must
+        # not extend a lease that was just handed back.
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+        _LEASES.reset(token)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The result of ``hold_request``.
+
+    Attributes:
+        outcome: HELD (we hold it), COMPLETED or ABSENT (nothing can resume the request),
+            or BUSY (its executor is alive; nothing was taken).
+        retry_after: For BUSY, when its current lease ends.
+    """
+
+    outcome: HoldOutcome
+    retry_after: datetime | None = None
+
+    @property
+    def quiet(self) -> bool:
+        """True when no execution of the request can run while the hold lasts."""
+        return self.outcome is not HoldOutcome.BUSY
+
+
+@contextlib.asynccontextmanager
+async def hold_request(
+    store: BillingStore, clock: Clock, origin: RequestOrigin, *, lease_seconds: float
+) -> AsyncIterator[Hold]:
+    """Holds another request's idempotency record so it cannot execute meanwhile.
+
+    Used by a cancel racing its payment's create and by reconciliation before it resumes
+    or settles a request's work. While HELD, the record's retries answer IN_PROGRESS, its
+    stale executor's commits are refused by their fences, and this task's own commits are
+    fenced by the hold (and renewed by a heartbeat). On exit the record is released so the
+    request's next retry takes over at once and finds the settled resource.
+    """
+    owner = f"hold-{secrets.token_hex(10)}"
+    outcome, record = await store.idempotency_hold(
+        caller=origin.caller,
+        method=origin.method,
+        request_id=origin.request_id,
+        owner=owner,
+        now=clock.now(),
+        lease_seconds=lease_seconds,
+    )
+    if outcome is not HoldOutcome.HELD or record is None:
+        busy_until = record.lease_until if outcome is HoldOutcome.BUSY and record is not None else None
+        yield Hold(outcome, busy_until)
+        return
+    lease = Lease(record.key, owner, lease_seconds, record.lease_until)
+    try:
+        async with _holding(store, clock, lease):
+            yield Hold(outcome)
+    finally:
+        try:
+            await store.idempotency_release(record.key, owner)
+        except Exception:  # the hold lapses by itself
+            log.warning("could not release a held idempotency record", exc_info=True)
 
 
 def error_to_record(error: BillingError) -> dict[str, Any]:
@@ -216,8 +388,10 @@ class Idempotency:
         ctx = RequestContext(caller, method, request_id, record.resource_id, record.attempts)
         if record.attempts > 1:
             log.info("resuming request after takeover", extra={"request_id": request_id, "attempt": record.attempts})
+        lease = Lease(record.key, owner, self._lease, record.lease_until)
         try:
-            response = await work(ctx)
+            async with _holding(self._store, self._clock, lease):
+                response = await work(ctx)
         except BillingError as exc:
             if is_final(exc):
                 await self._store.idempotency_complete(record.key, owner, response=None, error=error_to_record(exc))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -122,6 +122,69 @@ class SubscriptionChange:
     proration: ProrationBehavior
 
 
+@dataclass(frozen=True)
+class PaymentLookup:
+    """Find the processor's payment that carries our payment id (its create may have been lost).
+
+    Attributes:
+        payment_id: Our id, sent as metadata / ``custom_id`` with every create.
+        processor_customer_id: The customer at this processor ("" when none was created,
+            in which case no payment can exist there).
+        created_at: When we recorded the payment; the processor object is not older.
+        quiet_since: No attempt to create the payment can reach the processor after this
+            instant (its request is fenced, or past its resend window). A processor whose
+            listings lag must cover this instant before it may answer ABSENT.
+    """
+
+    payment_id: str
+    processor_customer_id: str
+    amount: Money
+    created_at: datetime
+    quiet_since: datetime
+
+
+@dataclass(frozen=True)
+class RefundLookup:
+    """Find the processor's refund that carries our refund id.
+
+    Attributes:
+        processor_payment_id: The refunded payment at the processor.
+        quiet_since: As in ``PaymentLookup``.
+    """
+
+    refund_id: str
+    processor_payment_id: str
+    amount: Money
+    created_at: datetime
+    quiet_since: datetime
+
+
+class LookupOutcome(StrEnum):
+    """What a lookup by our id established."""
+
+    FOUND = "found"
+    ABSENT = "absent"  # the processor proves no object carries our id
+    UNKNOWN = "unknown"  # not found, but the processor cannot prove absence yet (listing lag)
+
+
+@dataclass(frozen=True)
+class PaymentLookupResult:
+    """The answer of ``find_payment``; ``retry_after`` says when UNKNOWN may become conclusive."""
+
+    outcome: LookupOutcome
+    state: ProcessorPaymentState | None = None
+    retry_after: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RefundLookupResult:
+    """The answer of ``find_refund``."""
+
+    outcome: LookupOutcome
+    state: ProcessorRefundState | None = None
+    retry_after: datetime | None = None
+
+
 class PaymentProcessor(Protocol):
     """The verbs every processor adapter offers.
 
@@ -132,6 +195,9 @@ class PaymentProcessor(Protocol):
     """
 
     name: Processor
+    #: How long the processor is known to remember an idempotency key of any write we send
+    #: (Stripe 24 h, PayPal orders 6 h). A write is never re-sent after this, minus a margin.
+    key_retention: timedelta
 
     async def create_customer(self, customer: Customer, *, idempotency_key: str) -> str:
         """Creates the customer at the processor; returns the processor's customer id."""
@@ -175,6 +241,14 @@ class PaymentProcessor(Protocol):
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefundState:
         """Reads the processor's current view of a refund."""
+        ...
+
+    async def find_payment(self, lookup: PaymentLookup) -> PaymentLookupResult:
+        """Finds the payment created for our ``payment_id`` (read-only; never creates anything)."""
+        ...
+
+    async def find_refund(self, lookup: RefundLookup) -> RefundLookupResult:
+        """Finds the refund created for our ``refund_id`` (read-only; never creates anything)."""
         ...
 
     async def create_plan(self, plan: Plan, *, idempotency_key: str) -> dict[str, str]:
@@ -280,6 +354,29 @@ class Page(Generic[T]):
     next_cursor: str
 
 
+@dataclass(frozen=True)
+class Fence:
+    """A request a commit is made for: it lands only while ``owner`` still executes it.
+
+    The store checks, inside the commit's transaction, that the request's fence still
+    names ``owner``; once another execution took the request over, the whole commit is
+    refused (``RequestInProgress``). ``at`` is the commit's time (the fence's upkeep).
+    """
+
+    key: str
+    owner: str
+    at: datetime
+
+
+class HoldOutcome(StrEnum):
+    """What ``idempotency_hold`` found on another request's record."""
+
+    HELD = "held"  # it was in progress with no live lease: we hold it now
+    BUSY = "busy"  # its executor holds a live lease
+    COMPLETED = "completed"  # it finished; nothing can resume it
+    ABSENT = "absent"  # no record (expired): a retry would start a new resource, not resume this one
+
+
 class IdempotencyOutcome(StrEnum):
     """What ``begin`` found for a request key."""
 
@@ -351,11 +448,14 @@ class BillingStore(Protocol):
         """
         ...
 
-    async def commit(self, changes: Sequence[Change], events: Sequence[AuditEvent]) -> None:
+    async def commit(
+        self, changes: Sequence[Change], events: Sequence[AuditEvent], *, fences: Sequence[Fence] = ()
+    ) -> None:
         """Writes all changes and their audit events atomically.
 
         Raises:
             ConcurrencyConflict: An ``Update`` found a newer version; nothing was written.
+            RequestInProgress: A fence's lease was taken over; nothing was written.
             StoreUnavailable: The store failed; nothing was written.
         """
         ...
@@ -393,6 +493,20 @@ class BillingStore(Protocol):
 
     async def idempotency_release(self, key: str, owner: str) -> None:
         """Drops our claim after a retryable failure so a retry can execute again."""
+        ...
+
+    async def idempotency_renew(self, key: str, owner: str, *, lease_until: datetime) -> bool:
+        """Extends a lease we hold (heartbeat); False when it was taken over or finished."""
+        ...
+
+    async def idempotency_hold(
+        self, *, caller: str, method: str, request_id: str, owner: str, now: datetime, lease_seconds: float
+    ) -> tuple[HoldOutcome, IdempotencyRecord | None]:
+        """Takes over another request's in-progress record whose lease lapsed, without executing it.
+
+        While held, that request's retries answer IN_PROGRESS and its stale executor's
+        fenced commits are refused. ``idempotency_release`` gives it back.
+        """
         ...
 
     async def page_token_secret(self) -> bytes:

@@ -16,6 +16,11 @@ token whose id contains ``declined`` is declined on every charge; orders paid wi
 effect happens and is stored for idempotent replay, then the answer stalls past the
 client's timeout). Every request is logged with its headers.
 
+Transaction Search (``GET /v1/reporting/transactions``) lists the captures (T0006),
+authorizations (T1300, not balance-affecting) and refunds (T1107) made here, with
+``custom_field`` and ``last_refreshed_datetime``; like PayPal's it only shows what was made
+before its last refresh: ``reporting_refreshed_at`` (None: now minus ``reporting_lag``).
+
 Deliberately independent of ``billing_service``: amounts are parsed here on their own, so
 a formatting bug in the adapter shows up as a PayPal-style 422.
 """
@@ -128,6 +133,13 @@ def units(amount: Json, field_path: str = "amount") -> tuple[str, int]:
     return currency, int(whole) * 10**decimals + (int(frac.ljust(decimals, "0")) if decimals else 0)
 
 
+def units_signed(amount: Json) -> int:
+    """A reported amount (refunds are negative) in PayPal's smallest unit."""
+    value = str(amount["value"])
+    _, magnitude = units({**amount, "value": value.lstrip("-")})
+    return -magnitude if value.startswith("-") else magnitude
+
+
 def fmt(currency: str, amount_units: int) -> Json:
     decimals = CURRENCY_DECIMALS[currency]
     if decimals == 0:
@@ -232,6 +244,8 @@ class PayPalImitation:
             self.products: dict[str, Json] = {}
             self.plans: dict[str, Json] = {}
             self.subscriptions: dict[str, _Subscription] = {}
+            self.reporting_lag = timedelta(0)
+            self.reporting_refreshed_at: datetime | None = None
 
     def __enter__(self) -> PayPalImitation:
         return self.start()
@@ -623,6 +637,7 @@ class PayPalImitation:
             ("GET", f"/v1/billing/subscriptions/{id_}/transactions", self._transactions),
             ("GET", "/v1/notifications/webhooks-events", self._list_webhook_events),
             ("GET", f"/v1/notifications/webhooks-events/{id_}", self._get_webhook_event),
+            ("GET", "/v1/reporting/transactions", self._search_transactions),
         ]
         self._routes = [(method, re.compile(f"^{pattern}$"), handler) for method, pattern, handler in table]
 
@@ -724,6 +739,7 @@ class PayPalImitation:
                 "expiration_time": now_iso(datetime.now(UTC) + timedelta(days=29)),
                 "create_time": now,
                 "update_time": now,
+                "supplementary_data": {"related_ids": {"order_id": order["id"]}},
                 "links": [
                     self._link(f"/v2/payments/authorizations/{auth_id}", "self"),
                     self._link(f"/v2/payments/authorizations/{auth_id}/capture", "capture", "POST"),
@@ -903,6 +919,9 @@ class PayPalImitation:
         capture["_refunded"] = refunded + amount
         capture["status"] = "REFUNDED" if refunded + amount == captured else "PARTIALLY_REFUNDED"
         self.refunds[refund_id] = refund
+        # The order lists its refunds too (purchase_units[].payments.refunds).
+        order = self.orders[self.captures[capture_id][0]]
+        order["purchase_units"][0].setdefault("payments", {}).setdefault("refunds", []).append(refund)
         self.refunds_created += 1
         return 201, refund
 
@@ -911,6 +930,63 @@ class PayPalImitation:
         if refund is None:
             raise not_found(f"refund {refund_id}")
         return 200, refund
+
+    # ------------------------------------------------------------------ reporting
+
+    def _search_transactions(self, *, query: dict[str, str], **_: Any) -> tuple[int, Json]:
+        """Transaction Search: what moved (or held) money between two dates, as of the last refresh."""
+        try:
+            start = datetime.fromisoformat(query["start_date"].replace("Z", "+00:00"))
+            end = datetime.fromisoformat(query["end_date"].replace("Z", "+00:00"))
+        except (KeyError, ValueError):
+            raise invalid("INVALID_REQUEST", "start_date and end_date are required RFC 3339 date-times") from None
+        if end < start or end - start > timedelta(days=31):
+            raise invalid("INVALID_REQUEST", "Date range is greater than 31 days")
+        refreshed = self.reporting_refreshed_at or datetime.now(UTC) - self.reporting_lag
+        rows = [row for row in self._transaction_rows() if start <= row[0] <= min(end, refreshed)]
+        if query.get("balance_affecting_records_only", "Y") != "N":
+            rows = [row for row in rows if not row[1]["transaction_event_code"].startswith("T13")]
+        if query.get("transaction_currency"):
+            rows = [
+                row for row in rows if row[1]["transaction_amount"]["currency_code"] == query["transaction_currency"]
+            ]
+        bounds = re.match(r"^\[(-?\d+) TO (-?\d+)\]$", query.get("transaction_amount", ""))
+        if bounds is not None:
+            low, high = int(bounds.group(1)), int(bounds.group(2))
+            rows = [row for row in rows if low <= abs(units_signed(row[1]["transaction_amount"])) <= high]
+        size = max(1, min(int(query.get("page_size", "100")), 500))
+        page = max(1, int(query.get("page", "1")))
+        chunk = rows[(page - 1) * size : page * size]
+        return 200, {
+            "transaction_details": [{"transaction_info": info} for _, info in chunk],
+            "account_number": "IMITATIONACCT",
+            "start_date": query["start_date"],
+            "end_date": query["end_date"],
+            "last_refreshed_datetime": now_iso(refreshed),
+            "page": page,
+            "total_items": len(rows),
+            "total_pages": max(1, -(-len(rows) // size)),
+            "links": [],
+        }
+
+    def _transaction_rows(self) -> list[tuple[datetime, Json]]:
+        def row(code: str, resource: Json, sign: int, status: str) -> tuple[datetime, Json]:
+            at = datetime.fromisoformat(resource["create_time"].replace("Z", "+00:00"))
+            amount = dict(resource["amount"])
+            if sign < 0:
+                amount["value"] = "-" + amount["value"]
+            return at, {
+                "transaction_id": resource["id"], "transaction_event_code": code,
+                "transaction_initiation_date": resource["create_time"],
+                "transaction_updated_date": resource.get("update_time", resource["create_time"]),
+                "transaction_amount": amount, "transaction_status": status,
+                "custom_field": resource.get("custom_id", ""),
+            }  # fmt: skip
+
+        rows = [row("T0006", capture, 1, "S") for _, capture in self.captures.values()]
+        rows += [row("T1300", auth, 1, "S") for _, auth in self.authorizations.values()]
+        rows += [row("T1107", refund, -1, "S") for refund in self.refunds.values()]
+        return sorted(rows, key=lambda r: r[0])
 
     # ------------------------------------------------------------------ vault
 

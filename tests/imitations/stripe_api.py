@@ -15,7 +15,9 @@ case.
 Knobs: ``fail_next``, ``timeout_after_effect_next``, ``garble_next``, ``refund_mode`` +
 ``settle_refund``, ``end_trial``.
 Counters: ``requests`` (log), ``requests_to``, ``payment_intents_created``,
-``charges_created``, ``objects(kind)``; events are listed at ``/v1/events``.
+``charges_created``, ``objects(kind)``; events are listed at ``/v1/events``, PaymentIntents
+(by customer and creation time) and refunds (by PaymentIntent or charge) at their list
+endpoints, newest first, reading current data as Stripe's list APIs do.
 """
 
 from __future__ import annotations
@@ -936,12 +938,39 @@ class StripeImitation:
             invoices = [i for i in invoices if i["customer"] == p["customer"]]
         return self._list(invoices, p, "/v1/invoices")
 
+    @staticmethod
+    def _created_in(items: list[Obj], p: Obj) -> list[Obj]:
+        """Stripe's ``created`` filter: an exact timestamp or a ``gt``/``gte``/``lt``/``lte`` range."""
+        created = p.get("created")
+        if created is None:
+            return items
+        if not isinstance(created, dict):
+            return [o for o in items if o["created"] == int(created)]
+        bounds = {op: int(v) for op, v in created.items() if op in ("gt", "gte", "lt", "lte")}
+        checks = {
+            "gt": lambda c, b: c > b, "gte": lambda c, b: c >= b, "lt": lambda c, b: c < b, "lte": lambda c, b: c <= b,
+        }  # fmt: skip
+        return [o for o in items if all(checks[op](o["created"], b) for op, b in bounds.items())]
+
+    def _get_payment_intents(self, obj_id: str, action: str, p: Obj, key: str | None) -> Obj:
+        """GET /v1/payment_intents: list, newest first, by ``customer`` and ``created``."""
+        intents = [o for o in self._store.objects.values() if o["object"] == "payment_intent"]
+        if p.get("customer"):
+            intents = [i for i in intents if i["customer"] == p["customer"]]
+        return self._list(self._created_in(intents, p), p, "/v1/payment_intents")
+
+    def _get_refunds(self, obj_id: str, action: str, p: Obj, key: str | None) -> Obj:
+        """GET /v1/refunds: list, newest first, by ``payment_intent`` or ``charge``."""
+        refunds = [o for o in self._store.objects.values() if o["object"] == "refund"]
+        if p.get("payment_intent"):
+            refunds = [r for r in refunds if r["payment_intent"] == p["payment_intent"]]
+        if p.get("charge"):
+            refunds = [r for r in refunds if r["charge"] == p["charge"]]
+        return self._list(self._created_in(refunds, p), p, "/v1/refunds")
+
     def _get_events(self, obj_id: str, action: str, p: Obj, key: str | None) -> Obj:
         events = [o for o in self._store.objects.values() if o["object"] == "event"]
         types = p.get("types") or ([p["type"]] if p.get("type") else None)
         if types:
             events = [e for e in events if e["type"] in types]
-        created = p.get("created")
-        if isinstance(created, dict) and created.get("gte"):
-            events = [e for e in events if e["created"] >= int(created["gte"])]
-        return self._list(events, p, "/v1/events")
+        return self._list(self._created_in(events, p), p, "/v1/events")

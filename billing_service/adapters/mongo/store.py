@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
-from contextvars import ContextVar
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC
 from typing import Any, Final
 
-import pymongo
 from bson import Binary
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -34,11 +30,19 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError, Se
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from billing_service.adapters.mongo.budget import budget, time_limit, unavailable
 from billing_service.adapters.mongo.codecs import decode, encode, encode_filter_value
+from billing_service.adapters.mongo.idempotency import (
+    FENCE_TTL,
+    FENCES,
+    IDEMPOTENCY,
+    MongoIdempotencyRecords,
+    idempotency_key,
+)
 from billing_service.domain.common import AuditEvent
 from billing_service.domain.customers import Customer, PaymentMethod
 from billing_service.domain.disputes import Dispute
-from billing_service.domain.errors import ConcurrencyConflict, StoreUnavailable
+from billing_service.domain.errors import ConcurrencyConflict, RequestInProgress, StoreUnavailable
 from billing_service.domain.payments import Payment, Refund
 from billing_service.domain.subscriptions import Invoice, Plan, Subscription
 from billing_service.service_layer.ports import (
@@ -46,13 +50,12 @@ from billing_service.service_layer.ports import (
     Change,
     E,
     Entity,
-    IdempotencyOutcome,
-    IdempotencyRecord,
+    Fence,
     Insert,
     Page,
 )
 
-__all__ = ["COLLECTIONS", "MongoBillingStore"]
+__all__ = ["COLLECTIONS", "MongoBillingStore", "idempotency_key"]
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +73,6 @@ COLLECTIONS: Final[Mapping[type[Any], str]] = {
     Dispute: "disputes",
     AuditEvent: "audit_events",
 }
-# A lease that ended before any clock reading: a released claim is taken over at once.
-_LEASE_RELEASED = datetime(1970, 1, 1, tzinfo=UTC)
-_IDEMPOTENCY = "idempotency"
 _META = "meta"
 _PAGE_SECRET_ID = "page_token_secret"  # noqa: S105 - a document id, not a secret
 
@@ -104,9 +104,13 @@ _INDEXES: Final[Mapping[str, list[IndexModel]]] = {
             name="processor_id",
             partialFilterExpression=_NON_EMPTY,
         ),
+        # Reconciliation's "due for a lookup by our id" query (almost always empty).
+        IndexModel([("lookup_after", ASCENDING)], name="lookup_after"),
     ],
     "refunds": [
         IndexModel([("payment_id", ASCENDING)], name="payment_id"),
+        IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id"),
+        IndexModel([("lookup_after", ASCENDING)], name="lookup_after"),
         # One record per processor refund, even when a refund made outside the service is
         # mirrored from two events (refund.created and charge.refunded) at once.
         IndexModel(_BY_PROCESSOR_ID, name="processor_id_unique", unique=True, partialFilterExpression=_NON_EMPTY),
@@ -123,6 +127,9 @@ _INDEXES: Final[Mapping[str, list[IndexModel]]] = {
             name="processor_id",
             partialFilterExpression=_NON_EMPTY,
         ),
+        # Reconciliation's sweeps: by status (rotating slice), and renewals due by status.
+        IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id"),
+        IndexModel([("status", ASCENDING), ("current_period_end", ASCENDING)], name="status_period_end"),
     ],
     "invoices": [
         IndexModel([("subscription_id", ASCENDING)], name="subscription_id"),
@@ -143,7 +150,8 @@ _INDEXES: Final[Mapping[str, list[IndexModel]]] = {
         IndexModel(_BY_PROCESSOR_ID, name="processor_id_unique", unique=True, partialFilterExpression=_NON_EMPTY),
     ],
     "audit_events": [IndexModel([("resource_id", ASCENDING), ("_id", ASCENDING)], name="resource_id__id")],
-    _IDEMPOTENCY: [IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0)],
+    IDEMPOTENCY: [IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0)],
+    FENCES: [IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0)],
 }
 
 
@@ -154,45 +162,8 @@ def _collection_name(kind: type[Any]) -> str:
         raise TypeError(f"{kind!r} is not a stored entity type") from None
 
 
-def idempotency_key(caller: str, method: str, request_id: str) -> str:
-    """Returns the stored key of (caller, method, request_id): a fixed-size sha256 hex digest."""
-    raw = "\x1f".join((caller, method, request_id))
-    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
-
-
-# The caller's budget (see ``MongoBillingStore.deadline``): monotonic end, per-operation
-# floor once it is spent, and whether the driver still sees the store.
-_budget: ContextVar[tuple[float, float, Callable[[], bool]] | None] = ContextVar("store_budget", default=None)
-# Cleanup after a spent budget (releasing a lease) on a store the driver still sees: the
-# caller's deadline has passed anyway, and a released lease lets its retry resume at once.
-_REACHABLE_CLEANUP_SECONDS = 1.0
-
-
-def _time_limit() -> AbstractContextManager[None]:
-    """The driver timeout for one operation started now: what is left of the budget.
-
-    An operation started once the budget is spent (releasing a lease after a timeout)
-    still gets the floor, or a second while the driver still sees the store.
-    """
-    budget = _budget.get()
-    if budget is None:
-        return nullcontext()
-    end, floor, reachable = budget
-    left = end - time.monotonic()
-    if left <= floor and reachable():
-        floor = max(floor, _REACHABLE_CLEANUP_SECONDS)
-    return pymongo.timeout(max(left, floor, 0.001))
-
-
-@asynccontextmanager
-async def _unavailable(what: str) -> AsyncIterator[None]:
-    """Bounds the operation by the caller's budget and turns any driver failure into ``StoreUnavailable``."""
-    try:
-        with _time_limit():
-            yield
-    except PyMongoError as exc:
-        log.warning("store %s failed: %s", what, exc)
-        raise StoreUnavailable(f"store {what} failed: {type(exc).__name__}") from exc
+class _LeaseLost(Exception):
+    """Internal: a fence's idempotency record is no longer ours; aborts the transaction."""
 
 
 class _Conflict(Exception):
@@ -203,7 +174,7 @@ class _Conflict(Exception):
         self.entity = entity
 
 
-class MongoBillingStore:
+class MongoBillingStore(MongoIdempotencyRecords):
     """The billing store over MongoDB (or any MongoDB-wire server with transactions).
 
     Args:
@@ -258,7 +229,7 @@ class MongoBillingStore:
 
     async def ensure_indexes(self) -> None:
         """Creates every collection index; safe to call on every start."""
-        async with _unavailable("ensure_indexes"):
+        async with unavailable("ensure_indexes"):
             for name, models in _INDEXES.items():
                 await self._coll(name).create_indexes(models)
 
@@ -271,11 +242,8 @@ class MongoBillingStore:
         ``maxTimeMS`` alike). Operations started after the end still get
         ``cleanup_seconds`` each, or a second while the driver still sees the store.
         """
-        token = _budget.set((time.monotonic() + seconds, cleanup_seconds, self.seems_reachable))
-        try:
+        with budget(seconds, cleanup_seconds, self.seems_reachable):
             yield
-        finally:
-            _budget.reset(token)
 
     def seems_reachable(self) -> bool:
         """False when the driver already knows it has no writable server (no I/O).
@@ -287,21 +255,21 @@ class MongoBillingStore:
 
     async def ping(self) -> None:
         """Raises ``StoreUnavailable`` unless the server answers."""
-        async with _unavailable("ping"):
+        async with unavailable("ping"):
             await self._client.admin.command("ping")
 
     # ------------------------------------------------------------------ reads
 
     async def get(self, kind: type[E], entity_id: str) -> E | None:
         """Loads one entity by id."""
-        async with _unavailable("get"):
+        async with unavailable("get"):
             doc = await self._coll(_collection_name(kind)).find_one({"_id": entity_id})
         return None if doc is None else decode(kind, doc)
 
     async def find_one(self, kind: type[E], filters: Mapping[str, Any]) -> E | None:
         """Loads the newest entity whose attributes equal ``filters``."""
         query = self._query(kind, filters)
-        async with _unavailable("find_one"):
+        async with unavailable("find_one"):
             doc = await self._coll(_collection_name(kind)).find_one(query, sort=[("_id", DESCENDING)])
         return None if doc is None else decode(kind, doc)
 
@@ -336,7 +304,7 @@ class MongoBillingStore:
     async def _page(self, collection: str, query: Doc, direction: int, limit: int) -> list[Doc]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        async with _unavailable("list"):
+        async with unavailable("list"):
             # One extra document tells whether another page exists.
             cursor = self._coll(collection).find(query).sort("_id", direction).limit(limit + 1)
             return await cursor.to_list()
@@ -349,22 +317,32 @@ class MongoBillingStore:
 
     # ----------------------------------------------------------------- writes
 
-    async def commit(self, changes: Sequence[Change], events: Sequence[AuditEvent]) -> None:
+    async def commit(
+        self, changes: Sequence[Change], events: Sequence[AuditEvent], *, fences: Sequence[Fence] = ()
+    ) -> None:
         """Writes all changes and audit events in one transaction.
 
-        In-memory versions are bumped only once the transaction has committed.
+        In-memory versions are bumped only once the transaction has committed. Each fence
+        costs one ``update_one`` by ``_id`` inside the same transaction on the request's
+        fence document (see ``adapters.mongo.idempotency``), which conflicts with any
+        concurrent takeover of the request.
 
         Raises:
             ConcurrencyConflict: An Update lost its version check or an Insert's id (or a
                 unique key) exists; nothing was written.
+            RequestInProgress: A fence's record was taken over by another execution.
             StoreUnavailable: The server failed. The transaction is all-or-nothing; only a
                 commit whose outcome stayed unknown after retries may have been applied.
         """
         if not changes and not events:
             return
         try:
-            with _time_limit():
-                await self._run_transaction(changes, events)
+            with time_limit():
+                await self._run_transaction(changes, events, fences)
+        except _LeaseLost:
+            raise RequestInProgress(
+                "another execution of this request took over; this execution's writes were refused"
+            ) from None
         except _Conflict as exc:
             raise ConcurrencyConflict(
                 f"{type(exc.entity).__name__} {exc.entity.id} was changed concurrently",
@@ -382,7 +360,9 @@ class MongoBillingStore:
         for change in changes:
             change.entity.version = 1 if isinstance(change, Insert) else change.entity.version + 1
 
-    async def _run_transaction(self, changes: Sequence[Change], events: Sequence[AuditEvent]) -> None:
+    async def _run_transaction(
+        self, changes: Sequence[Change], events: Sequence[AuditEvent], fences: Sequence[Fence]
+    ) -> None:
         # Documents are encoded once, before any I/O, so a codec bug cannot half-run a txn.
         writes: list[tuple[Change, str, Doc]] = []
         for change in changes:
@@ -391,13 +371,21 @@ class MongoBillingStore:
             writes.append((change, _collection_name(type(change.entity)), doc))
         audit_docs = [encode(e) for e in events]
 
+        async def apply(session: AsyncClientSession) -> None:
+            await self._fence(session, fences)
+            await self._apply(session, writes, audit_docs)
+
+        await self._in_transaction(apply)
+
+    async def _in_transaction(self, apply: Callable[[AsyncClientSession], Awaitable[None]]) -> None:
+        """Runs ``apply`` in a transaction, rerunning it on transient errors."""
         async with self._client.start_session() as session:
             for attempt in range(1, _TXN_ATTEMPTS + 1):
                 await session.start_transaction(
                     read_concern=ReadConcern("snapshot"), write_concern=WriteConcern(w="majority")
                 )
                 try:
-                    await self._apply(session, writes, audit_docs)
+                    await apply(session)
                     await self._commit_with_retry(session)
                     return
                 except BaseException as exc:
@@ -418,6 +406,22 @@ class MongoBillingStore:
                         await asyncio.sleep(0.005 * attempt)
                         continue
                     raise
+
+    async def _fence(self, session: AsyncClientSession, fences: Sequence[Fence]) -> None:
+        # One write per fence on its own document (see ``MongoIdempotencyRecords``): it
+        # matches only while the fence still names our executor, and being a write inside
+        # the transaction it conflicts with a concurrent takeover.
+        coll = self._coll(FENCES)
+        for fence in fences:
+            try:
+                await coll.update_one(
+                    {"_id": fence.key, "owner": fence.owner},
+                    {"$set": {"owner": fence.owner, "expires_at": fence.at + FENCE_TTL}},
+                    upsert=True,
+                    session=session,
+                )
+            except DuplicateKeyError:
+                raise _LeaseLost(fence.key) from None
 
     async def _apply(
         self, session: AsyncClientSession, writes: list[tuple[Change, str, Doc]], audit_docs: list[Doc]
@@ -445,114 +449,6 @@ class MongoBillingStore:
                     continue
                 raise
 
-    # ------------------------------------------------------------ idempotency
-
-    async def idempotency_begin(
-        self,
-        *,
-        caller: str,
-        method: str,
-        request_id: str,
-        fingerprint: str,
-        resource_id: str,
-        owner: str,
-        now: datetime,
-        lease_seconds: float,
-        ttl_seconds: float,
-    ) -> tuple[IdempotencyOutcome, IdempotencyRecord]:
-        """Claims a request key, or reports who holds it (see the port's docstring)."""
-        key = idempotency_key(caller, method, request_id)
-        coll = self._coll(_IDEMPOTENCY)
-        lease_until = now + timedelta(seconds=lease_seconds)
-        expires_at = now + timedelta(seconds=ttl_seconds)
-        fresh: Doc = {
-            "_id": key,
-            "caller": caller,
-            "method": method,
-            "request_id": request_id,
-            "fingerprint": fingerprint,
-            "resource_id": resource_id,
-            "owner": owner,
-            "state": "in_progress",
-            "created_at": now,
-            "lease_until": lease_until,
-            "expires_at": expires_at,
-            "attempts": 1,
-        }
-        async with _unavailable("idempotency_begin"):
-            # A few rounds: the record we collide with may vanish (released, expired) under us.
-            for _ in range(5):
-                try:
-                    await coll.insert_one(fresh)
-                    return IdempotencyOutcome.STARTED, _record(fresh)
-                except DuplicateKeyError:
-                    pass
-                existing = await coll.find_one({"_id": key})
-                if existing is None:
-                    continue
-                if existing["expires_at"] <= now:
-                    # Past its TTL but not yet reaped by the TTL monitor: treat as absent.
-                    await coll.delete_one({"_id": key, "expires_at": existing["expires_at"]})
-                    continue
-                if existing["fingerprint"] != fingerprint:
-                    return IdempotencyOutcome.MISMATCH, _record(existing)
-                if existing["state"] == "completed":
-                    return IdempotencyOutcome.COMPLETED, _record(existing)
-                if existing["lease_until"] > now:
-                    return IdempotencyOutcome.IN_PROGRESS, _record(existing)
-                # The executor's lease ran out (it crashed or hung): take over, keeping
-                # the original resource_id so a re-execution does not create a twin.
-                taken = await coll.find_one_and_update(
-                    {"_id": key, "owner": existing["owner"], "state": "in_progress", "lease_until": {"$lte": now}},
-                    {
-                        "$set": {
-                            "owner": owner,
-                            "lease_until": lease_until,
-                            "expires_at": max(expires_at, existing["expires_at"]),
-                        },
-                        "$inc": {"attempts": 1},
-                    },
-                    return_document=ReturnDocument.AFTER,
-                )
-                if taken is not None:
-                    return IdempotencyOutcome.STARTED, _record(taken)
-                current = await coll.find_one({"_id": key})
-                if current is None:
-                    continue
-                if current["state"] == "completed":
-                    return IdempotencyOutcome.COMPLETED, _record(current)
-                return IdempotencyOutcome.IN_PROGRESS, _record(current)
-        raise StoreUnavailable("idempotency record kept changing under us; try again")
-
-    async def idempotency_complete(
-        self, key: str, owner: str, *, response: bytes | None, error: dict[str, Any] | None
-    ) -> None:
-        """Stores the final result if we still own the key; a lost lease is logged, not raised."""
-        async with _unavailable("idempotency_complete"):
-            result = await self._coll(_IDEMPOTENCY).update_one(
-                {"_id": key, "owner": owner, "state": "in_progress"},
-                {
-                    "$set": {
-                        "state": "completed",
-                        "response": None if response is None else Binary(response),
-                        "error": error,
-                    }
-                },
-            )
-        if result.matched_count == 0:
-            log.warning("idempotency record %s no longer owned by %s; result not stored", key, owner)
-
-    async def idempotency_release(self, key: str, owner: str) -> None:
-        """Ends our lease at once so the next retry takes over.
-
-        The record is kept, not deleted: the retry must reuse its ``resource_id`` (and so
-        the same processor keys) to resume the work instead of creating a twin resource.
-        """
-        async with _unavailable("idempotency_release"):
-            await self._coll(_IDEMPOTENCY).update_one(
-                {"_id": key, "owner": owner, "state": "in_progress"}, {"$set": {"lease_until": _LEASE_RELEASED}}
-            )
-
     # ------------------------------------------------------------------- meta
 
     async def page_token_secret(self) -> bytes:
@@ -566,7 +462,7 @@ class MongoBillingStore:
 
     async def _load_or_create_secret(self) -> bytes:
         coll = self._coll(_META)
-        async with _unavailable("page_token_secret"):
+        async with unavailable("page_token_secret"):
             doc = await coll.find_one({"_id": _PAGE_SECRET_ID})
             if doc is None:
                 # Another replica may win the insert race; then we read its secret.
@@ -592,22 +488,3 @@ def _between(kind: type[Any], name: str, window: Between) -> Doc:
         encode_filter_value(kind, name, None)  # still refuses an unknown field name
         return {}
     return {key: bounds}
-
-
-def _record(doc: Mapping[str, Any]) -> IdempotencyRecord:
-    response = doc.get("response")
-    return IdempotencyRecord(
-        key=doc["_id"],
-        caller=doc["caller"],
-        method=doc["method"],
-        request_id=doc["request_id"],
-        fingerprint=doc["fingerprint"],
-        resource_id=doc["resource_id"],
-        owner=doc["owner"],
-        state=doc["state"],
-        created_at=doc["created_at"],
-        lease_until=doc["lease_until"],
-        response=None if response is None else bytes(response),
-        error=doc.get("error"),
-        attempts=doc.get("attempts", 1),
-    )

@@ -115,12 +115,21 @@ class FakeLedger:
     # -- payments ---------------------------------------------------------------
 
     def charge(
-        self, method: PaymentMethodRecord, amount: Money, capture: CaptureMethod, *, off_session: bool, key: str
+        self,
+        method: PaymentMethodRecord,
+        amount: Money,
+        capture: CaptureMethod,
+        *,
+        off_session: bool,
+        key: str,
+        our_id: str = "",
     ) -> PaymentRecord:
         """Creates and confirms a payment intent; a decline leaves it FAILED (no raise)."""
         if amount.amount_minor <= 0:
             raise invalid("amount must be positive")
-        payment = PaymentRecord(self.new_id("pi"), method.customer_id, method.id, amount, capture, method.profile)
+        payment = PaymentRecord(
+            self.new_id("pi"), method.customer_id, method.id, amount, capture, method.profile, our_id=our_id
+        )
         self.payments[payment.id] = payment
         profile = method.profile
         if profile.decline_code:
@@ -187,7 +196,7 @@ class FakeLedger:
 
     # -- refunds ------------------------------------------------------------------
 
-    def refund_payment(self, payment: PaymentRecord, amount: Money) -> RefundRecord:
+    def refund_payment(self, payment: PaymentRecord, amount: Money, our_id: str = "") -> RefundRecord:
         """Refunds part of what was captured; PENDING if the token settles refunds later."""
         if payment.status is not PaymentStatus.SUCCEEDED or payment.amount_captured == 0:
             raise conflict(f"payment is {payment.status.value}; nothing captured to refund", payment.id)
@@ -200,7 +209,7 @@ class FakeLedger:
             )
         outcome = payment.profile.refund_outcome
         status = RefundStatus.SUCCEEDED if outcome is None else RefundStatus.PENDING
-        refund = RefundRecord(self.new_id("re"), payment.id, amount, status, settles_to=outcome)
+        refund = RefundRecord(self.new_id("re"), payment.id, amount, status, settles_to=outcome, our_id=our_id)
         self.refunds[refund.id] = refund
         if status is RefundStatus.SUCCEEDED:
             payment.amount_refunded += amount.amount_minor

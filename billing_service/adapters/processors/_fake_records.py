@@ -204,6 +204,7 @@ class PaymentRecord:
     amount_refund_pending: int = 0
     next_action: NextAction | None = None
     failure: PaymentFailure | None = None
+    our_id: str = ""  # the billing payment id sent with the create (Stripe keeps it in metadata)
 
     @property
     def refundable(self) -> int:
@@ -232,15 +233,17 @@ class RefundRecord:
     status: RefundStatus
     settles_to: RefundStatus | None = None
     failure_reason: str = ""
+    our_id: str = ""  # the billing refund id sent with the create; "" for a dashboard refund
 
     def state(self) -> ProcessorRefundState:
-        """The port's view of this refund."""
+        """The port's view of this refund (our id echoed back, as Stripe's metadata does)."""
         return ProcessorRefundState(
             processor_id=self.id,
             status=self.status,
             failure_reason=self.failure_reason,
             processor_payment_id=self.payment_id,
             amount_minor=self.amount.amount_minor,
+            refund_id=self.our_id,
         )
 
 

@@ -2,7 +2,8 @@
 
 ``FakePaymentProcessor`` offers the same verbs as the Stripe and PayPal adapters and keeps
 Stripe's semantics where they matter to our use cases: idempotency keys (a repeat returns
-the first result, a reused key with other parameters is refused), Stripe's test tokens
+the first result, a reused key with other parameters is refused, a key is forgotten after
+24 hours), Stripe's test tokens
 (``pm_card_visa``, ``pm_card_chargeDeclined``...), manual capture, refunds that settle
 later, and subscriptions billed on the injected clock, like Stripe test clocks.
 
@@ -25,7 +26,7 @@ import hashlib
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar, cast
 
 from billing_service.adapters.processors._fake_billing import FakeLedger
@@ -66,7 +67,12 @@ from billing_service.service_layer.clock import ManualClock, SystemClock
 from billing_service.service_layer.ports import (
     AttachedPaymentMethod,
     Clock,
+    LookupOutcome,
+    PaymentLookup,
+    PaymentLookupResult,
     PaymentRequest,
+    RefundLookup,
+    RefundLookupResult,
     RefundRequest,
     SubscriptionChange,
     SubscriptionRequest,
@@ -86,7 +92,8 @@ _VERBS = frozenset(
     {
         "create_customer", "update_customer", "attach_payment_method", "detach_payment_method",
         "create_payment", "get_payment", "capture_payment", "cancel_payment", "create_refund",
-        "get_refund", "create_plan", "archive_plan", "create_subscription", "get_subscription",
+        "get_refund", "find_payment", "find_refund", "create_plan", "archive_plan", "create_subscription",
+        "get_subscription",
         "update_subscription", "cancel_subscription", "pause_subscription", "resume_subscription",
         "list_invoices",
     }
@@ -120,6 +127,7 @@ class _Stored:
     fingerprint: str
     result: object = None
     error: BillingError | None = None
+    at: datetime | None = None  # when the key was first used; forgotten after key_retention
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,8 @@ class FakePaymentProcessor:
     """
 
     name: Processor = Processor.FAKE
+    #: Like Stripe: a key is remembered for 24 hours (on the injected clock), then forgotten.
+    key_retention = timedelta(hours=24)
 
     def __init__(self, clock: Clock | None = None, *, state: FakeStateStore | None = None) -> None:
         """Creates a processor, empty or with what ``state`` holds.
@@ -157,8 +167,9 @@ class FakePaymentProcessor:
             if state is None
             else LedgerPersistence(
                 state,
-                lambda o: encode_outcome(o.fingerprint, o.result, o.error),
-                lambda doc: _Stored(*decode_outcome(doc)),
+                # ``at`` travels too: a restart must not make the fake remember a key forever.
+                lambda o: {**encode_outcome(o.fingerprint, o.result, o.error), "at": o.at},
+                lambda doc: _Stored(*decode_outcome(doc), at=doc.get("at")),
             )
         )
         self._faults: defaultdict[str, deque[_Fault]] = defaultdict(deque)
@@ -209,6 +220,8 @@ class FakePaymentProcessor:
 
         def step() -> _Stored:
             stored = self._idempotency.get(key)
+            if stored is not None and stored.at is not None and self._clock.now() - stored.at > self.key_retention:
+                stored = None  # forgotten, as Stripe forgets keys after 24 hours: the write runs again
             if stored is None:
                 return self._execute(operation, key, fingerprint, effect)
             if stored.fingerprint != fingerprint:
@@ -236,7 +249,9 @@ class FakePaymentProcessor:
             outcome = _Stored(fingerprint, error=exc)
             if isinstance(exc, ProcessorError) and exc.retryable:
                 return outcome  # transient failures are not remembered: a retry runs again
-        self._idempotency[key] = copy.deepcopy(outcome)
+        remembered = copy.deepcopy(outcome)
+        remembered.at = self._clock.now()
+        self._idempotency[key] = remembered
         return outcome
 
     def _price(self, plan: Plan) -> PriceRecord:
@@ -326,8 +341,9 @@ class FakePaymentProcessor:
         def effect() -> ProcessorPaymentState:
             method = self._ledger.chargeable_method(request.processor_customer_id, request.processor_payment_method_id)
             payment = self._ledger.charge(
-                method, request.amount, request.capture_method, off_session=request.off_session, key=idempotency_key
-            )
+                method, request.amount, request.capture_method, off_session=request.off_session,
+                key=idempotency_key, our_id=request.payment_id,
+            )  # fmt: skip
             if payment.status is PaymentStatus.FAILED and payment.failure is not None:
                 raise PaymentDeclined(
                     payment.failure.message,
@@ -397,13 +413,35 @@ class FakePaymentProcessor:
 
         def effect() -> ProcessorRefundState:
             payment = self._ledger.payment(request.processor_payment_id)
-            return self._ledger.refund_payment(payment, request.amount).state()
+            return self._ledger.refund_payment(payment, request.amount, our_id=request.refund_id).state()
 
         return await self._write("create_refund", idempotency_key, request, effect)
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefundState:
         """Returns the refund's current state."""
         return await self._read("get_refund", lambda: self._ledger.refund(processor_refund_id).state())
+
+    async def find_payment(self, lookup: PaymentLookup) -> PaymentLookupResult:
+        """Finds the payment created for our id; the fake's records are always current."""
+
+        def read() -> PaymentLookupResult:
+            for payment in self._ledger.payments.values():
+                if payment.our_id == lookup.payment_id:
+                    return PaymentLookupResult(LookupOutcome.FOUND, payment.state())
+            return PaymentLookupResult(LookupOutcome.ABSENT)
+
+        return await self._read("find_payment", read)
+
+    async def find_refund(self, lookup: RefundLookup) -> RefundLookupResult:
+        """Finds the refund created for our id on the named payment."""
+
+        def read() -> RefundLookupResult:
+            for refund in self._ledger.refunds.values():
+                if refund.our_id == lookup.refund_id and refund.payment_id == lookup.processor_payment_id:
+                    return RefundLookupResult(LookupOutcome.FOUND, refund.state())
+            return RefundLookupResult(LookupOutcome.ABSENT)
+
+        return await self._read("find_refund", read)
 
     async def settle_refunds(self) -> list[ProcessorRefundState]:
         """Test helper: settles every PENDING refund as its token dictates.

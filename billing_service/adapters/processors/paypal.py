@@ -19,6 +19,14 @@ list is in ``NOT_SUPPORTED``):
   ``get_payment`` complete an APPROVED order (capture or authorize) under one request id
   derived from the order id, so whoever completes it, and however often, money is taken
   once; "already captured/authorized" means someone did, and the order is read instead.
+* No order search: ``find_payment`` (a lost create, looked up by our id) goes through the
+  Transaction Search API, which lists captures and authorizations (never an order nobody
+  paid) and lags: PayPal says up to three hours. Absence is proven only once its data is
+  refreshed past the moment no create can still reach PayPal; before that the answer is
+  UNKNOWN. The app needs the Transaction Search permission. ``find_refund`` reads the
+  order, whose payments list its refunds with our ``custom_id``.
+* Order request ids are kept 6 hours (``key_retention``), so an order create is never
+  re-sent later than that.
 """
 
 from __future__ import annotations
@@ -29,8 +37,8 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -71,7 +79,12 @@ from billing_service.domain.subscriptions import (
 )
 from billing_service.service_layer.ports import (
     AttachedPaymentMethod,
+    LookupOutcome,
+    PaymentLookup,
+    PaymentLookupResult,
     PaymentRequest,
+    RefundLookup,
+    RefundLookupResult,
     RefundRequest,
     SubscriptionChange,
     SubscriptionRequest,
@@ -96,6 +109,12 @@ _NOTE_TO_PAYER = {
 }
 _REPRESENTATION = "return=representation"
 _ALREADY_COMPLETED = frozenset({"ORDER_ALREADY_CAPTURED", "ORDER_ALREADY_AUTHORIZED"})
+# Transaction Search: its documented maximum lag, the widest range one call may cover, and
+# how far our clock and PayPal's may disagree.
+_SEARCH_LAG = timedelta(hours=3)
+_SEARCH_MAX_RANGE = timedelta(days=31)
+_CLOCK_SLACK = timedelta(minutes=10)
+_SEARCH_PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -169,6 +188,8 @@ class PayPalPaymentProcessor:
     """``PaymentProcessor`` over PayPal's REST APIs via the official SDK."""
 
     name = Processor.PAYPAL
+    #: Orders v2 keeps PayPal-Request-Id values for 6 hours (72 on request to PayPal).
+    key_retention = timedelta(hours=6)
 
     def __init__(
         self,
@@ -663,6 +684,75 @@ class PayPalPaymentProcessor:
         custom_id = str(capture.get("custom_id") or "")
         read = partial(m.refund_state, processor_payment_id=order_id, payment_custom_id=custom_id)
         return _read("a refund", read, refund, ids={**ids, "processor_payment_id": order_id})
+
+    # ------------------------------------------------------------------ lookups by our id
+
+    async def find_payment(self, lookup: PaymentLookup) -> PaymentLookupResult:
+        """Finds the order created for our payment id through Transaction Search (see the module docstring)."""
+        start = lookup.created_at - _CLOCK_SLACK
+        end = min(lookup.quiet_since + _CLOCK_SLACK, start + _SEARCH_MAX_RANGE, datetime.now(UTC))
+        value = m.paypal_value(lookup.amount).replace(".", "")  # "lower denominations", e.g. 10.05 -> 1005
+        wanted = {lookup.payment_id[:127], lookup.payment_id[: 127 - len(_CANCELED_MARK)] + _CANCELED_MARK}
+        search = self._client.transaction_search
+        page, refreshed = 1, None
+        while True:
+            options = {
+                "start_date": _iso(start), "end_date": _iso(end),
+                "transaction_currency": lookup.amount.currency, "transaction_amount": f"[{value} TO {value}]",
+                "fields": "transaction_info", "balance_affecting_records_only": "N",
+                "page_size": _SEARCH_PAGE, "page": page,
+            }  # fmt: skip
+            listed = await self._json("transactions.search", partial(search.search_transactions, options))
+            refreshed = m.parse_time(listed.get("last_refreshed_datetime")) or refreshed
+            for detail in listed.get("transaction_details") or []:
+                info = detail.get("transaction_info") or {}
+                if str(info.get("custom_field", "")) in wanted and info.get("transaction_id"):
+                    return await self._found_order(str(info["transaction_id"]), str(info.get("transaction_event_code")))
+            if page >= int(listed.get("total_pages") or 1):
+                break
+            page += 1
+        if refreshed is not None and refreshed >= lookup.quiet_since:
+            return PaymentLookupResult(LookupOutcome.ABSENT)
+        return PaymentLookupResult(LookupOutcome.UNKNOWN, retry_after=lookup.quiet_since + _SEARCH_LAG)
+
+    async def _found_order(self, transaction_id: str, event_code: str) -> PaymentLookupResult:
+        """The order behind a capture (T00xx) or an authorization (T13xx) found by Transaction Search."""
+        payments = self._client.payments
+        if event_code.startswith("T13"):
+            resource = await self._json(
+                "payments.get_authorization",
+                lambda: payments.get_authorized_payment({"authorization_id": transaction_id}),
+            )
+        else:
+            resource = await self._json(
+                "payments.get_capture", lambda: payments.get_captured_payment({"capture_id": transaction_id})
+            )
+        order_id = str(((resource.get("supplementary_data") or {}).get("related_ids") or {}).get("order_id", ""))
+        if not order_id:
+            raise ProcessorError(
+                f"PayPal transaction {transaction_id} names no order",
+                reason="PROCESSOR_BAD_RESPONSE",
+                retryable=True,
+                metadata={"processor": "paypal"},
+            )
+        order = await self._get_order(order_id)
+        unit, _, _ = m.purchase_payments(order)
+        if str(unit.get("custom_id", "")).endswith(_CANCELED_MARK) and order.get("status") != "COMPLETED":
+            return PaymentLookupResult(LookupOutcome.FOUND, ProcessorPaymentState(order_id, PaymentStatus.CANCELED))
+        return PaymentLookupResult(LookupOutcome.FOUND, _order_state(order))
+
+    async def find_refund(self, lookup: RefundLookup) -> RefundLookupResult:
+        """Reads the order and matches our refund id in its refunds' ``custom_id``."""
+        if not lookup.processor_payment_id:
+            return RefundLookupResult(LookupOutcome.ABSENT)
+        order = await self._get_order(lookup.processor_payment_id)
+        for unit in order.get("purchase_units") or []:
+            for refund in (unit.get("payments") or {}).get("refunds") or []:
+                if str(refund.get("custom_id", "")) == lookup.refund_id[:127]:
+                    read = partial(m.refund_state, processor_payment_id=lookup.processor_payment_id)
+                    state = _read("a refund", read, refund, ids={"processor_payment_id": lookup.processor_payment_id})
+                    return RefundLookupResult(LookupOutcome.FOUND, replace(state, refund_id=lookup.refund_id))
+        return RefundLookupResult(LookupOutcome.ABSENT)
 
     # ------------------------------------------------------------------ plans
 

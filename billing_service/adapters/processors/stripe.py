@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal, NoReturn, TypeVar, cast
 
@@ -31,7 +31,12 @@ from billing_service.domain.payments import CaptureMethod, ProcessorPaymentState
 from billing_service.domain.subscriptions import Plan, ProcessorInvoiceState, ProcessorSubscriptionState
 from billing_service.service_layer.ports import (
     AttachedPaymentMethod,
+    LookupOutcome,
+    PaymentLookup,
+    PaymentLookupResult,
     PaymentRequest,
+    RefundLookup,
+    RefundLookupResult,
     RefundRequest,
     SubscriptionChange,
     SubscriptionRequest,
@@ -41,6 +46,8 @@ T = TypeVar("T")
 
 _KEY_MODES = {"sk_test_": "test", "rk_test_": "test", "sk_live_": "live", "rk_live_": "live"}
 _PAGE_SIZE = 100
+# Our clock and Stripe's may disagree a little: list from a bit before our record's creation.
+_CLOCK_SLACK = timedelta(minutes=10)
 
 
 def _mask(secret: str) -> str:
@@ -114,6 +121,10 @@ def _subscription(sub: stripe.Subscription) -> ProcessorSubscriptionState:
     return parsed("stripe", "a Subscription", m.subscription_state, sub, ids={"processor_subscription_id": _id(sub)})
 
 
+def _metadata_id(obj: object, key: str) -> str:
+    return str(m.field(m.field(obj, "metadata"), key, "") or "")
+
+
 def _unsupported(what: str) -> NoReturn:
     raise NotSupportedByProcessor(f"Stripe: {what}", metadata={"processor": "stripe"})
 
@@ -122,6 +133,8 @@ class StripePaymentProcessor:
     """The PaymentProcessor port over Stripe (PaymentIntents, Refunds, Billing)."""
 
     name = Processor.STRIPE
+    #: Stripe keeps idempotency keys for at least 24 hours.
+    key_retention = timedelta(hours=24)
 
     def __init__(self, settings: StripeSettings, *, retry_policy: RetryPolicy | None = None) -> None:
         """Builds the client; no I/O happens until the first call.
@@ -320,6 +333,54 @@ class StripePaymentProcessor:
         """Retrieves the Refund."""
         refund = await self._call("refunds.retrieve", lambda: self._v1.refunds.retrieve_async(processor_refund_id))
         return _refund(refund)
+
+    # --- lookups by our id --------------------------------------------------------------
+    #
+    # List endpoints, not Search: Stripe's Search is eventually consistent ("don't use search
+    # for read-after-write flows"; usually under a minute, longer during outages) while list
+    # APIs read current data, so a lookup that finds nothing proves the object is absent.
+
+    async def find_payment(self, lookup: PaymentLookup) -> PaymentLookupResult:
+        """Lists the customer's PaymentIntents created since our record and matches our metadata id."""
+        if not lookup.processor_customer_id:
+            return PaymentLookupResult(LookupOutcome.ABSENT)  # no Stripe customer: nothing was charged
+        after: str | None = None
+        since = m.unix(lookup.created_at - _CLOCK_SLACK)
+        while True:
+            params: stripe.params.PaymentIntentListParams = {
+                "customer": lookup.processor_customer_id,
+                "created": {"gte": since},
+                "limit": _PAGE_SIZE,
+            }
+            if after:
+                params["starting_after"] = after
+            page = await self._call("payment_intents.list", partial(self._v1.payment_intents.list_async, params))
+            for pi in page.data:
+                if _metadata_id(pi, "billing_payment_id") == lookup.payment_id:
+                    return PaymentLookupResult(LookupOutcome.FOUND, _payment(pi))
+            if not page.has_more or not page.data:
+                return PaymentLookupResult(LookupOutcome.ABSENT)
+            after = page.data[-1].id
+
+    async def find_refund(self, lookup: RefundLookup) -> RefundLookupResult:
+        """Lists the PaymentIntent's refunds and matches our metadata id."""
+        if not lookup.processor_payment_id:
+            return RefundLookupResult(LookupOutcome.ABSENT)
+        after: str | None = None
+        while True:
+            params: stripe.params.RefundListParams = {
+                "payment_intent": lookup.processor_payment_id,
+                "limit": _PAGE_SIZE,
+            }
+            if after:
+                params["starting_after"] = after
+            page = await self._call("refunds.list", partial(self._v1.refunds.list_async, params))
+            for refund in page.data:
+                if _metadata_id(refund, "billing_refund_id") == lookup.refund_id:
+                    return RefundLookupResult(LookupOutcome.FOUND, _refund(refund))
+            if not page.has_more or not page.data:
+                return RefundLookupResult(LookupOutcome.ABSENT)
+            after = page.data[-1].id
 
     # --- plans --------------------------------------------------------------------------
 
