@@ -115,6 +115,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A payment stayed PENDING past the processor's idempotency window, so it is
     not re-sent; reconciliation settles it.
     """
+    REFUND_OUTCOME_UNKNOWN: _ErrorReason.ValueType  # 60
+    """A refund whose first attempt may have reached the processor stayed
+    unanswered past the processor's idempotency window, so it is not re-sent;
+    reconciliation settles it (metadata refund_id).
+    """
     PROCESSOR_MISMATCH: _ErrorReason.ValueType  # 56
     """Two resources of one request belong to different processors or customers."""
     PROCESSOR_NOT_CONFIGURED: _ErrorReason.ValueType  # 57
@@ -290,6 +295,11 @@ decline_code, and the payment is kept as FAILED.
 PAYMENT_OUTCOME_UNKNOWN: ErrorReason.ValueType  # 55
 """A payment stayed PENDING past the processor's idempotency window, so it is
 not re-sent; reconciliation settles it.
+"""
+REFUND_OUTCOME_UNKNOWN: ErrorReason.ValueType  # 60
+"""A refund whose first attempt may have reached the processor stayed
+unanswered past the processor's idempotency window, so it is not re-sent;
+reconciliation settles it (metadata refund_id).
 """
 PROCESSOR_MISMATCH: ErrorReason.ValueType  # 56
 """Two resources of one request belong to different processors or customers."""
