@@ -19,7 +19,6 @@ carrying card data are refused before anything logs them (``domain.card_data``).
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import re
@@ -31,6 +30,7 @@ from types import TracebackType
 from typing import Any, TextIO
 
 from billing_service.domain.card_data import mask_card_numbers
+from billing_service.observability.context import current_caller, current_request_id
 
 __all__ = [
     "JsonFormatter",
@@ -40,9 +40,6 @@ __all__ = [
     "redact",
     "setup_logging",
 ]
-
-#: The request being served: set by the gRPC interceptor and the webhook sidecar.
-current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("current_request_id", default="")
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = frozenset(
@@ -138,8 +135,6 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Renders ``record`` as a JSON line."""
-        from billing_service.entrypoints.grpc_api.base import current_caller
-
         out: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,

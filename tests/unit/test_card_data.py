@@ -147,7 +147,7 @@ def test_log_lines_redact_the_request_id_and_caller_they_carry() -> None:
     import json
     import logging
 
-    from billing_service.entrypoints.grpc_api.base import current_caller
+    from billing_service.observability.context import current_caller
     from billing_service.observability.logging import current_request_id, setup_logging
 
     root = logging.getLogger()

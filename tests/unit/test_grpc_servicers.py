@@ -19,10 +19,10 @@ from billing.v1 import billing_service_pb2 as pb
 from billing_service.config import Secret, Settings
 from billing_service.domain import errors as e
 from billing_service.entrypoints.grpc_api.auth import AuthInterceptor, AuthPolicy
-from billing_service.entrypoints.grpc_api.base import current_caller
 from billing_service.entrypoints.grpc_api.billing import BILLING
 from billing_service.entrypoints.grpc_api.errors import PROCESSOR_REASON_KEY, REASONS
 from billing_service.entrypoints.grpc_api.runner import Read, Runner, Service
+from billing_service.observability.context import current_caller
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import Idempotency
 from tests.grpc_testing_support import deps_without_ports, invoke, socketless_server, sync_servicer

@@ -27,7 +27,7 @@ closed; a test checks the table covers every RPC of both services).
 
 Outcomes: no or invalid credentials -> ``UNAUTHENTICATED``; authenticated but not
 allowed -> ``PERMISSION_DENIED``; each with one ``google.rpc.ErrorInfo``. On success the
-caller's name is put in :data:`~billing_service.entrypoints.grpc_api.base.current_caller`
+caller's name is put in :data:`~billing_service.observability.context.current_caller`
 for the call, so audit events and idempotency keys carry it. Tokens are compared in
 constant time and never logged.
 """
@@ -50,9 +50,9 @@ from billing.v1 import billing_service_pb2, subscription_service_pb2
 from billing_service.config import CALLER_NAME, ConfigError, Settings
 from billing_service.domain.errors import BillingError, PermissionDenied, Unauthenticated
 from billing_service.entrypoints.grpc_api import errors
-from billing_service.entrypoints.grpc_api.base import current_caller
 from billing_service.entrypoints.grpc_api.billing import BILLING
 from billing_service.entrypoints.grpc_api.subscriptions import SUBSCRIPTIONS
+from billing_service.observability.context import current_caller
 
 log = logging.getLogger(__name__)
 

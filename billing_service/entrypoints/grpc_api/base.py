@@ -1,8 +1,7 @@
-"""What the runner, the interceptors and the logs share: the caller, request digests and strings."""
+"""What the runner and the interceptors share: request digests and the strings a request carries."""
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,9 +16,6 @@ else:
     Ctx = grpc.aio.ServicerContext
 
 M = TypeVar("M", bound=Message)
-
-# Set by the authentication interceptor; "anonymous" when auth is off.
-current_caller: contextvars.ContextVar[str] = contextvars.ContextVar("current_caller", default="anonymous")
 
 
 def fingerprint(request: Message) -> str:

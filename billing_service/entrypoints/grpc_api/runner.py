@@ -33,12 +33,12 @@ from billing_service.domain.errors import BillingError, StoreUnavailable
 from billing_service.entrypoints.grpc_api import errors
 from billing_service.entrypoints.grpc_api.base import (
     Ctx,
-    current_caller,
     fingerprint,
     string_fields,
     without_client_secrets,
 )
 from billing_service.entrypoints.grpc_api.field_behavior import enforce
+from billing_service.observability.context import current_caller
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import Idempotency, RequestContext, validate_request_id
 from billing_service.service_layer.pagination import token_scope
