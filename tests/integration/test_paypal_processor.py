@@ -11,8 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from billing_service.adapters.processors import paypal_mapping as m
-from billing_service.adapters.processors.paypal import PayPalPaymentProcessor, PayPalSettings
+from billing_service.adapters.processors.paypal import PayPalPaymentProcessor, PayPalSettings, mapping, wire
 from billing_service.adapters.processors.retry import RetryPolicy
 from billing_service.domain.common import Processor
 from billing_service.domain.customers import Customer, PaymentMethodType
@@ -123,27 +122,27 @@ def plan(*, trial_days: int = 0, price: Money | None = None, refs: dict[str, str
 
 
 def test_amounts_are_converted_exactly() -> None:
-    assert m.paypal_value(Money(1234, "USD")) == "12.34"
-    assert m.paypal_value(Money(5, "USD")) == "0.05"
-    assert m.paypal_value(Money(500, "JPY")) == "500"
-    assert m.paypal_value(Money(10**15, "USD")) == "10000000000000.00"
-    assert m.paypal_value(Money(15000, "HUF")) == "150"  # PayPal takes whole forint
-    assert m.minor_units("12.34", "USD") == 1234
-    assert m.minor_units("12.3", "USD") == 1230
-    assert m.minor_units("12", "USD") == 1200
-    assert m.minor_units("500", "JPY") == 500
-    assert m.minor_units("150", "HUF") == 15000
-    assert m.minor_units("0.10", "USD") == 10
-    assert m.minor_units("-1.50", "EUR") == -150
+    assert wire.paypal_value(Money(1234, "USD")) == "12.34"
+    assert wire.paypal_value(Money(5, "USD")) == "0.05"
+    assert wire.paypal_value(Money(500, "JPY")) == "500"
+    assert wire.paypal_value(Money(10**15, "USD")) == "10000000000000.00"
+    assert wire.paypal_value(Money(15000, "HUF")) == "150"  # PayPal takes whole forint
+    assert wire.minor_units("12.34", "USD") == 1234
+    assert wire.minor_units("12.3", "USD") == 1230
+    assert wire.minor_units("12", "USD") == 1200
+    assert wire.minor_units("500", "JPY") == 500
+    assert wire.minor_units("150", "HUF") == 15000
+    assert wire.minor_units("0.10", "USD") == 10
+    assert wire.minor_units("-1.50", "EUR") == -150
     with pytest.raises(ProcessorError):
-        m.minor_units("1.234", "USD")
+        wire.minor_units("1.234", "USD")
     with pytest.raises(ProcessorError):
-        m.minor_units("1e3", "USD")
+        wire.minor_units("1e3", "USD")
     with pytest.raises(InvalidArgument) as kwd:
-        m.paypal_value(Money(1234, "KWD"))
+        wire.paypal_value(Money(1234, "KWD"))
     assert kwd.value.reason == "AMOUNT_NOT_SUPPORTED_BY_PROCESSOR"
     with pytest.raises(InvalidArgument) as huf:
-        m.paypal_value(Money(15050, "HUF"))
+        wire.paypal_value(Money(15050, "HUF"))
     assert huf.value.reason == "AMOUNT_NOT_SUPPORTED_BY_PROCESSOR"
 
 
@@ -391,9 +390,11 @@ async def test_amounts_round_trip_through_payments_and_refunds(
 
 def test_a_refund_custom_id_copied_from_the_capture_is_not_our_refund_id() -> None:
     refund = {"id": "R1", "status": "COMPLETED", "amount": {"currency_code": "USD", "value": "7.00"}}
-    inherited = m.refund_state(refund | {"custom_id": "pay_1"}, processor_payment_id="O1", payment_custom_id="pay_1")
+    inherited = mapping.refund_state(
+        refund | {"custom_id": "pay_1"}, processor_payment_id="O1", payment_custom_id="pay_1"
+    )
     assert (inherited.refund_id, inherited.amount_minor, inherited.processor_payment_id) == ("", 700, "O1")
-    assert m.refund_state(refund | {"custom_id": "re_1"}, payment_custom_id="pay_1").refund_id == "re_1"
+    assert mapping.refund_state(refund | {"custom_id": "re_1"}, payment_custom_id="pay_1").refund_id == "re_1"
 
 
 # --------------------------------------------------------------------------- plans and subscriptions
@@ -650,7 +651,7 @@ def test_order_amounts_are_read_only_when_the_status_needs_them() -> None:
         ("PAYER_ACTION_REQUIRED", PaymentStatus.REQUIRES_ACTION),
     ):
         order = {"id": "O1", "status": status, "purchase_units": [{"payments": {"captures": [garbage]}}]}
-        assert m.payment_state(order).status is expected
+        assert mapping.payment_state(order).status is expected
 
 
 async def test_oauth_token_is_fetched_once_and_reused(paypal_api: PayPalImitation) -> None:

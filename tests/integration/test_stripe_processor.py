@@ -406,7 +406,7 @@ async def test_a_currency_we_do_not_know_in_an_invoice_is_the_processors_fault(
 
 
 def test_amounts_read_back_must_be_exact_in_our_minor_units() -> None:
-    from billing_service.adapters.processors import stripe_mapping
+    from billing_service.adapters.processors.stripe import mapping as stripe_mapping
 
     assert stripe_mapping.from_stripe_amount(70000, "isk") == 700
     with pytest.raises(ProcessorError) as info:
@@ -651,7 +651,7 @@ async def test_invoice_pagination(processor: StripePaymentProcessor, stripe_api:
     for quantity in range(2, 5):
         change = SubscriptionChange(plan=None, quantity=quantity, proration=ProrationBehavior.ALWAYS_INVOICE)
         await processor.update_subscription(sub.processor_id, change, idempotency_key=key())
-    import billing_service.adapters.processors.stripe as adapter
+    import billing_service.adapters.processors.stripe.subscriptions as adapter
 
     original = adapter._PAGE_SIZE
     adapter._PAGE_SIZE = 2

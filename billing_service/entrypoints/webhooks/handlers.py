@@ -13,7 +13,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from billing_service.adapters.processors import paypal_mapping, stripe_mapping
+from billing_service.adapters.processors.paypal import mapping as paypal_mapping
+from billing_service.adapters.processors.paypal import wire as paypal_wire
+from billing_service.adapters.processors.stripe import mapping as stripe_mapping
 from billing_service.domain.common import Processor
 from billing_service.domain.disputes import FINAL_DISPUTE_STATUSES, DisputeStatus, ProcessorDisputeState
 from billing_service.service_layer import webhooks as wh
@@ -25,7 +27,6 @@ Json = dict[str, Any]
 Handler = Callable[[Deps, RequestContext, Json], Awaitable[WebhookStatus]]
 
 STRIPE, PAYPAL = Processor.STRIPE, Processor.PAYPAL
-_CANCELED_MARK = ":canceled"  # the PayPal adapter's mark on a canceled order's custom_id
 
 
 def dig(obj: Any, *path: str | int) -> Any:
@@ -144,7 +145,7 @@ def _resource(event: Json) -> Json:
 
 
 def _our_id(custom_id: str) -> str:
-    return custom_id.removesuffix(_CANCELED_MARK)
+    return paypal_mapping.our_payment_id(custom_id)
 
 
 async def paypal_order(deps: Deps, ctx: RequestContext, event: Json) -> WebhookStatus:
@@ -226,12 +227,12 @@ async def paypal_dispute(deps: Deps, ctx: RequestContext, event: Json) -> Webhoo
         amount = dig(transaction, "gross_amount")
     if not isinstance(amount, dict):
         return WebhookStatus.ORPHAN  # nothing we could mirror
-    opened = paypal_mapping.parse_time(dig(dispute, "create_time")) or ctx_now(deps)
-    closed = paypal_mapping.parse_time(dig(dispute, "update_time")) if status in FINAL_DISPUTE_STATUSES else None
+    opened = paypal_wire.parse_time(dig(dispute, "create_time")) or ctx_now(deps)
+    closed = paypal_wire.parse_time(dig(dispute, "update_time")) if status in FINAL_DISPUTE_STATUSES else None
     state = ProcessorDisputeState(
         processor_id=text(dispute, "dispute_id"),
         status=status,
-        amount=paypal_mapping.money_from(amount),
+        amount=paypal_wire.money_from(amount),
         reason=text(dispute, "reason").lower(),
         opened_at=opened,
         payment_id=_our_id(text(transaction, "custom")),
