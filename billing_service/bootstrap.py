@@ -16,12 +16,18 @@ from billing_service.observability.processor import InstrumentedProcessor
 from billing_service.service_layer.clock import SystemClock
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import Idempotency
-from billing_service.service_layer.ports import Clock, PaymentProcessor
+from billing_service.service_layer.ports import Clock, PaymentProcessor, WebhookVerifier
 
 if TYPE_CHECKING:
     from billing_service.adapters.processors._fake_state import FakeStateStore
 
 log = logging.getLogger(__name__)
+
+#: Processors whose event lists feed every reconciliation pass (a lost webhook's event
+#: reaches the inbox that way). Stripe's Events API lists every event of the account;
+#: PayPal's list (the webhook notifications of our app) is read by ``webhooks backfill``
+#: only, as before this was a processor verb: adding it here makes each pass read it too.
+RECONCILE_EVENT_SOURCES = (Processor.STRIPE,)
 
 
 def build_processors(
@@ -46,6 +52,7 @@ def build_processors(
                 api_base=settings.stripe_api_base,
                 max_attempts=settings.stripe_max_attempts,
                 webhook_secrets=tuple(s.value for s in settings.stripe_webhook_secrets),
+                webhook_tolerance_seconds=settings.stripe_webhook_tolerance_seconds,
             )
         )
     if settings.paypal_client_id:
@@ -58,9 +65,39 @@ def build_processors(
                 environment=settings.paypal_environment,
                 base_url=settings.paypal_base_url or None,
                 webhook_id=settings.paypal_webhook_id,
+                webhook_ca_file=settings.paypal_cert_ca_file,
             )
         )
     return processors
+
+
+def webhook_verifiers(
+    settings: Settings, processors: Mapping[Processor, PaymentProcessor]
+) -> dict[Processor, WebhookVerifier]:
+    """Who verifies each processor's webhook deliveries in the sidecar.
+
+    A configured processor's adapter verifies its own. A processor whose webhooks are
+    configured without its API (Stripe signing secrets without a secret key, a PayPal
+    webhook id without client credentials) gets its adapter's verifier alone: its events
+    are then stored, and processed as ORPHAN (nothing of ours can be there).
+    """
+    verifiers: dict[Processor, WebhookVerifier] = dict(processors)
+    if Processor.STRIPE not in verifiers and settings.stripe_webhook_secrets:
+        from billing_service.adapters.processors.stripe.webhooks import StripeWebhookVerifier
+
+        verifiers[Processor.STRIPE] = StripeWebhookVerifier(
+            secrets=tuple(s.value for s in settings.stripe_webhook_secrets),
+            tolerance_seconds=settings.stripe_webhook_tolerance_seconds,
+        )
+    if Processor.PAYPAL not in verifiers and settings.paypal_webhook_id:
+        from billing_service.adapters.processors.paypal.webhooks import PayPalWebhookVerifier, load_trust_roots
+
+        verifiers[Processor.PAYPAL] = PayPalWebhookVerifier(
+            settings.paypal_webhook_id,
+            environment=settings.paypal_environment,
+            trust_roots=load_trust_roots(settings.paypal_cert_ca_file),
+        )
+    return verifiers
 
 
 @dataclass
@@ -74,6 +111,7 @@ class Runtime:
     embedded: EmbeddedMongo | None = None
     processors: Mapping[Processor, PaymentProcessor] = field(default_factory=dict)
     metrics: BillingMetrics = field(default_factory=BillingMetrics)
+    event_sources: Mapping[Processor, PaymentProcessor] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         """Closes processors, the store client and the embedded server."""
@@ -154,5 +192,5 @@ async def bootstrap(
     )
     return Runtime(
         settings=settings, store=store, deps=deps, idempotency=idempotency, embedded=embedded, processors=procs,
-        metrics=metrics,
+        metrics=metrics, event_sources={name: procs[name] for name in RECONCILE_EVENT_SOURCES if name in procs},
     )  # fmt: skip

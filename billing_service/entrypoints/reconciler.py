@@ -8,13 +8,13 @@ import logging
 import os
 import random
 import socket
-from datetime import datetime
 
 from billing_service.adapters.mongo.inbox import MongoWebhookInbox
 from billing_service.adapters.mongo.leases import MongoLeases
 from billing_service.bootstrap import Runtime, bootstrap
 from billing_service.config import Settings
 from billing_service.domain.errors import BillingError
+from billing_service.service_layer import event_intake as intake
 from billing_service.service_layer.check import CheckReport, check_all
 from billing_service.service_layer.reconcile import (
     DEFAULT_BUDGET,
@@ -36,27 +36,8 @@ def _leases(runtime: Runtime) -> MongoLeases:
 
 
 def event_feed(runtime: Runtime, inbox: MongoWebhookInbox) -> EventFeed | None:
-    """Feeds the events of every processor that lists them (Stripe) into the webhook inbox.
-
-    The sidecar's workers then process them like delivered webhooks, deduplicated by event
-    id, which is how a dispute or a dashboard refund whose webhook was lost reaches us.
-    """
-    from billing_service.adapters.processors.stripe import StripePaymentProcessor
-    from billing_service.entrypoints.webhooks.cli import backfill_into
-
-    adapters = [getattr(p, "inner", p) for p in runtime.processors.values()]
-    stripe = [a for a in adapters if isinstance(a, StripePaymentProcessor)]
-    if not stripe:
-        return None
-
-    async def feed(since: datetime) -> int:
-        inserted = 0
-        for adapter in stripe:
-            added, _ = await backfill_into(inbox, adapter, since, now=runtime.deps.clock.now)
-            inserted += added
-        return inserted
-
-    return feed
+    """Feeds the events of the runtime's event sources into the webhook inbox (see ``event_intake``)."""
+    return intake.event_feed(runtime.event_sources, inbox, runtime.deps.clock)
 
 
 class ReconcilerLoop:

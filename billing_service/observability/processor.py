@@ -2,15 +2,16 @@
 
 Each call is counted in ``billing_processor_calls_total{processor,operation,outcome}``,
 timed in ``billing_processor_call_duration_seconds`` and, when tracing is on, wrapped in a
-``processor.<operation>`` span. Attributes outside the port (webhook verification, the
-fake's test handles) are forwarded to the wrapped adapter unchanged.
+``processor.<operation>`` span. The event verbs (webhook verification and translation,
+event lists) pass through unmeasured, and attributes outside the port (the fake's test
+handles) are forwarded to the wrapped adapter unchanged.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from billing_service.domain.common import Processor
@@ -18,6 +19,7 @@ from billing_service.domain.customers import Customer
 from billing_service.domain.errors import NotSupportedByProcessor, PaymentDeclined, ProcessorError
 from billing_service.domain.money import Money
 from billing_service.domain.payments import ProcessorPaymentState, ProcessorRefundState
+from billing_service.domain.processor_events import ProcessorEvent, VerifiedEvent
 from billing_service.domain.subscriptions import Plan, ProcessorInvoiceState, ProcessorSubscriptionState
 from billing_service.observability.metrics import BillingMetrics
 from billing_service.observability.tracing import processor_span
@@ -215,6 +217,23 @@ class InstrumentedProcessor:
     async def list_invoices(self, processor_subscription_id: str) -> list[ProcessorInvoiceState]:
         """See ``PaymentProcessor``."""
         return await self._call("list_invoices", lambda: self.inner.list_invoices(processor_subscription_id))
+
+    @property
+    def verifies_webhooks(self) -> bool:
+        """See ``PaymentProcessor``."""
+        return self.inner.verifies_webhooks
+
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> VerifiedEvent:
+        """See ``PaymentProcessor`` (unmeasured: the sidecar counts deliveries itself)."""
+        return await self.inner.verify_webhook(headers, body)
+
+    def parse_event(self, event_type: str, payload: Mapping[str, Any]) -> ProcessorEvent | None:
+        """See ``PaymentProcessor`` (no I/O)."""
+        return self.inner.parse_event(event_type, payload)
+
+    def list_events(self, since: datetime, *, page_size: int = 100) -> AsyncIterator[VerifiedEvent]:
+        """See ``PaymentProcessor`` (unmeasured, as backfill always was)."""
+        return self.inner.list_events(since, page_size=page_size)
 
     async def aclose(self) -> None:
         """Closes the wrapped adapter."""

@@ -66,7 +66,7 @@ async def record_dispute(
             amount=state.amount,
             reason=state.reason,
             status=state.status,
-            opened_at=state.opened_at,
+            opened_at=state.opened_at or now,  # a report without a date: when we learned of it
             created_at=now,
             updated_at=now,
         )

@@ -7,7 +7,7 @@ crosses a port: adapters translate to and from the domain types below.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,6 +26,7 @@ from billing_service.domain.payments import (
     Refund,
     RefundReason,
 )
+from billing_service.domain.processor_events import ProcessorEvent, VerifiedEvent
 from billing_service.domain.subscriptions import (
     Invoice,
     Plan,
@@ -192,12 +193,56 @@ class PaymentProcessor(Protocol):
     it to the processor (Stripe ``Idempotency-Key``, PayPal ``PayPal-Request-Id``), so a
     retried call never moves money twice. Failures are raised as ``ProcessorError``
     (``PaymentDeclined`` for declines, ``NotSupportedByProcessor`` for missing features).
+
+    The event verbs (``verify_webhook``, ``parse_event``, ``list_events``) are what the
+    webhook sidecar, the backfill and the reconciler need, so none of them knows a vendor.
+    Fetching the object an event names is ``get_payment`` / ``get_refund`` /
+    ``get_subscription`` with the ids ``parse_event`` returns.
     """
 
     name: Processor
     #: How long the processor is known to remember an idempotency key of any write we send
     #: (Stripe 24 h, PayPal orders 6 h). A write is never re-sent after this, minus a margin.
     key_retention: timedelta
+
+    @property
+    def verifies_webhooks(self) -> bool:
+        """True when webhook deliveries can be verified here (signing secrets or a webhook
+        id are configured); otherwise ``verify_webhook`` refuses every delivery."""
+        ...
+
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> VerifiedEvent:
+        """Checks a delivery's signature on the raw body, then reads its envelope.
+
+        Args:
+            headers: The request's headers; names are looked up in lower case (pass a
+                case-insensitive mapping such as the web framework's).
+            body: The raw request body, exactly as received.
+
+        Raises:
+            SignatureError: The delivery is not provably from this processor, or its
+                webhooks are not configured here.
+            BadEvent: It is, but the body is not a usable event (strict UTF-8 JSON, one
+                object of bounded depth, with an id, a type and the processor's envelope).
+        """
+        ...
+
+    def parse_event(self, event_type: str, payload: Mapping[str, Any]) -> ProcessorEvent | None:
+        """Translates a verified event into our terms (no I/O).
+
+        Returns:
+            What happened and which ids find our records; None for an event type we do
+            not act on (stored and acknowledged as IGNORED).
+        """
+        ...
+
+    def list_events(self, since: datetime, *, page_size: int = 100) -> AsyncIterator[VerifiedEvent]:
+        """Yields the events the processor created at or after ``since``, as it sent them.
+
+        Raises:
+            NotSupportedByProcessor: The processor keeps no event list.
+        """
+        ...
 
     async def create_customer(self, customer: Customer, *, idempotency_key: str) -> str:
         """Creates the customer at the processor; returns the processor's customer id."""
@@ -299,6 +344,25 @@ class PaymentProcessor(Protocol):
 
     async def aclose(self) -> None:
         """Releases HTTP clients and worker threads."""
+        ...
+
+
+class WebhookVerifier(Protocol):
+    """What the webhook sidecar needs of a processor: verifying its deliveries.
+
+    Every ``PaymentProcessor`` is one. A processor whose webhooks are configured without
+    API access (only its signing secrets) gets a verifier of its own from its adapter.
+    """
+
+    name: Processor
+
+    @property
+    def verifies_webhooks(self) -> bool:
+        """True when deliveries can be verified (see ``PaymentProcessor``)."""
+        ...
+
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> VerifiedEvent:
+        """See ``PaymentProcessor.verify_webhook``."""
         ...
 
 
@@ -511,6 +575,32 @@ class BillingStore(Protocol):
 
     async def page_token_secret(self) -> bytes:
         """A random secret shared by all replicas, created once, for signing page tokens."""
+        ...
+
+
+# ---------------------------------------------------------------------------
+# Leases
+# ---------------------------------------------------------------------------
+
+
+class Leases(Protocol):
+    """Named leases, so a periodic job (the reconciler) runs on one replica at a time, plus
+    the state (cursors) each job keeps between its passes, guarded by the lease."""
+
+    async def acquire(self, name: str, owner: str, *, now: datetime, ttl_seconds: float) -> bool:
+        """Takes or renews the lease; False while another owner holds it."""
+        ...
+
+    async def release(self, name: str, owner: str) -> None:
+        """Gives the lease up."""
+        ...
+
+    async def load_state(self, name: str) -> dict[str, str]:
+        """The state the last holder saved (cursors), or {}."""
+        ...
+
+    async def save_state(self, name: str, owner: str, state: Mapping[str, str]) -> bool:
+        """Saves state while ``owner`` holds the lease; False once it lost it."""
         ...
 
 

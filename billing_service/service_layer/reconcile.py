@@ -14,10 +14,11 @@ and cut off after ``budget`` records, so its cost does not grow with the book:
   trust, a cancel that raced its create) are looked up once by our id;
 * subscriptions: those whose period has ended first (a renewal is due), then a rotating
   slice of the others;
-* processor events since the last pass (``event_feed``: Stripe's Events API into the
-  webhook inbox, deduplicated by event id), which is how disputes and refunds made in a
-  processor dashboard reach us when their webhooks were lost; its cost follows the
-  processors' activity since the last pass.
+* processor events since the last pass (``event_feed``: the event lists of the processors
+  the composition root chose, through their adapters' ``list_events``, into the webhook
+  inbox, deduplicated by event id), which is how disputes and refunds made in a processor
+  dashboard reach us when their webhooks were lost; its cost follows the processors'
+  activity since the last pass.
 
 Every record found to differ from its processor is reported as drift (``core.report_drift``,
 counted in ``billing_drift_total``); each repair is an audit event by caller ``reconciler``.
@@ -31,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from billing_service.domain.common import AuditEvent, RequestOrigin
 from billing_service.domain.payments import FINAL_PAYMENT_STATUSES, Payment, PaymentStatus, Refund, RefundStatus
@@ -48,7 +49,7 @@ from billing_service.service_layer.lookups import (
     refund_origin,
     resend_deadline,
 )
-from billing_service.service_layer.ports import Change, E, LookupOutcome, Update
+from billing_service.service_layer.ports import Change, E, Leases, LookupOutcome, Update
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +63,6 @@ EVENTS_OVERLAP = timedelta(minutes=5)
 _PAGE = 100
 
 EventFeed = Callable[[datetime], Awaitable[int]]
-
-
-class Leases(Protocol):
-    """A named lease so one replica at a time reconciles, plus the pass state it guards."""
-
-    async def acquire(self, name: str, owner: str, *, now: Any, ttl_seconds: float) -> bool:
-        """Takes or renews the lease; False while another owner holds it."""
-        ...
-
-    async def release(self, name: str, owner: str) -> None:
-        """Gives the lease up."""
-        ...
-
-    async def load_state(self, name: str) -> dict[str, str]:
-        """The state the last holder saved (cursors), or {}."""
-        ...
-
-    async def save_state(self, name: str, owner: str, state: Mapping[str, str]) -> bool:
-        """Saves state while ``owner`` holds the lease; False once it lost it."""
-        ...
 
 
 @dataclass

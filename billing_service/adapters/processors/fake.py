@@ -11,6 +11,11 @@ Beyond the port it has a few test handles: ``complete_action`` (the buyer finish
 Secure), ``settle_refunds``, ``process_renewals`` / ``advance_clock_to``, ``fail_next``
 (fault injection) and the effect records ``charges_created`` and ``effects``.
 
+It sends no events, so its event verbs say so: ``verify_webhook`` refuses every delivery
+(``SignatureError``: nothing can be signed by it), ``parse_event`` acts on no type, and
+``list_events`` raises ``NotSupportedByProcessor`` (backfill and reconciliation skip it).
+Its use cases converge on its truth through the same re-reads as the real processors'.
+
 Built with a ``state`` store (as ``bootstrap`` does for the running service), it keeps its
 records, id counters and idempotency keys there, like a processor: ids are never handed
 out twice and nothing is forgotten across restarts, and processes on one store share it.
@@ -20,7 +25,9 @@ Without one (unit tests) it lives in memory only.
 from __future__ import annotations
 
 import copy
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
+from typing import Any
 
 from billing_service.adapters.processors._fake_machinery import FakeMachinery
 from billing_service.adapters.processors._fake_records import (
@@ -35,13 +42,14 @@ from billing_service.adapters.processors._fake_records import (
 from billing_service.domain.card_data import contains_card_number
 from billing_service.domain.common import Processor
 from billing_service.domain.customers import Customer
-from billing_service.domain.errors import PaymentDeclined
+from billing_service.domain.errors import NotSupportedByProcessor, PaymentDeclined
 from billing_service.domain.money import Money
 from billing_service.domain.payments import (
     PaymentStatus,
     ProcessorPaymentState,
     ProcessorRefundState,
 )
+from billing_service.domain.processor_events import ProcessorEvent, SignatureError, VerifiedEvent
 from billing_service.domain.subscriptions import (
     Plan,
     ProcessorInvoiceState,
@@ -89,6 +97,7 @@ class FakePaymentProcessor(FakeMachinery):
     """
 
     name: Processor = Processor.FAKE
+    verifies_webhooks = False  # it sends no webhooks
 
     @property
     def charges_created(self) -> list[FakeCharge]:
@@ -457,6 +466,23 @@ class FakePaymentProcessor(FakeMachinery):
             raise ValueError("the clock only moves forward")
         self._clock.advance(when - self._clock.now())
         return await self.process_renewals()
+
+    # -- events: the fake sends none --------------------------------------------------------
+
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> VerifiedEvent:
+        """Refuses every delivery: the fake processor sends no webhooks."""
+        raise SignatureError("the fake processor sends no webhooks")
+
+    def parse_event(self, event_type: str, payload: Mapping[str, Any]) -> ProcessorEvent | None:
+        """None: the fake sends no events, so no type means anything to it."""
+        return None
+
+    async def list_events(self, since: datetime, *, page_size: int = 100) -> AsyncIterator[VerifiedEvent]:
+        """Raises ``NotSupportedByProcessor``: the fake keeps no event list."""
+        raise NotSupportedByProcessor(
+            "the fake processor keeps no event list", metadata={"processor": Processor.FAKE.value}
+        )
+        yield  # never reached: it only makes this an async generator, like the other adapters'
 
     # -- lifecycle ------------------------------------------------------------------------
 

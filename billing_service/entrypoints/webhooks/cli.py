@@ -1,63 +1,51 @@
 """``billing-service webhooks``: serve the sidecar, replay stored events, backfill from the processors.
 
 * ``webhooks`` / ``webhooks serve``: the HTTP sidecar and its inbox workers.
-* ``webhooks replay --event ID [--processor stripe|paypal]``: process one stored event again.
+* ``webhooks replay --event ID [--processor NAME]``: process one stored event again.
 * ``webhooks replay --dead``: make every DEAD event pending again.
-* ``webhooks backfill --since 2026-01-01T00:00:00Z [--processor stripe|paypal]``: list the events
-  each configured processor created since then (Stripe's Events API keeps 30 days; PayPal's
-  webhook events list, ``GET /v1/notifications/webhooks-events``) and insert the ones the inbox
-  lacks; the workers then process them.
+* ``webhooks backfill --since 2026-01-01T00:00:00Z [--processor NAME]``: list the events each
+  configured processor created since then (its adapter's ``list_events``; a processor that
+  keeps no event list, like the fake, is skipped) and insert the ones the inbox lacks; the
+  workers then process them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from billing_service.config import ConfigError, Settings
 from billing_service.domain.common import Processor
-from billing_service.entrypoints.webhooks.inbox import scrub_payload
+from billing_service.domain.errors import NotSupportedByProcessor
+from billing_service.service_layer.event_intake import backfill_into
+
+__all__ = ["add_parser", "backfill", "backfill_into", "bind", "parse_since", "replay", "run", "serve"]
 
 log = logging.getLogger("billing_service.webhooks")
-
-
-class EventSource(Protocol):
-    """A processor adapter that can list the events it sent (Stripe and PayPal; not the fake)."""
-
-    name: Processor
-
-    def iter_events(self, since: datetime, *, page_size: int = ...) -> AsyncIterator[dict[str, Any]]:
-        """Yields the processor's events created at or after ``since``, as plain JSON values."""
-        ...
-
-
-_BACKFILL_PAGE = 100
 
 
 def add_parser(sub: Any) -> None:
     """Registers the ``webhooks`` command group on the top-level subparsers."""
     webhooks = sub.add_parser("webhooks", help="the webhook sidecar: serve, replay, backfill")
     actions = webhooks.add_subparsers(dest="webhooks_command")
-    actions.add_parser("serve", help="verify, store and process Stripe/PayPal webhooks (the default)")
+    actions.add_parser("serve", help="verify, store and process the processors' webhooks (the default)")
     replay = actions.add_parser("replay", help="process stored events again")
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--event", metavar="ID", help="the processor's event id (evt_..., WH-...)")
     which.add_argument("--dead", action="store_true", help="every event parked as dead")
-    replay.add_argument("--processor", choices=[Processor.STRIPE.value, Processor.PAYPAL.value])
-    backfill = actions.add_parser("backfill", help="fetch missed events from Stripe's and PayPal's event lists")
+    replay.add_argument("--processor", choices=[p.value for p in Processor])
+    backfill = actions.add_parser("backfill", help="fetch missed events from the processors' event lists")
     backfill.add_argument("--since", required=True, metavar="ISO8601", help="e.g. 2026-01-01T00:00:00Z")
     backfill.add_argument(
         "--processor",
-        choices=[Processor.STRIPE.value, Processor.PAYPAL.value],
-        help="only this processor (default: every configured one)",
+        choices=[p.value for p in Processor],
+        help="only this processor (default: every configured one that keeps an event list)",
     )
 
 
@@ -119,28 +107,16 @@ async def _build(settings: Settings, *, mongodb_uri: str | None = None) -> _Buil
 def build_sidecar(settings: Settings, runtime: Any, inbox: Any) -> Any:
     """Builds the app's dependencies (verifiers, workers, metrics) from settings.
 
-    The webhook metrics join the runtime's registry (``runtime.metrics``, which already
-    holds the processor-call metrics of this process), so one endpoint serves them all.
+    The webhook metrics join the runtime's registry
+    (``runtime.metrics``, which already holds the processor-call metrics of this process),
+    so one endpoint serves them all.
     """
-    from billing_service.entrypoints.webhooks import paypal as pp
+    from billing_service.bootstrap import webhook_verifiers
     from billing_service.entrypoints.webhooks.app import Sidecar
-    from billing_service.entrypoints.webhooks.stripe import StripeWebhookVerifier
     from billing_service.entrypoints.webhooks.worker import InboxWorkers, WorkerSettings
     from billing_service.observability.metrics import WebhookMetrics
 
     metrics = WebhookMetrics(runtime.metrics.registry)
-
-    stripe_verifier = StripeWebhookVerifier(
-        secrets=tuple(s.value for s in settings.stripe_webhook_secrets),
-        tolerance_seconds=settings.stripe_webhook_tolerance_seconds,
-    )
-    paypal_verifier = None
-    if settings.paypal_webhook_id:
-        paypal_verifier = pp.PayPalWebhookVerifier(
-            settings.paypal_webhook_id,
-            environment=settings.paypal_environment,
-            trust_roots=pp.load_trust_roots(settings.paypal_cert_ca_file),
-        )
     workers = None
     if settings.webhook_workers:
         workers = InboxWorkers(
@@ -160,8 +136,7 @@ def build_sidecar(settings: Settings, runtime: Any, inbox: Any) -> Any:
         inbox=inbox,
         clock=runtime.deps.clock,
         ping=runtime.store.ping,
-        stripe=stripe_verifier,
-        paypal=paypal_verifier,
+        verifiers=webhook_verifiers(settings, runtime.processors),
         max_body_bytes=settings.webhook_max_body_bytes,
         workers=workers,
         metrics=metrics,
@@ -228,12 +203,13 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
             await asyncio.sleep(0.01)
         if server.started:
             host, port = sock.getsockname()[:2]
-            configured = [p.value for p in (Processor.STRIPE, Processor.PAYPAL) if p in built.runtime.processors]
+            processors = built.runtime.processors
+            verified = [name.value for name, verifier in sidecar.verifiers.items() if verifier.verifies_webhooks]
             print(
                 f"billing webhook sidecar on {'https' if tls else 'http'}://{host}:{port} "
-                "(POST /webhooks/stripe, /webhooks/paypal; "
-                f"workers: {settings.webhook_workers}; stripe secrets: {len(settings.stripe_webhook_secrets)}; "
-                f"paypal: {'on' if sidecar.paypal else 'off'}; processors: {', '.join(configured) or 'none'})",
+                f"(POST /webhooks/<processor>; workers: {settings.webhook_workers}; "
+                f"verifying: {', '.join(verified) or 'none'}; "
+                f"processors: {', '.join(p.value for p in processors) or 'none'})",
                 flush=True,
             )
             if metrics_server is not None:
@@ -262,7 +238,7 @@ async def replay(settings: Settings, *, event_id: str | None, dead: bool, proces
 
 
 async def backfill(
-    settings: Settings, since: datetime, *, only: Processor | None = None, processors: Any = None
+    settings: Settings, since: datetime, *, only: Processor | None = None
 ) -> dict[Processor, tuple[int, int]]:
     """Inserts the events each processor created since ``since`` that the inbox does not have yet.
 
@@ -271,59 +247,30 @@ async def backfill(
 
     Args:
         only: Backfill this processor alone.
-        processors: Adapters to use instead of those built from settings (tests).
 
     Returns:
-        Per processor, (inserted, seen).
+        Per processor that keeps an event list, (inserted, seen).
 
     Raises:
-        ConfigError: No configured processor can list its events (or ``only`` is not configured).
+        ConfigError: No configured processor keeps an event list (or ``only`` is not
+            configured, or keeps none).
     """
-    from billing_service.bootstrap import build_processors
-
     built = await _build(settings)
-    owned = processors is None
-    adapters: dict[Processor, Any] = (
-        dict(processors) if processors is not None else dict(build_processors(settings, built.runtime.deps.clock))
-    )
     try:
-        sources = {
-            name: adapter
-            for name, adapter in adapters.items()
-            if hasattr(adapter, "iter_events") and (only is None or name is only)
-        }
-        if not sources:
-            wanted = only.value if only else "Stripe or PayPal"
-            raise ConfigError(f"backfill needs {wanted} configured (only their event lists can be read)")
-        return {
-            name: await backfill_into(built.inbox, source, since, now=built.runtime.deps.clock.now)
-            for name, source in sources.items()
-        }
+        processors = built.runtime.processors
+        if only is not None and only not in processors:
+            raise ConfigError(f"backfill: {only.value} is not configured")
+        counts: dict[Processor, tuple[int, int]] = {}
+        for name, source in processors.items():
+            if only is not None and name is not only:
+                continue
+            try:
+                counts[name] = await backfill_into(built.inbox, source, since, now=built.runtime.deps.clock.now)
+            except NotSupportedByProcessor:
+                continue  # keeps no event list (the fake)
+        if not counts:
+            wanted = only.value if only is not None else "a configured processor"
+            raise ConfigError(f"backfill needs {wanted} that keeps an event list")
+        return counts
     finally:
-        if owned:
-            for adapter in adapters.values():
-                await adapter.aclose()
         await built.runtime.aclose()
-
-
-async def backfill_into(
-    inbox: Any, source: EventSource, since: datetime, *, now: Any, page_size: int = _BACKFILL_PAGE
-) -> tuple[int, int]:
-    """Inserts every event ``source`` lists since ``since`` into the inbox (duplicates are skipped).
-
-    The body stored is the event's JSON as the processor sent it: amounts stay integers or
-    decimal strings, never floats (``json.dumps`` refuses anything it cannot write exactly).
-    """
-    processor = source.name
-    inserted = seen = 0
-    async for event in source.iter_events(since, page_size=page_size):
-        seen += 1
-        event_id, event_type = event.get("id"), event.get("type") or event.get("event_type")
-        if not (isinstance(event_id, str) and event_id and isinstance(event_type, str) and event_type):
-            log.warning("webhook backfill skipped an event without id or type: processor=%s", processor.value)
-            continue
-        body = scrub_payload(json.dumps(event, separators=(",", ":")).encode())
-        if await inbox.insert(processor, event_id, event_type, body, now=now()):
-            inserted += 1
-            log.info("webhook backfilled: processor=%s event_id=%s type=%s", processor.value, event_id, event_type)
-    return inserted, seen

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
@@ -48,7 +49,10 @@ class PayPalSettings:
         max_workers: Threads running SDK calls, which bounds concurrent PayPal requests.
         max_attempts: Attempts per call, including the first.
         timeout_seconds: Per-request connect and read timeout.
-        webhook_id: Id of our webhook at PayPal, used to verify webhook deliveries.
+        webhook_id: Id of our webhook at PayPal, used to verify webhook deliveries (none:
+            every delivery is refused).
+        webhook_ca_file: Roots a delivery's signing certificate must chain to (PEM);
+            certifi's CA bundle when None.
         catalog_product_id: Our id for the one catalog product every plan belongs to
             (PayPal revises subscriptions only between plans of one product).
     """
@@ -61,6 +65,7 @@ class PayPalSettings:
     max_attempts: int = 3
     timeout_seconds: float = 20
     webhook_id: str = ""
+    webhook_ca_file: Path | None = None
     catalog_product_id: str = "billing-subscriptions"
 
     def __post_init__(self) -> None:

@@ -44,6 +44,8 @@ class StripeSettings:
         max_attempts: Attempts per call, including the first (retry policy default).
         timeout_seconds: Per-request HTTP timeout.
         webhook_secrets: Endpoint signing secrets (``whsec_...``); several during rotation.
+            None: webhook deliveries are refused.
+        webhook_tolerance_seconds: Maximum age of a delivery's signed timestamp.
     """
 
     secret_key: str
@@ -51,6 +53,7 @@ class StripeSettings:
     max_attempts: int = 3
     timeout_seconds: float = 20
     webhook_secrets: tuple[str, ...] = ()
+    webhook_tolerance_seconds: int = 300
 
     @property
     def mode(self) -> Literal["test", "live"]:
@@ -72,7 +75,7 @@ class StripeSettings:
         return (
             f"StripeSettings(secret_key={_mask(self.secret_key)!r}, api_base={self.api_base!r}, "
             f"max_attempts={self.max_attempts}, timeout_seconds={self.timeout_seconds}, "
-            f"webhook_secrets=({secrets}))"
+            f"webhook_secrets=({secrets}), webhook_tolerance_seconds={self.webhook_tolerance_seconds})"
         )
 
     __str__ = __repr__

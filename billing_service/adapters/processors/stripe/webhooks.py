@@ -1,4 +1,4 @@
-"""Verification of Stripe webhook deliveries (``Stripe-Signature``).
+"""Verification of Stripe webhook deliveries (``Stripe-Signature``) and their envelope.
 
 Uses the SDK's own verifier (``stripe.WebhookSignature.verify_header``, the check behind
 ``stripe.Webhook.construct_event``) against every configured endpoint secret, so a secret
@@ -10,17 +10,19 @@ signature matched, and never through the SDK's global client.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import stripe
 
-from billing_service.entrypoints.webhooks.inbox import BadEvent, ParsedEvent, SignatureError, load_json_object
+from billing_service.domain.common import Processor
+from billing_service.domain.processor_events import BadEvent, SignatureError, VerifiedEvent, load_json_object
 
 
 @dataclass(frozen=True, repr=False)
 class StripeWebhookVerifier:
-    """Checks ``Stripe-Signature`` headers.
+    """Checks ``Stripe-Signature`` headers (a ``WebhookVerifier`` of its own, and the one the
+    adapter's ``verify_webhook`` uses).
 
     Args:
         secrets: Endpoint signing secrets (``whsec_...``); several while rotating.
@@ -29,6 +31,17 @@ class StripeWebhookVerifier:
 
     secrets: Sequence[str] = field(default=())
     tolerance_seconds: int = 300
+    name = Processor.STRIPE
+
+    @property
+    def verifies_webhooks(self) -> bool:
+        """True once a signing secret is configured."""
+        return bool(self.secrets)
+
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> VerifiedEvent:
+        """Checks ``Stripe-Signature`` against every configured secret, then reads the envelope."""
+        self.verify(body, headers.get("stripe-signature"))
+        return read_envelope(body)
 
     def __repr__(self) -> str:
         return f"StripeWebhookVerifier(secrets=<{len(self.secrets)}>, tolerance_seconds={self.tolerance_seconds})"
@@ -68,7 +81,7 @@ def _timestamp(header: str) -> int | None:
     return None
 
 
-def parse_event(body: bytes) -> ParsedEvent:
+def read_envelope(body: bytes) -> VerifiedEvent:
     """Reads a verified Stripe event's id, type and object.
 
     Raises:
@@ -83,4 +96,4 @@ def parse_event(body: bytes) -> ParsedEvent:
         raise BadEvent("event without id or type")
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise BadEvent("event without data.object")
-    return ParsedEvent(event_id=event_id, type=event_type, payload=payload)
+    return VerifiedEvent(event_id=event_id, type=event_type, payload=payload)

@@ -1,4 +1,4 @@
-"""Self-verification of PayPal webhook deliveries (transmission signatures).
+"""Self-verification of PayPal webhook deliveries (transmission signatures) and their envelope.
 
 PayPal signs ``<transmission id>|<transmission time>|<webhook id>|<CRC32 of the raw body>``
 with SHA256withRSA; the signing certificate is named by ``PAYPAL-CERT-URL``. We accept it
@@ -34,7 +34,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from billing_service.entrypoints.webhooks.inbox import BadEvent, ParsedEvent, SignatureError, load_json_object
+from billing_service.domain.common import Processor
+from billing_service.domain.processor_events import BadEvent, SignatureError, VerifiedEvent, load_json_object
 
 CERT_HOSTS = frozenset({"api.paypal.com", "api.sandbox.paypal.com", "api-m.paypal.com", "api-m.sandbox.paypal.com"})
 # The host names PayPal's signing certificates are issued for, per environment.
@@ -129,8 +130,20 @@ class PayPalWebhookVerifier:
         self._cache: dict[str, _CachedKey] = {}
         self._lock = asyncio.Lock()
 
+    name = Processor.PAYPAL
+
     def __repr__(self) -> str:
         return f"PayPalWebhookVerifier(subjects={self._subjects!r}, webhook_id_set={bool(self._webhook_id)})"
+
+    @property
+    def verifies_webhooks(self) -> bool:
+        """True once our webhook id is known."""
+        return bool(self._webhook_id)
+
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> VerifiedEvent:
+        """Checks the transmission signature (``verify``), then reads the envelope."""
+        await self.verify(body, headers)
+        return read_envelope(body)
 
     async def verify(self, body: bytes, headers: Mapping[str, str]) -> None:
         """Raises ``SignatureError`` unless the delivery is signed by PayPal for our webhook."""
@@ -195,7 +208,7 @@ class PayPalWebhookVerifier:
         raise SignatureError("certificate does not chain to a trusted root for PayPal")
 
 
-def parse_event(body: bytes) -> ParsedEvent:
+def read_envelope(body: bytes) -> VerifiedEvent:
     """Reads a verified PayPal event's id, type and resource.
 
     Raises:
@@ -207,4 +220,4 @@ def parse_event(body: bytes) -> ParsedEvent:
         raise BadEvent("event without id or event_type")
     if not isinstance(payload.get("resource"), dict):
         raise BadEvent("event without resource")
-    return ParsedEvent(event_id=event_id, type=event_type, payload=payload)
+    return VerifiedEvent(event_id=event_id, type=event_type, payload=payload)
