@@ -38,19 +38,13 @@ def _config_error(exc: ConfigError) -> int:
 
 
 async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
-    from billing_service.bootstrap import bootstrap
+    from billing_service.bootstrap import bootstrap, build_reconciler, build_subscription_sampler
     from billing_service.entrypoints.grpc_api.auth import build_auth
     from billing_service.entrypoints.grpc_api.server import GrpcServer
 
     # Before anything starts: unreadable TLS files or unknown permissions are config errors.
     interceptors, credentials = build_auth(settings)
-    from billing_service.observability.metrics import (
-        BillingMetrics,
-        MetricsInterceptor,
-        SubscriptionSampler,
-        mongo_subscription_counter,
-        serve_metrics,
-    )
+    from billing_service.observability.metrics import BillingMetrics, MetricsInterceptor, serve_metrics
     from billing_service.observability.tracing import configure_tracing
 
     # Tracing first (its Mongo listener must exist before the client); metrics before auth
@@ -66,7 +60,7 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
     if settings.metrics_port:
         metrics_host = settings.grpc_address.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
         metrics_server = serve_metrics(metrics.registry, port=settings.metrics_port, host=metrics_host)
-    sampler = SubscriptionSampler(metrics, mongo_subscription_counter(runtime.store.database))
+    sampler = build_subscription_sampler(runtime)
     server = GrpcServer(
         runtime.deps,
         runtime.idempotency,
@@ -76,9 +70,7 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
         health_interval=settings.health_interval_seconds,
         interceptors=interceptors,
     )
-    from billing_service.entrypoints.reconciler import ReconcilerLoop
-
-    reconciler = ReconcilerLoop(runtime, settings.reconcile_interval_seconds)
+    reconciler = build_reconciler(runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -176,6 +168,27 @@ async def _run_dev(settings: Settings) -> int:
     return max((abs(c.returncode or 0) for c in children if c.returncode not in (None, -signal.SIGTERM)), default=0)
 
 
+async def _reconcile(settings: Settings, *, check: bool) -> int:
+    """``reconcile``: one full pass now, regardless of the lease (an operator's explicit request);
+    ``reconcile --check``: compare every record with its processor, changing nothing."""
+    from billing_service.bootstrap import bootstrap
+    from billing_service.entrypoints.reconciler import print_check, print_report
+    from billing_service.service_layer.check import check_all
+    from billing_service.service_layer.reconcile import reconcile_once
+
+    runtime = await bootstrap(settings)
+    try:
+        if check:
+            checked = await check_all(runtime.deps)
+            print_check(checked)
+            return 1 if checked.drift or checked.errors else 0
+        report = await reconcile_once(runtime.deps, budget=None, event_feed=runtime.event_feed)
+        print_report(report)
+        return 1 if report.errors else 0
+    finally:
+        await runtime.aclose()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``billing-service`` command."""
     parser = argparse.ArgumentParser(prog="billing-service", description="gRPC billing service")
@@ -209,15 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return asyncio.run(_run_dev(settings))
     if args.command == "reconcile":
-        from billing_service.entrypoints import reconciler
-
-        if args.check:
-            checked = asyncio.run(reconciler.check_command(settings))
-            reconciler.print_check(checked)
-            return 1 if checked.drift or checked.errors else 0
-        report = asyncio.run(reconciler.reconcile_command(settings))
-        reconciler.print_report(report)
-        return 1 if report.errors else 0
+        return asyncio.run(_reconcile(settings, check=args.check))
     if args.command == "serve":
         try:
             asyncio.run(_serve(settings))

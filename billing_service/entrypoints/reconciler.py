@@ -1,43 +1,23 @@
-"""The reconciler as a background loop of `serve` and as the `billing-service reconcile` command."""
+"""The reconciler as a background loop of ``serve``, and the report printers of ``billing-service reconcile``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
 import random
-import socket
 
-from billing_service.adapters.mongo.inbox import MongoWebhookInbox
-from billing_service.adapters.mongo.leases import MongoLeases
-from billing_service.bootstrap import Runtime, bootstrap
-from billing_service.config import Settings
 from billing_service.domain.errors import BillingError
-from billing_service.service_layer import event_intake as intake
-from billing_service.service_layer.check import CheckReport, check_all
-from billing_service.service_layer.reconcile import (
-    DEFAULT_BUDGET,
-    EventFeed,
-    ReconcileReport,
-    reconcile_once,
-    reconcile_with_lease,
-)
+from billing_service.observability.metrics import BillingMetrics
+from billing_service.service_layer.check import CheckReport
+from billing_service.service_layer.core import Deps
+from billing_service.service_layer.ports import Leases
+from billing_service.service_layer.reconcile import DEFAULT_BUDGET, EventFeed, ReconcileReport, reconcile_with_lease
 
 log = logging.getLogger(__name__)
 
 # After a failed pass the loop retries sooner, doubling from this up to the interval.
 _FIRST_BACKOFF_SECONDS = 1.0
-
-
-def _leases(runtime: Runtime) -> MongoLeases:
-    database = runtime.store.database
-    return MongoLeases(database.client, database.name)
-
-
-def event_feed(runtime: Runtime, inbox: MongoWebhookInbox) -> EventFeed | None:
-    """Feeds the events of the runtime's event sources into the webhook inbox (see ``event_intake``)."""
-    return intake.event_feed(runtime.event_sources, inbox, runtime.deps.clock)
 
 
 class ReconcilerLoop:
@@ -47,18 +27,34 @@ class ReconcilerLoop:
     backs off and goes on; only cancellation stops it.
 
     Args:
-        runtime: The process's store and processors.
+        deps: The use cases' ports.
+        leases: Where the reconciler lease and its cursors live.
         interval: Seconds between passes (0 disables the loop).
+        metrics: Where passes are counted.
+        event_feed: Feeds processor events into the webhook inbox on each pass (None: none).
         budget: Records per sweep and pass.
+        owner: This replica's name in the lease.
     """
 
-    def __init__(self, runtime: Runtime, interval: float, *, budget: int | None = DEFAULT_BUDGET) -> None:
-        self._runtime = runtime
+    def __init__(
+        self,
+        deps: Deps,
+        leases: Leases,
+        interval: float,
+        *,
+        metrics: BillingMetrics,
+        event_feed: EventFeed | None = None,
+        budget: int | None = DEFAULT_BUDGET,
+        owner: str,
+    ) -> None:
+        self._deps = deps
+        self._leases = leases
         self._interval = interval
+        self._metrics = metrics
+        self._event_feed = event_feed
         self._budget = budget
-        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._owner = owner
         self._task: asyncio.Task[None] | None = None
-        self._inbox = MongoWebhookInbox(runtime.store.database.client, runtime.store.database.name)
 
     def start(self) -> None:
         """Starts the loop in the background (no-op when disabled)."""
@@ -68,19 +64,17 @@ class ReconcilerLoop:
     async def run_pass(self) -> ReconcileReport:
         """One pass if this replica holds the lease (also what the loop runs)."""
         return await reconcile_with_lease(
-            self._runtime.deps,
-            _leases(self._runtime),
+            self._deps,
+            self._leases,
             owner=self._owner,
             lease_seconds=self._interval * 2,
             budget=self._budget,
-            event_feed=event_feed(self._runtime, self._inbox),
+            event_feed=self._event_feed,
         )
 
     async def _loop(self) -> None:
-        metrics = self._runtime.metrics
+        metrics = self._metrics
         failures = 0
-        with contextlib.suppress(Exception):
-            await self._inbox.ensure_indexes()  # the sidecar creates them too; retried by its start
         while True:
             delay = self._interval
             if failures:
@@ -119,26 +113,6 @@ class ReconcilerLoop:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-
-async def reconcile_command(settings: Settings) -> ReconcileReport:
-    """One full pass now, regardless of the lease (an operator's explicit request)."""
-    runtime = await bootstrap(settings)
-    try:
-        inbox = MongoWebhookInbox(runtime.store.database.client, runtime.store.database.name)
-        await inbox.ensure_indexes()
-        return await reconcile_once(runtime.deps, budget=None, event_feed=event_feed(runtime, inbox))
-    finally:
-        await runtime.aclose()
-
-
-async def check_command(settings: Settings) -> CheckReport:
-    """Compares every record with its processor and changes nothing."""
-    runtime = await bootstrap(settings)
-    try:
-        return await check_all(runtime.deps)
-    finally:
-        await runtime.aclose()
 
 
 def print_report(report: ReconcileReport) -> None:

@@ -85,7 +85,6 @@ __all__ = [
     "MetricsServer",
     "SubscriptionSampler",
     "WebhookMetrics",
-    "mongo_subscription_counter",
     "serve_metrics",
 ]
 
@@ -387,19 +386,6 @@ class SubscriptionSampler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-
-def mongo_subscription_counter(database: Any) -> Callable[[str], Awaitable[int]]:
-    """A :class:`SubscriptionSampler` count over the store's ``subscriptions`` collection.
-
-    Args:
-        database: The store's ``AsyncDatabase`` (``MongoBillingStore.database``).
-    """
-
-    async def count(status: str) -> int:
-        return int(await database["subscriptions"].count_documents({"status": status}))
-
-    return count
 
 
 # ---------------------------------------------------------------------------

@@ -21,9 +21,8 @@ import pytest
 from billing.v1 import billing_service_pb2 as pb
 from pymongo import AsyncMongoClient
 
-from billing_service.adapters.mongo.inbox import MongoWebhookInbox
 from billing_service.adapters.mongo.leases import MongoLeases
-from billing_service.entrypoints.reconciler import ReconcilerLoop, event_feed
+from billing_service.bootstrap import build_reconciler
 from billing_service.service_layer.reconcile import reconcile_once, reconcile_with_lease
 from tests.e2e.conftest import STRIPE_KEY, Api
 from tests.e2e.test_processors_e2e import stripe_customer
@@ -42,7 +41,7 @@ async def test_the_loop_logs_counts_backs_off_and_goes_on_after_any_failure(api:
     payments = api.runtime.store.database["payments"]
     # A document no code of ours wrote (a float amount): decoding it raises a TypeError, a bug.
     await payments.insert_one({"_id": "pay_corrupt", "status": "pending", "amount": {"amount_minor": 1.5}})
-    loop = ReconcilerLoop(api.runtime, interval=0.05)
+    loop = build_reconciler(api.runtime, interval=0.05)
     loop.start()
     try:
         for _ in range(200):
@@ -99,9 +98,8 @@ async def test_events_made_outside_the_service_reach_the_inbox_once(
         headers={"Authorization": f"Bearer {STRIPE_KEY}", "Idempotency-Key": str(uuid.uuid4())},
     )
     refund_id = response.json()["id"]
-    inbox = MongoWebhookInbox(api.runtime.store.database.client, api.runtime.store.database.name)
-    await inbox.ensure_indexes()
-    feed = event_feed(api.runtime, inbox)
+    inbox = api.runtime.inbox
+    feed = api.runtime.event_feed
     assert feed is not None
     first = await reconcile_once(api.runtime.deps, event_feed=feed, cursors={})
     assert first.events > 0 and first.cursors["events"]

@@ -16,7 +16,6 @@ import asyncio
 import logging
 import signal
 import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,67 +83,6 @@ def parse_since(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-@dataclass
-class _Built:
-    runtime: Any
-    inbox: Any
-
-
-async def _build(settings: Settings, *, mongodb_uri: str | None = None) -> _Built:
-    from billing_service.adapters.mongo.inbox import MongoWebhookInbox
-    from billing_service.bootstrap import bootstrap
-
-    runtime = await bootstrap(settings, mongodb_uri=mongodb_uri)
-    inbox = MongoWebhookInbox(runtime.store.database.client, settings.mongodb_database)
-    try:
-        await inbox.ensure_indexes()
-    except Exception:
-        await runtime.aclose()
-        raise
-    return _Built(runtime, inbox)
-
-
-def build_sidecar(settings: Settings, runtime: Any, inbox: Any) -> Any:
-    """Builds the app's dependencies (verifiers, workers, metrics) from settings.
-
-    The webhook metrics join the runtime's registry
-    (``runtime.metrics``, which already holds the processor-call metrics of this process),
-    so one endpoint serves them all.
-    """
-    from billing_service.bootstrap import webhook_verifiers
-    from billing_service.entrypoints.webhooks.app import Sidecar
-    from billing_service.entrypoints.webhooks.worker import InboxWorkers, WorkerSettings
-    from billing_service.observability.metrics import WebhookMetrics
-
-    metrics = WebhookMetrics(runtime.metrics.registry)
-    workers = None
-    if settings.webhook_workers:
-        workers = InboxWorkers(
-            runtime.deps,
-            inbox,
-            WorkerSettings(
-                workers=settings.webhook_workers,
-                lease_seconds=settings.webhook_lease_seconds,
-                max_attempts=settings.webhook_max_attempts,
-                retry_base_seconds=settings.webhook_retry_base_seconds,
-                retry_max_seconds=settings.webhook_retry_max_seconds,
-                poll_seconds=settings.webhook_poll_seconds,
-            ),
-            metrics=metrics,
-        )
-    return Sidecar(
-        inbox=inbox,
-        clock=runtime.deps.clock,
-        ping=runtime.store.ping,
-        verifiers=webhook_verifiers(settings, runtime.processors),
-        max_body_bytes=settings.webhook_max_body_bytes,
-        workers=workers,
-        metrics=metrics,
-        # The inbox gauges refresh five poll intervals apart, at most every 5 s.
-        stats_interval_seconds=min(5.0, settings.webhook_poll_seconds * 5),
-    )
-
-
 def bind(address: str) -> socket.socket:
     """Binds ``host:port`` (port 0 picks a free one) for uvicorn to serve on."""
     host, _, port = address.rpartition(":")
@@ -165,15 +103,16 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
     """Serves the sidecar until SIGTERM/SIGINT, then drains the workers."""
     import uvicorn
 
+    from billing_service.bootstrap import bootstrap, build_sidecar
     from billing_service.entrypoints.webhooks.app import create_app
     from billing_service.entrypoints.webhooks.tls import check_tls_files
     from billing_service.observability.metrics import serve_metrics
 
     tls = check_tls_files(settings)  # before anything starts: bad files are a config error
-    built = await _build(settings, mongodb_uri=mongodb_uri)
+    runtime = await bootstrap(settings, mongodb_uri=mongodb_uri)
     metrics_server = None
     try:
-        sidecar = build_sidecar(settings, built.runtime, built.inbox)
+        sidecar = build_sidecar(runtime)
         sock = bind(settings.webhook_address)
         if settings.webhook_metrics_port:
             metrics_host = settings.webhook_address.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
@@ -203,7 +142,7 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
             await asyncio.sleep(0.01)
         if server.started:
             host, port = sock.getsockname()[:2]
-            processors = built.runtime.processors
+            processors = runtime.processors
             verified = [name.value for name, verifier in sidecar.verifiers.items() if verifier.verifies_webhooks]
             print(
                 f"billing webhook sidecar on {'https' if tls else 'http'}://{host}:{port} "
@@ -220,21 +159,22 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
     finally:
         if metrics_server is not None:
             metrics_server.close()
-        await built.runtime.aclose()
+        await runtime.aclose()
 
 
 async def replay(settings: Settings, *, event_id: str | None, dead: bool, processor: Processor | None = None) -> int:
     """Makes stored events pending again; a running sidecar processes them."""
-    built = await _build(settings)
+    from billing_service.bootstrap import bootstrap
+
+    runtime = await bootstrap(settings)
     try:
-        now = built.runtime.deps.clock.now()
+        now = runtime.deps.clock.now()
         if dead:
-            count: int = await built.inbox.replay_dead(now=now)
-            return count
+            return await runtime.inbox.replay_dead(now=now)
         assert event_id is not None
-        return 1 if await built.inbox.replay(processor, event_id, now=now) else 0
+        return 1 if await runtime.inbox.replay(processor, event_id, now=now) else 0
     finally:
-        await built.runtime.aclose()
+        await runtime.aclose()
 
 
 async def backfill(
@@ -255,9 +195,11 @@ async def backfill(
         ConfigError: No configured processor keeps an event list (or ``only`` is not
             configured, or keeps none).
     """
-    built = await _build(settings)
+    from billing_service.bootstrap import bootstrap
+
+    runtime = await bootstrap(settings)
     try:
-        processors = built.runtime.processors
+        processors = runtime.processors
         if only is not None and only not in processors:
             raise ConfigError(f"backfill: {only.value} is not configured")
         counts: dict[Processor, tuple[int, int]] = {}
@@ -265,7 +207,7 @@ async def backfill(
             if only is not None and name is not only:
                 continue
             try:
-                counts[name] = await backfill_into(built.inbox, source, since, now=built.runtime.deps.clock.now)
+                counts[name] = await backfill_into(runtime.inbox, source, since, now=runtime.deps.clock.now)
             except NotSupportedByProcessor:
                 continue  # keeps no event list (the fake)
         if not counts:
@@ -273,4 +215,4 @@ async def backfill(
             raise ConfigError(f"backfill needs {wanted} that keeps an event list")
         return counts
     finally:
-        await built.runtime.aclose()
+        await runtime.aclose()
