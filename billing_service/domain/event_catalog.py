@@ -116,14 +116,30 @@ _TYPES: Final = (
     _status("payment_method", "detached", "attached -> detached (DetachPaymentMethod)"),
     _updated("payment_method", "none today; reserved for processor-side card updates"),
     _created("payment", "CreatePayment records the payment (status pending)"),
-    _status("payment", "requires_action", "pending -> requires_action (3-D Secure, PayPal approval)"),
-    _status("payment", "processing", "pending or requires_action -> processing"),
-    _status("payment", "requires_capture", "-> requires_capture (authorized, manual capture)"),
-    _status("payment", "succeeded", "-> succeeded (captured)"),
-    _status("payment", "failed", "-> failed (declined or errored; see payment.failure)"),
-    _status("payment", "canceled", "-> canceled (CancelPayment, or canceled at the processor)"),
+    _status(
+        "payment",
+        "requires_action",
+        "pending -> requires_action: the buyer must authenticate (3-D Secure) or approve (PayPal)",
+    ),
+    _status(
+        "payment",
+        "processing",
+        "pending or requires_action -> processing: the final answer comes later, usually by webhook",
+    ),
+    _status(
+        "payment",
+        "requires_capture",
+        "pending or requires_action -> requires_capture: authorized, capture_method MANUAL",
+    ),
+    _status(
+        "payment", "succeeded", "-> succeeded: captured (automatic capture, CapturePayment, or the processor's webhook)"
+    ),
+    _status("payment", "failed", "-> failed: declined or errored (payment.failure says why)"),
+    _status("payment", "canceled", "-> canceled: CancelPayment, or canceled or expired at the processor"),
     _updated("payment", "UpdatePayment; refund amounts reserved or settled; a dispute opened; processor id linked"),
-    _created("refund", "CreateRefund (status pending), or a refund made at the processor and mirrored"),
+    _created(
+        "refund", "CreateRefund (status pending); a refund made at the processor, mirrored (then refund.succeeded too)"
+    ),
     _status("refund", "succeeded", "pending -> succeeded"),
     _status("refund", "failed", "pending or succeeded -> failed (a bank refund that bounced)"),
     _status("refund", "canceled", "pending -> canceled"),
@@ -132,11 +148,23 @@ _TYPES: Final = (
     _status("plan", "archived", "active -> archived (ArchivePlan)"),
     _updated("plan", "the plan created at a processor"),
     _created("subscription", "CreateSubscription (status incomplete)"),
-    _status("subscription", "trialing", "-> trialing (a trial started, or resumed into one)"),
-    _status("subscription", "active", "-> active (first payment, recovered from past_due, resumed)"),
-    _status("subscription", "past_due", "-> past_due (a renewal payment failed; the processor retries)"),
-    _status("subscription", "paused", "-> paused (PauseSubscription)"),
-    _status("subscription", "canceled", "-> canceled (CancelSubscription, refused at creation, ended at period end)"),
+    _status(
+        "subscription",
+        "trialing",
+        "-> trialing: created with a trial (after subscription.created), or resumed into one",
+    ),
+    _status(
+        "subscription",
+        "active",
+        "-> active: first payment made, trial ended and paid, recovered from past_due, resumed",
+    ),
+    _status(
+        "subscription",
+        "past_due",
+        "active or trialing -> past_due: a renewal payment failed and the processor retries it",
+    ),
+    _status("subscription", "paused", "active, trialing or past_due -> paused (PauseSubscription)"),
+    _status("subscription", "canceled", "-> canceled: CancelSubscription, refused at creation, or ended at period end"),
     EventType(
         "subscription.cancel_scheduled",
         "subscription",
@@ -145,8 +173,8 @@ _TYPES: Final = (
     _updated("subscription", "plan or quantity changed; a new period started; processor id linked"),
     _created("invoice", "an invoice of the processor is first mirrored (any status)"),
     _status("invoice", "open", "draft -> open (finalized)"),
-    _status("invoice", "paid", "-> paid"),
-    _status("invoice", "void", "-> void"),
+    _status("invoice", "paid", "draft, open or uncollectible -> paid; or created paid (after invoice.created)"),
+    _status("invoice", "void", "draft, open or uncollectible -> void"),
     _status("invoice", "uncollectible", "open -> uncollectible (payment attempts exhausted)"),
     EventType(
         "invoice.payment_failed",
@@ -156,9 +184,9 @@ _TYPES: Final = (
     _updated("invoice", "amounts or lines changed"),
     _created("dispute", "a processor opened a dispute (status needs_response)"),
     _status("dispute", "under_review", "needs_response -> under_review (evidence submitted)"),
-    _status("dispute", "won", "-> won"),
-    _status("dispute", "lost", "-> lost"),
-    _status("dispute", "warning_closed", "-> warning_closed (an inquiry closed without a chargeback)"),
+    _status("dispute", "won", "needs_response or under_review -> won: decided for the merchant"),
+    _status("dispute", "lost", "needs_response or under_review -> lost: the disputed amount went back to the buyer"),
+    _status("dispute", "warning_closed", "-> warning_closed: an inquiry closed without becoming a chargeback"),
     _updated("dispute", "amount or reason changed"),
 )
 

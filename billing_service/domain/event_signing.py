@@ -55,7 +55,7 @@ __all__ = [
 
 SIGNATURE_HEADER: Final = "Billing-Signature"
 SCHEME: Final = "v1"
-SECRET_PREFIX: Final = "whsec_"
+SECRET_PREFIX: Final = "whsec_"  # noqa: S105 - the prefix of every secret, not a secret
 DEFAULT_TOLERANCE_SECONDS: Final = 300
 #: A rotation that would leave more secrets signing ends the oldest at once.
 MAX_ACTIVE_SECRETS: Final = 3

@@ -217,8 +217,8 @@ type WatchEventsRequest struct {
 	// first use. Names are per caller: two services may use the same name
 	// without sharing a consumer. At most one stream serves a consumer: a new
 	// WatchEvents with the same consumer_id takes it over, and the older
-	// stream ends within one heartbeat interval with FAILED_PRECONDITION /
-	// EVENT_CONSUMER_TAKEN_OVER.
+	// stream ends within seconds (its replica checks its claim every 5
+	// seconds) with FAILED_PRECONDITION / EVENT_CONSUMER_TAKEN_OVER.
 	ConsumerId string `protobuf:"bytes,4,opt,name=consumer_id,json=consumerId,proto3" json:"consumer_id,omitempty"`
 	// Where the stream starts; see StartPoint for the default. An explicit
 	// start also applies when consumer_id is set; the consumer's stored

@@ -156,8 +156,8 @@ class WatchEventsRequest(_message.Message):
     first use. Names are per caller: two services may use the same name
     without sharing a consumer. At most one stream serves a consumer: a new
     WatchEvents with the same consumer_id takes it over, and the older
-    stream ends within one heartbeat interval with FAILED_PRECONDITION /
-    EVENT_CONSUMER_TAKEN_OVER.
+    stream ends within seconds (its replica checks its claim every 5
+    seconds) with FAILED_PRECONDITION / EVENT_CONSUMER_TAKEN_OVER.
     """
     start_point: Global___StartPoint.ValueType
     """Start now or at the oldest retained event."""

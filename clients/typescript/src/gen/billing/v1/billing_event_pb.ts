@@ -33,11 +33,11 @@ export const file_billing_v1_billing_event: GenFile = /*@__PURE__*/
  * describes and the change's audit event: there is no event without a
  * committed change and no committed change without its event. Delivery is
  * at least once: an event may arrive more than once, always with the same id.
- * Events of one resource are delivered in the order their changes committed
- * (resource_version increases by one per committed change); events of
- * different resources carry no order guarantee relative to each other beyond
- * the order of their cursors. See docs/EVENTS.md for the list of types, with
- * an example of each, and the delivery rules.
+ * WatchEvents and ListEvents return events in cursor order, in which the
+ * events of one resource follow the order their changes committed
+ * (resource_version grows by one per committed change); push deliveries are
+ * not ordered. See docs/EVENTS.md for the list of types, with examples, and
+ * the delivery rules.
  *
  * @generated from message billing.v1.BillingEvent
  */
