@@ -245,9 +245,7 @@ def active_secrets(slots: Sequence[SecretSlot], now: datetime) -> list[SecretSlo
     return sorted(live, key=lambda s: s.created_at, reverse=True)
 
 
-def rotate_secrets(
-    slots: Sequence[SecretSlot], new_id: str, *, now: datetime, overlap: timedelta
-) -> list[SecretSlot]:
+def rotate_secrets(slots: Sequence[SecretSlot], new_id: str, *, now: datetime, overlap: timedelta) -> list[SecretSlot]:
     """Adds a new newest secret; the others keep signing until ``now + overlap`` at most.
 
     A secret already due to expire earlier keeps its earlier end. Secrets that no longer
