@@ -145,11 +145,11 @@ type ReplayScope int32
 const (
 	// Not set; treated as REPLAY_SCOPE_DEAD_LETTERED.
 	ReplayScope_REPLAY_SCOPE_UNSPECIFIED ReplayScope = 0
-	// The endpoint's dead-lettered deliveries whose event was created in the
-	// window: they become PENDING again, with a fresh 3-day retry period.
+	// The endpoint's dead-lettered deliveries whose event is in the window:
+	// they become PENDING again, with a fresh 3-day retry period.
 	ReplayScope_REPLAY_SCOPE_DEAD_LETTERED ReplayScope = 1
-	// Every retained event created in the window that matches the endpoint's
-	// event types, delivered before or not (for example events committed while
+	// Every retained event in the window that matches the endpoint's event
+	// types, delivered before or not (for example events committed while
 	// the endpoint was disabled or before it existed): each gets a new
 	// delivery.
 	ReplayScope_REPLAY_SCOPE_ALL_EVENTS ReplayScope = 2
@@ -2251,10 +2251,12 @@ type ReplayEventsRequest struct {
 	EndpointId string `protobuf:"bytes,2,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
 	// Which events; UNSPECIFIED means REPLAY_SCOPE_DEAD_LETTERED.
 	Scope ReplayScope `protobuf:"varint,3,opt,name=scope,proto3,enum=billing.v1.ReplayScope" json:"scope,omitempty"`
-	// Only events created at or after this time; unset means the oldest
-	// retained event.
+	// Only events that entered the event log at or after this time (which is
+	// moments after they were created, see WatchEventsRequest.start_time);
+	// unset means the oldest retained event.
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
-	// Only events created before this time; unset means now.
+	// Only events that entered the event log before this time; unset means
+	// now.
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 }
 

@@ -102,12 +102,12 @@ class _ReplayScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReplaySco
     REPLAY_SCOPE_UNSPECIFIED: _ReplayScope.ValueType  # 0
     """Not set; treated as REPLAY_SCOPE_DEAD_LETTERED."""
     REPLAY_SCOPE_DEAD_LETTERED: _ReplayScope.ValueType  # 1
-    """The endpoint's dead-lettered deliveries whose event was created in the
-    window: they become PENDING again, with a fresh 3-day retry period.
+    """The endpoint's dead-lettered deliveries whose event is in the window:
+    they become PENDING again, with a fresh 3-day retry period.
     """
     REPLAY_SCOPE_ALL_EVENTS: _ReplayScope.ValueType  # 2
-    """Every retained event created in the window that matches the endpoint's
-    event types, delivered before or not (for example events committed while
+    """Every retained event in the window that matches the endpoint's event
+    types, delivered before or not (for example events committed while
     the endpoint was disabled or before it existed): each gets a new
     delivery.
     """
@@ -118,12 +118,12 @@ class ReplayScope(_ReplayScope, metaclass=_ReplayScopeEnumTypeWrapper):
 REPLAY_SCOPE_UNSPECIFIED: ReplayScope.ValueType  # 0
 """Not set; treated as REPLAY_SCOPE_DEAD_LETTERED."""
 REPLAY_SCOPE_DEAD_LETTERED: ReplayScope.ValueType  # 1
-"""The endpoint's dead-lettered deliveries whose event was created in the
-window: they become PENDING again, with a fresh 3-day retry period.
+"""The endpoint's dead-lettered deliveries whose event is in the window:
+they become PENDING again, with a fresh 3-day retry period.
 """
 REPLAY_SCOPE_ALL_EVENTS: ReplayScope.ValueType  # 2
-"""Every retained event created in the window that matches the endpoint's
-event types, delivered before or not (for example events committed while
+"""Every retained event in the window that matches the endpoint's event
+types, delivered before or not (for example events committed while
 the endpoint was disabled or before it existed): each gets a new
 delivery.
 """
@@ -1236,13 +1236,16 @@ class ReplayEventsRequest(_message.Message):
     """Which events; UNSPECIFIED means REPLAY_SCOPE_DEAD_LETTERED."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """Only events created at or after this time; unset means the oldest
-        retained event.
+        """Only events that entered the event log at or after this time (which is
+        moments after they were created, see WatchEventsRequest.start_time);
+        unset means the oldest retained event.
         """
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """Only events created before this time; unset means now."""
+        """Only events that entered the event log before this time; unset means
+        now.
+        """
 
     def __init__(
         self,

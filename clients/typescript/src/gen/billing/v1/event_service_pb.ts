@@ -1162,15 +1162,17 @@ export type ReplayEventsRequest = Message<"billing.v1.ReplayEventsRequest"> & {
   scope: ReplayScope;
 
   /**
-   * Only events created at or after this time; unset means the oldest
-   * retained event.
+   * Only events that entered the event log at or after this time (which is
+   * moments after they were created, see WatchEventsRequest.start_time);
+   * unset means the oldest retained event.
    *
    * @generated from field: google.protobuf.Timestamp start_time = 4;
    */
   startTime?: Timestamp | undefined;
 
   /**
-   * Only events created before this time; unset means now.
+   * Only events that entered the event log before this time; unset means
+   * now.
    *
    * @generated from field: google.protobuf.Timestamp end_time = 5;
    */
@@ -1317,16 +1319,16 @@ export enum ReplayScope {
   UNSPECIFIED = 0,
 
   /**
-   * The endpoint's dead-lettered deliveries whose event was created in the
-   * window: they become PENDING again, with a fresh 3-day retry period.
+   * The endpoint's dead-lettered deliveries whose event is in the window:
+   * they become PENDING again, with a fresh 3-day retry period.
    *
    * @generated from enum value: REPLAY_SCOPE_DEAD_LETTERED = 1;
    */
   DEAD_LETTERED = 1,
 
   /**
-   * Every retained event created in the window that matches the endpoint's
-   * event types, delivered before or not (for example events committed while
+   * Every retained event in the window that matches the endpoint's event
+   * types, delivered before or not (for example events committed while
    * the endpoint was disabled or before it existed): each gets a new
    * delivery.
    *
