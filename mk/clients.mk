@@ -28,7 +28,7 @@ PYTHON_newest ?= $(or $(call find_python,python3.13,3.13),$(PYTHON))
 
 # Reinstall the client into the runtime venvs whenever the package changes.
 CLIENT_PY_FILES := clients/python/pyproject.toml \
-	$(shell find clients/python/billing -type f \( -name '*.py' -o -name '*.pyi' -o -name py.typed \))
+	$(shell find clients/python/billing clients/python/billing_client -type f \( -name '*.py' -o -name '*.pyi' -o -name py.typed \))
 
 # Debian bookworm: Go 1.19 and, as Go sources for GOPATH mode (no module proxy
 # needed), grpc-go 1.33.3, protobuf-go 1.28.1 and genproto (google.rpc details).

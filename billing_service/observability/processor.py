@@ -21,7 +21,7 @@ from billing_service.domain.money import Money
 from billing_service.domain.payments import ProcessorPaymentState, ProcessorRefundState
 from billing_service.domain.processor_events import ProcessorEvent, VerifiedEvent
 from billing_service.domain.subscriptions import Plan, ProcessorInvoiceState, ProcessorSubscriptionState
-from billing_service.observability.metrics import BillingMetrics
+from billing_service.observability.metrics.processor_calls import ProcessorCallMetrics
 from billing_service.observability.tracing import processor_span
 from billing_service.service_layer.ports import (
     AttachedPaymentMethod,
@@ -57,14 +57,14 @@ class InstrumentedProcessor:
 
     Args:
         inner: The adapter doing the work.
-        metrics: Where the processor metrics live.
+        metrics: Where the processor call metrics live (``BillingMetrics`` is one).
     """
 
-    def __init__(self, inner: PaymentProcessor, metrics: BillingMetrics) -> None:
+    def __init__(self, inner: PaymentProcessor, metrics: ProcessorCallMetrics) -> None:
         self.inner = inner
         self.name: Processor = inner.name
         self.key_retention: timedelta = inner.key_retention
-        self._m = metrics
+        self._metrics = metrics
         self._label = inner.name.value
 
     def __getattr__(self, item: str) -> Any:
@@ -81,8 +81,8 @@ class InstrumentedProcessor:
             outcome = outcome_of(exc)
             raise
         finally:
-            self._m.processor_duration.labels(self._label, operation).observe(time.perf_counter() - start)
-            self._m.processor_calls.labels(self._label, operation, outcome).inc()
+            self._metrics.processor_duration.labels(self._label, operation).observe(time.perf_counter() - start)
+            self._metrics.processor_calls.labels(self._label, operation, outcome).inc()
 
     async def create_customer(self, customer: Customer, *, idempotency_key: str) -> str:
         """See ``PaymentProcessor``."""

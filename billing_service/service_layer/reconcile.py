@@ -37,8 +37,7 @@ from typing import Any
 from billing_service.domain.common import AuditEvent, RequestOrigin
 from billing_service.domain.payments import FINAL_PAYMENT_STATUSES, Payment, PaymentStatus, Refund, RefundStatus
 from billing_service.domain.subscriptions import Subscription, SubscriptionStatus
-from billing_service.service_layer import payments as pay
-from billing_service.service_layer import subscriptions as su
+from billing_service.service_layer import payments, subscriptions
 from billing_service.service_layer.core import Deps, Drift, commit_with_retry, load, report_drift
 from billing_service.service_layer.idempotency import Hold, RequestContext, context_of, hold_request
 from billing_service.service_layer.lookups import (
@@ -167,7 +166,7 @@ class _Pass:
     async def payment(self, payment: Payment) -> str:
         before = (payment.status, payment.amount_captured, payment.amount_capturable, payment.processor_id)
         if payment.processor_id:
-            after = await pay.refresh_payment(self.deps, self.ctx, payment.id)
+            after = await payments.refresh_payment(self.deps, self.ctx, payment.id)
             now = (after.status, after.amount_captured, after.amount_capturable, after.processor_id)
             return self.drift("payment", payment.id, before[0].value, after.status.value) if now != before else ""
         if self.now - payment.updated_at < self.stale_after:
@@ -185,12 +184,12 @@ class _Pass:
                 return ""
             adapter = self.deps.processor(payment.processor)
             if self.now <= resend_deadline(adapter, payment.created_at):
-                after = await pay.resume_payment(self.deps, context_of(origin, payment.id), payment.id)
+                after = await payments.resume_payment(self.deps, context_of(origin, payment.id), payment.id)
                 return "resumed" if after.status is not PaymentStatus.PENDING else ""
             quiet = quiet_after_deadline(adapter, payment.created_at)
             if self.now < quiet:
                 return "waiting"
-            outcome, after = await pay.settle_unsent_payment(self.deps, self.ctx, payment, quiet_since=quiet)
+            outcome, after = await payments.settle_unsent_payment(self.deps, self.ctx, payment, quiet_since=quiet)
             if outcome is LookupOutcome.UNKNOWN:
                 return "waiting"
             theirs = after.status.value if outcome is LookupOutcome.FOUND else "absent"
@@ -208,7 +207,7 @@ class _Pass:
                 return await self._not_found(Payment, payment.id, found.outcome, found.retry_after)
             state = found.state
         action = f"payment.{state.status.value}"
-        after = await pay.record_payment_state(self.deps, self.ctx, payment.id, state, action)
+        after = await payments.record_payment_state(self.deps, self.ctx, payment.id, state, action)
         if after.status != before[0]:
             # record_payment_state reported the contradiction itself.
             return self.drift("payment", payment.id, before[0].value, after.status.value, reported=True)
@@ -236,7 +235,7 @@ class _Pass:
 
     async def refund(self, refund: Refund) -> str:
         if refund.processor_id:
-            after = await pay.refresh_refund(self.deps, self.ctx, refund.id)
+            after = await payments.refresh_refund(self.deps, self.ctx, refund.id)
             if after.status is refund.status:
                 return ""
             return self.drift("refund", refund.id, refund.status.value, after.status.value)
@@ -255,12 +254,12 @@ class _Pass:
                 return ""
             adapter = self.deps.processor(refund.processor)
             if self.now <= resend_deadline(adapter, refund.created_at):
-                after = await pay.send_refund(self.deps, context_of(origin, refund.id), refund)
+                after = await payments.send_refund(self.deps, context_of(origin, refund.id), refund)
                 return "resumed" if after.processor_id or after.status is not RefundStatus.PENDING else ""
             quiet = quiet_after_deadline(adapter, refund.created_at)
             if self.now < quiet:
                 return "waiting"
-            outcome, after = await pay.settle_unsent_refund(self.deps, self.ctx, refund, quiet_since=quiet)
+            outcome, after = await payments.settle_unsent_refund(self.deps, self.ctx, refund, quiet_since=quiet)
             if outcome is LookupOutcome.UNKNOWN:
                 return "waiting"
             theirs = after.status.value if outcome is LookupOutcome.FOUND else "absent"
@@ -272,7 +271,7 @@ class _Pass:
         found = await lookup_refund(self.deps, refund, payment, quiet_since=refund.lookup_after)
         if found.outcome is not LookupOutcome.FOUND or found.state is None:
             return await self._not_found(Refund, refund.id, found.outcome, found.retry_after)
-        after = await pay.record_refund_state(self.deps, self.ctx, refund.id, found.state)
+        after = await payments.record_refund_state(self.deps, self.ctx, refund.id, found.state)
         if after.status is not refund.status:
             return self.drift("refund", refund.id, refund.status.value, after.status.value, reported=True)
         return ""
@@ -281,7 +280,7 @@ class _Pass:
 
     async def subscription(self, sub: Subscription) -> str:
         before = (sub.status, sub.current_period_end, sub.cancel_at_period_end)
-        after = await su.sync_subscription(self.deps, self.ctx, sub.id)
+        after = await subscriptions.sync_subscription(self.deps, self.ctx, sub.id)
         if (after.status, after.current_period_end, after.cancel_at_period_end) == before:
             return ""
         return self.drift("subscription", sub.id, sub.status.value, after.status.value)

@@ -21,7 +21,21 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from billing_service.domain import errors as e
+from billing_service.domain.errors import (
+    BillingError,
+    ConcurrencyConflict,
+    FailedPrecondition,
+    FieldViolation,
+    IdempotencyKeyReused,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ProcessorConfigurationError,
+    ProcessorError,
+    RequestInProgress,
+    StoreUnavailable,
+    Unauthenticated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +51,31 @@ _FALLBACK = error_reason_pb2.ErrorReason.Name(error_reason_pb2.FAILED_PRECONDITI
 PROCESSOR_REASON_KEY = "processor_reason"
 
 # Most specific class first: the first isinstance match wins.
-_TABLE: list[tuple[type[e.BillingError], grpc.StatusCode]] = [
-    (e.IdempotencyKeyReused, grpc.StatusCode.INVALID_ARGUMENT),
-    (e.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (e.NotFound, grpc.StatusCode.NOT_FOUND),
-    (e.RequestInProgress, grpc.StatusCode.ABORTED),
-    (e.ConcurrencyConflict, grpc.StatusCode.ABORTED),
-    (e.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (e.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (e.StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
-    (e.ProcessorConfigurationError, grpc.StatusCode.FAILED_PRECONDITION),
-    (e.ProcessorError, grpc.StatusCode.FAILED_PRECONDITION),  # retryable ones: see status_code()
+_TABLE: list[tuple[type[BillingError], grpc.StatusCode]] = [
+    (IdempotencyKeyReused, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (RequestInProgress, grpc.StatusCode.ABORTED),
+    (ConcurrencyConflict, grpc.StatusCode.ABORTED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ProcessorConfigurationError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ProcessorError, grpc.StatusCode.FAILED_PRECONDITION),  # retryable ones: see status_code()
 ]
 
 # Retry hints for the transient kinds, in seconds.
-_RETRY_AFTER: dict[type[e.BillingError], float] = {
-    e.RequestInProgress: 1.0,
-    e.ConcurrencyConflict: 0.1,
-    e.StoreUnavailable: 1.0,
+_RETRY_AFTER: dict[type[BillingError], float] = {
+    RequestInProgress: 1.0,
+    ConcurrencyConflict: 0.1,
+    StoreUnavailable: 1.0,
 }
 
 
-def status_code(error: e.BillingError) -> grpc.StatusCode:
+def status_code(error: BillingError) -> grpc.StatusCode:
     """Returns the gRPC code for a domain error."""
-    if isinstance(error, e.ProcessorError) and error.retryable:
+    if isinstance(error, ProcessorError) and error.retryable:
         return grpc.StatusCode.UNAVAILABLE
     for cls, code in _TABLE:
         if isinstance(error, cls):
@@ -69,7 +83,7 @@ def status_code(error: e.BillingError) -> grpc.StatusCode:
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
-def wire_reason(error: e.BillingError) -> tuple[str, dict[str, str]]:
+def wire_reason(error: BillingError) -> tuple[str, dict[str, str]]:
     """The ErrorInfo reason for ``error`` and any metadata its normalisation adds.
 
     A listed reason is sent as is; an unlisted one (a processor's own code) is replaced by
@@ -90,8 +104,8 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def _retry_after(error: e.BillingError) -> float | None:
-    if isinstance(error, e.ProcessorError) and error.retryable:
+def _retry_after(error: BillingError) -> float | None:
+    if isinstance(error, ProcessorError) and error.retryable:
         return error.retry_after_seconds
     for cls, seconds in _RETRY_AFTER.items():
         if isinstance(error, cls):
@@ -114,7 +128,7 @@ def _clip(text: str, limit: int) -> str:
     return raw[: limit - 3].decode(errors="ignore") + "..."
 
 
-def to_status(error: e.BillingError) -> grpc.Status:
+def to_status(error: BillingError) -> grpc.Status:
     """Builds the rich status for ``error`` (echoed values are clipped to a few hundred bytes)."""
     code = status_code(error)
     reason, extra = wire_reason(error)
@@ -128,10 +142,10 @@ def to_status(error: e.BillingError) -> grpc.Status:
             )
         )
     ]
-    violations: list[e.FieldViolation] = []
-    if isinstance(error, e.InvalidArgument):
+    violations: list[FieldViolation] = []
+    if isinstance(error, InvalidArgument):
         violations = error.violations
-    elif isinstance(error, e.NotFound) and error.field_path:
+    elif isinstance(error, NotFound) and error.field_path:
         details.append(
             _pack(
                 error_details_pb2.ResourceInfo(

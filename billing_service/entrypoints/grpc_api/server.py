@@ -9,9 +9,12 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import grpc
-from billing.v1 import billing_service_pb2, subscription_service_pb2
-from billing.v1 import billing_service_pb2_grpc as billing_grpc
-from billing.v1 import subscription_service_pb2_grpc as subscription_grpc
+from billing.v1 import (
+    billing_service_pb2,
+    billing_service_pb2_grpc,
+    subscription_service_pb2,
+    subscription_service_pb2_grpc,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -80,10 +83,10 @@ class GrpcServer:
         )
         self._store_serving = True
         # The servicers' handlers are bound from their RPC tables at run time (see runner.py).
-        billing_grpc.add_BillingServiceServicer_to_server(
+        billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
             cast(Any, BillingServicer(deps, idempotency, self._serving)), self.server
         )
-        subscription_grpc.add_SubscriptionServiceServicer_to_server(
+        subscription_service_pb2_grpc.add_SubscriptionServiceServicer_to_server(
             cast(Any, SubscriptionServicer(deps, idempotency, self._serving)), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

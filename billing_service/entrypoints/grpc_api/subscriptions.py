@@ -8,32 +8,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from billing.v1 import subscription_service_pb2 as pb
+from billing.v1 import subscription_service_pb2
 
 from billing_service.domain.errors import InvalidArgument
-from billing_service.entrypoints.grpc_api import convert as cv
+from billing_service.entrypoints.grpc_api import convert
 from billing_service.entrypoints.grpc_api.runner import Read, Runner, Service, Write
-from billing_service.service_layer import previews
-from billing_service.service_layer import subscriptions as su
+from billing_service.service_layer import previews, subscriptions
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import Idempotency
 
 # -- decoders: request -> validated command ------------------------------------------
 
 
-def _create_plan(r: pb.CreatePlanRequest) -> su.CreatePlan:
-    cv.enum_in(r.interval, cv.INTERVAL_FROM_PB, "interval")  # type: ignore[arg-type]
+def _create_plan(r: subscription_service_pb2.CreatePlanRequest) -> subscriptions.CreatePlan:
+    convert.enum_in(r.interval, convert.INTERVAL_FROM_PB, "interval")  # type: ignore[arg-type]
     if r.interval_count < 0:
         raise InvalidArgument.field("interval_count", "must not be negative")
     if r.trial_period_days < 0:
         raise InvalidArgument.field("trial_period_days", "must not be negative")
-    price = cv.money_from_pb(r.price, "price", present=r.HasField("price"))
+    price = convert.money_from_pb(r.price, "price", present=r.HasField("price"))
     assert price is not None
-    cmd = su.CreatePlan(
+    cmd = subscriptions.CreatePlan(
         name=r.name,
         description=r.description,
         price=price,
-        interval=cv.INTERVAL_FROM_PB[r.interval],
+        interval=convert.INTERVAL_FROM_PB[r.interval],
         interval_count=r.interval_count or 1,
         trial_period_days=r.trial_period_days,
         metadata=dict(r.metadata),
@@ -42,10 +41,10 @@ def _create_plan(r: pb.CreatePlanRequest) -> su.CreatePlan:
     return cmd
 
 
-def _create_subscription(r: pb.CreateSubscriptionRequest) -> su.CreateSubscription:
+def _create_subscription(r: subscription_service_pb2.CreateSubscriptionRequest) -> subscriptions.CreateSubscription:
     if r.quantity < 0:
         raise InvalidArgument.field("quantity", "must not be negative")
-    cmd = su.CreateSubscription(
+    cmd = subscriptions.CreateSubscription(
         customer_id=r.customer_id,
         plan_id=r.plan_id,
         payment_method_id=r.payment_method_id,
@@ -57,13 +56,13 @@ def _create_subscription(r: pb.CreateSubscriptionRequest) -> su.CreateSubscripti
     return cmd
 
 
-def _update_subscription(r: pb.UpdateSubscriptionRequest) -> su.UpdateSubscription:
-    cv.enum_in(r.proration_behavior, cv.PRORATION_FROM_PB, "proration_behavior")  # type: ignore[arg-type]
-    cmd = su.UpdateSubscription(
+def _update_subscription(r: subscription_service_pb2.UpdateSubscriptionRequest) -> subscriptions.UpdateSubscription:
+    convert.enum_in(r.proration_behavior, convert.PRORATION_FROM_PB, "proration_behavior")  # type: ignore[arg-type]
+    cmd = subscriptions.UpdateSubscription(
         subscription_id=r.subscription_id,
         plan_id=r.plan_id,
         quantity=r.quantity,
-        proration=cv.PRORATION_FROM_PB[r.proration_behavior],
+        proration=convert.PRORATION_FROM_PB[r.proration_behavior],
     )
     cmd.validate()
     return cmd
@@ -72,83 +71,90 @@ def _update_subscription(r: pb.UpdateSubscriptionRequest) -> su.UpdateSubscripti
 # -- the RPCs -------------------------------------------------------------------------
 
 SUBSCRIPTIONS = Service(
-    pb.DESCRIPTOR.services_by_name["SubscriptionService"],
+    subscription_service_pb2.DESCRIPTOR.services_by_name["SubscriptionService"],
     [
         Write(
-            "CreatePlan", pb.CreatePlanRequest, "plans:write", "plan",
-            _create_plan, su.create_plan, lambda p: pb.CreatePlanResponse(plan=cv.plan_pb(p)),
+            "CreatePlan", subscription_service_pb2.CreatePlanRequest, "plans:write", "plan",
+            _create_plan, subscriptions.create_plan,
+            lambda p: subscription_service_pb2.CreatePlanResponse(plan=convert.plan_pb(p)),
             preview=previews.preview_plan,
         ),
         Read(
-            "GetPlan", pb.GetPlanRequest, "subscriptions:read",
-            lambda deps, r: su.get_plan(deps, r.plan_id), lambda p: pb.GetPlanResponse(plan=cv.plan_pb(p)),
+            "GetPlan", subscription_service_pb2.GetPlanRequest, "subscriptions:read",
+            lambda deps, r: subscriptions.get_plan(deps, r.plan_id),
+            lambda p: subscription_service_pb2.GetPlanResponse(plan=convert.plan_pb(p)),
         ),
         Read(
-            "ListPlans", pb.ListPlansRequest, "subscriptions:read",
-            lambda deps, r: su.list_plans(
+            "ListPlans", subscription_service_pb2.ListPlansRequest, "subscriptions:read",
+            lambda deps, r: subscriptions.list_plans(
                 deps, include_archived=r.include_archived, page_size=r.page_size, page_token=r.page_token,
                 filter_expr=r.filter,
             ),
-            lambda page: pb.ListPlansResponse(plans=map(cv.plan_pb, page[0]), next_page_token=page[1]),
+            lambda page: subscription_service_pb2.ListPlansResponse(
+                plans=map(convert.plan_pb, page[0]), next_page_token=page[1]
+            ),
         ),
         Write(
-            "ArchivePlan", pb.ArchivePlanRequest, "plans:write", "plan",
-            lambda r: r.plan_id, su.archive_plan, lambda p: pb.ArchivePlanResponse(plan=cv.plan_pb(p)),
+            "ArchivePlan", subscription_service_pb2.ArchivePlanRequest, "plans:write", "plan",
+            lambda r: r.plan_id, subscriptions.archive_plan,
+            lambda p: subscription_service_pb2.ArchivePlanResponse(plan=convert.plan_pb(p)),
         ),
         Write(
-            "CreateSubscription", pb.CreateSubscriptionRequest, "subscriptions:write", "sub",
-            _create_subscription, su.create_subscription,
-            lambda s: pb.CreateSubscriptionResponse(subscription=cv.subscription_pb(s)),
+            "CreateSubscription", subscription_service_pb2.CreateSubscriptionRequest, "subscriptions:write", "sub",
+            _create_subscription, subscriptions.create_subscription,
+            lambda s: subscription_service_pb2.CreateSubscriptionResponse(subscription=convert.subscription_pb(s)),
             preview=previews.preview_subscription,
         ),
         Read(
-            "GetSubscription", pb.GetSubscriptionRequest, "subscriptions:read",
-            lambda deps, r: su.get_subscription(deps, r.subscription_id),
-            lambda s: pb.GetSubscriptionResponse(subscription=cv.subscription_pb(s)),
+            "GetSubscription", subscription_service_pb2.GetSubscriptionRequest, "subscriptions:read",
+            lambda deps, r: subscriptions.get_subscription(deps, r.subscription_id),
+            lambda s: subscription_service_pb2.GetSubscriptionResponse(subscription=convert.subscription_pb(s)),
         ),
         Read(
-            "ListSubscriptions", pb.ListSubscriptionsRequest, "subscriptions:read",
-            lambda deps, r: su.list_subscriptions(
-                deps, customer_id=r.customer_id, status=cv.subscription_status_filter(r.status),
+            "ListSubscriptions", subscription_service_pb2.ListSubscriptionsRequest, "subscriptions:read",
+            lambda deps, r: subscriptions.list_subscriptions(
+                deps, customer_id=r.customer_id, status=convert.subscription_status_filter(r.status),
                 page_size=r.page_size, page_token=r.page_token, filter_expr=r.filter,
             ),
-            lambda page: pb.ListSubscriptionsResponse(
-                subscriptions=map(cv.subscription_pb, page[0]), next_page_token=page[1]
+            lambda page: subscription_service_pb2.ListSubscriptionsResponse(
+                subscriptions=map(convert.subscription_pb, page[0]), next_page_token=page[1]
             ),
         ),
         Write(
-            "UpdateSubscription", pb.UpdateSubscriptionRequest, "subscriptions:write", "sub",
-            _update_subscription, su.update_subscription,
-            lambda s: pb.UpdateSubscriptionResponse(subscription=cv.subscription_pb(s)),
+            "UpdateSubscription", subscription_service_pb2.UpdateSubscriptionRequest, "subscriptions:write", "sub",
+            _update_subscription, subscriptions.update_subscription,
+            lambda s: subscription_service_pb2.UpdateSubscriptionResponse(subscription=convert.subscription_pb(s)),
         ),
         Write(
-            "CancelSubscription", pb.CancelSubscriptionRequest, "subscriptions:write", "sub",
+            "CancelSubscription", subscription_service_pb2.CancelSubscriptionRequest, "subscriptions:write", "sub",
             lambda r: (r.subscription_id, r.at_period_end),
-            lambda deps, ctx, c: su.cancel_subscription(deps, ctx, *c),
-            lambda s: pb.CancelSubscriptionResponse(subscription=cv.subscription_pb(s)),
+            lambda deps, ctx, c: subscriptions.cancel_subscription(deps, ctx, *c),
+            lambda s: subscription_service_pb2.CancelSubscriptionResponse(subscription=convert.subscription_pb(s)),
         ),
         Write(
-            "PauseSubscription", pb.PauseSubscriptionRequest, "subscriptions:write", "sub",
-            lambda r: r.subscription_id, su.pause_subscription,
-            lambda s: pb.PauseSubscriptionResponse(subscription=cv.subscription_pb(s)),
+            "PauseSubscription", subscription_service_pb2.PauseSubscriptionRequest, "subscriptions:write", "sub",
+            lambda r: r.subscription_id, subscriptions.pause_subscription,
+            lambda s: subscription_service_pb2.PauseSubscriptionResponse(subscription=convert.subscription_pb(s)),
         ),
         Write(
-            "ResumeSubscription", pb.ResumeSubscriptionRequest, "subscriptions:write", "sub",
-            lambda r: r.subscription_id, su.resume_subscription,
-            lambda s: pb.ResumeSubscriptionResponse(subscription=cv.subscription_pb(s)),
+            "ResumeSubscription", subscription_service_pb2.ResumeSubscriptionRequest, "subscriptions:write", "sub",
+            lambda r: r.subscription_id, subscriptions.resume_subscription,
+            lambda s: subscription_service_pb2.ResumeSubscriptionResponse(subscription=convert.subscription_pb(s)),
         ),
         Read(
-            "GetInvoice", pb.GetInvoiceRequest, "subscriptions:read",
-            lambda deps, r: su.get_invoice(deps, r.invoice_id),
-            lambda i: pb.GetInvoiceResponse(invoice=cv.invoice_pb(i)),
+            "GetInvoice", subscription_service_pb2.GetInvoiceRequest, "subscriptions:read",
+            lambda deps, r: subscriptions.get_invoice(deps, r.invoice_id),
+            lambda i: subscription_service_pb2.GetInvoiceResponse(invoice=convert.invoice_pb(i)),
         ),
         Read(
-            "ListInvoices", pb.ListInvoicesRequest, "subscriptions:read",
-            lambda deps, r: su.list_invoices(
+            "ListInvoices", subscription_service_pb2.ListInvoicesRequest, "subscriptions:read",
+            lambda deps, r: subscriptions.list_invoices(
                 deps, customer_id=r.customer_id, subscription_id=r.subscription_id,
                 page_size=r.page_size, page_token=r.page_token, filter_expr=r.filter,
             ),
-            lambda page: pb.ListInvoicesResponse(invoices=map(cv.invoice_pb, page[0]), next_page_token=page[1]),
+            lambda page: subscription_service_pb2.ListInvoicesResponse(
+                invoices=map(convert.invoice_pb, page[0]), next_page_token=page[1]
+            ),
         ),
     ],
 )  # fmt: skip

@@ -5,6 +5,8 @@
 export * from "./gen/billing/v1/common_pb.js";
 export * from "./gen/billing/v1/billing_service_pb.js";
 export * from "./gen/billing/v1/subscription_service_pb.js";
+export * from "./gen/billing/v1/billing_event_pb.js";
+export * from "./gen/billing/v1/event_service_pb.js";
 export {
   BadRequestSchema,
   ErrorInfoSchema,

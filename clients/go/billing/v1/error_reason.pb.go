@@ -165,65 +165,80 @@ const (
 	ErrorReason_DEADLINE_EXCEEDED ErrorReason = 92
 	// A bug in the service (status INTERNAL); it has been logged.
 	ErrorReason_INTERNAL ErrorReason = 93
+	// An event cursor (WatchEventsRequest.after_cursor, AckEventsRequest.cursor)
+	// was not issued by this service's event log (status INVALID_ARGUMENT).
+	ErrorReason_INVALID_EVENT_CURSOR ErrorReason = 100
+	// The events after the requested position (a cursor, a start time or a
+	// durable consumer's acknowledged position) are older than the retention
+	// period and were deleted (status FAILED_PRECONDITION); start again from a
+	// later time or START_POINT_EARLIEST.
+	ErrorReason_EVENT_CURSOR_EXPIRED ErrorReason = 101
+	// A newer WatchEvents stream took over this durable consumer, so this stream
+	// ended (status FAILED_PRECONDITION). Do not reconnect automatically: two
+	// processes sharing one consumer name would keep taking it from each other.
+	ErrorReason_EVENT_CONSUMER_TAKEN_OVER ErrorReason = 102
 )
 
 // Enum value maps for ErrorReason.
 var (
 	ErrorReason_name = map[int32]string{
-		0:  "ERROR_REASON_UNSPECIFIED",
-		1:  "INVALID_ARGUMENT",
-		2:  "MALFORMED_REQUEST",
-		3:  "CARD_DATA_NOT_ALLOWED",
-		4:  "INVALID_PAGE_TOKEN",
-		5:  "INVALID_FILTER",
-		6:  "UNKNOWN_CURRENCY",
-		7:  "CURRENCY_MISMATCH",
-		8:  "AMOUNT_NOT_SUPPORTED_BY_PROCESSOR",
-		9:  "IDEMPOTENCY_KEY_REUSED",
-		10: "REQUEST_IN_PROGRESS",
-		20: "UNAUTHENTICATED",
-		21: "PERMISSION_DENIED",
-		30: "NOT_FOUND",
-		40: "FAILED_PRECONDITION",
-		41: "ILLEGAL_STATE_TRANSITION",
-		42: "PAYMENT_NOT_CAPTURABLE",
-		43: "PAYMENT_NOT_CANCELABLE",
-		44: "PAYMENT_NOT_REFUNDABLE",
-		45: "PAYMENT_METHOD_DETACHED",
-		46: "PLAN_ARCHIVED",
-		47: "SUBSCRIPTION_NOT_UPDATABLE",
-		48: "SUBSCRIPTION_CANCELED",
-		49: "SUBSCRIPTION_ALREADY_CANCELING",
-		50: "SUBSCRIPTION_NOT_PAUSABLE",
-		51: "SUBSCRIPTION_NOT_PAUSED",
-		52: "REFUND_EXCEEDS_CAPTURED",
-		53: "CAPTURE_EXCEEDS_AUTHORIZED",
-		54: "PAYMENT_DECLINED",
-		55: "PAYMENT_OUTCOME_UNKNOWN",
-		60: "REFUND_OUTCOME_UNKNOWN",
-		56: "PROCESSOR_MISMATCH",
-		57: "PROCESSOR_NOT_CONFIGURED",
-		58: "NOT_SUPPORTED_BY_PROCESSOR",
-		59: "SUBSCRIPTION_AT_PROCESSOR",
-		70: "PROCESSOR_ERROR",
-		71: "PROCESSOR_UNAVAILABLE",
-		72: "PROCESSOR_UNREACHABLE",
-		73: "PROCESSOR_RATE_LIMITED",
-		74: "PROCESSOR_MISCONFIGURED",
-		75: "PROCESSOR_BAD_RESPONSE",
-		76: "PROCESSOR_RESOURCE_NOT_FOUND",
-		77: "PROCESSOR_STATE_CONFLICT",
-		78: "PLAN_NOT_AT_PROCESSOR",
-		79: "IDEMPOTENCY_KEY_REUSED_AT_PROCESSOR",
-		80: "INVALID_PAYMENT_METHOD_TOKEN",
-		81: "INVALID_REQUEST_AT_PROCESSOR",
-		82: "RESOURCE_MISSING_AT_PROCESSOR",
-		83: "CAPTURE_EXCEEDS_CAPTURABLE_AT_PROCESSOR",
-		84: "REFUND_EXCEEDS_CAPTURED_AT_PROCESSOR",
-		90: "CONCURRENT_MODIFICATION",
-		91: "STORE_UNAVAILABLE",
-		92: "DEADLINE_EXCEEDED",
-		93: "INTERNAL",
+		0:   "ERROR_REASON_UNSPECIFIED",
+		1:   "INVALID_ARGUMENT",
+		2:   "MALFORMED_REQUEST",
+		3:   "CARD_DATA_NOT_ALLOWED",
+		4:   "INVALID_PAGE_TOKEN",
+		5:   "INVALID_FILTER",
+		6:   "UNKNOWN_CURRENCY",
+		7:   "CURRENCY_MISMATCH",
+		8:   "AMOUNT_NOT_SUPPORTED_BY_PROCESSOR",
+		9:   "IDEMPOTENCY_KEY_REUSED",
+		10:  "REQUEST_IN_PROGRESS",
+		20:  "UNAUTHENTICATED",
+		21:  "PERMISSION_DENIED",
+		30:  "NOT_FOUND",
+		40:  "FAILED_PRECONDITION",
+		41:  "ILLEGAL_STATE_TRANSITION",
+		42:  "PAYMENT_NOT_CAPTURABLE",
+		43:  "PAYMENT_NOT_CANCELABLE",
+		44:  "PAYMENT_NOT_REFUNDABLE",
+		45:  "PAYMENT_METHOD_DETACHED",
+		46:  "PLAN_ARCHIVED",
+		47:  "SUBSCRIPTION_NOT_UPDATABLE",
+		48:  "SUBSCRIPTION_CANCELED",
+		49:  "SUBSCRIPTION_ALREADY_CANCELING",
+		50:  "SUBSCRIPTION_NOT_PAUSABLE",
+		51:  "SUBSCRIPTION_NOT_PAUSED",
+		52:  "REFUND_EXCEEDS_CAPTURED",
+		53:  "CAPTURE_EXCEEDS_AUTHORIZED",
+		54:  "PAYMENT_DECLINED",
+		55:  "PAYMENT_OUTCOME_UNKNOWN",
+		60:  "REFUND_OUTCOME_UNKNOWN",
+		56:  "PROCESSOR_MISMATCH",
+		57:  "PROCESSOR_NOT_CONFIGURED",
+		58:  "NOT_SUPPORTED_BY_PROCESSOR",
+		59:  "SUBSCRIPTION_AT_PROCESSOR",
+		70:  "PROCESSOR_ERROR",
+		71:  "PROCESSOR_UNAVAILABLE",
+		72:  "PROCESSOR_UNREACHABLE",
+		73:  "PROCESSOR_RATE_LIMITED",
+		74:  "PROCESSOR_MISCONFIGURED",
+		75:  "PROCESSOR_BAD_RESPONSE",
+		76:  "PROCESSOR_RESOURCE_NOT_FOUND",
+		77:  "PROCESSOR_STATE_CONFLICT",
+		78:  "PLAN_NOT_AT_PROCESSOR",
+		79:  "IDEMPOTENCY_KEY_REUSED_AT_PROCESSOR",
+		80:  "INVALID_PAYMENT_METHOD_TOKEN",
+		81:  "INVALID_REQUEST_AT_PROCESSOR",
+		82:  "RESOURCE_MISSING_AT_PROCESSOR",
+		83:  "CAPTURE_EXCEEDS_CAPTURABLE_AT_PROCESSOR",
+		84:  "REFUND_EXCEEDS_CAPTURED_AT_PROCESSOR",
+		90:  "CONCURRENT_MODIFICATION",
+		91:  "STORE_UNAVAILABLE",
+		92:  "DEADLINE_EXCEEDED",
+		93:  "INTERNAL",
+		100: "INVALID_EVENT_CURSOR",
+		101: "EVENT_CURSOR_EXPIRED",
+		102: "EVENT_CONSUMER_TAKEN_OVER",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":                0,
@@ -280,6 +295,9 @@ var (
 		"STORE_UNAVAILABLE":                       91,
 		"DEADLINE_EXCEEDED":                       92,
 		"INTERNAL":                                93,
+		"INVALID_EVENT_CURSOR":                    100,
+		"EVENT_CURSOR_EXPIRED":                    101,
+		"EVENT_CONSUMER_TAKEN_OVER":               102,
 	}
 )
 
@@ -315,7 +333,7 @@ var File_billing_v1_error_reason_proto protoreflect.FileDescriptor
 var file_billing_v1_error_reason_proto_rawDesc = []byte{
 	0x0a, 0x1d, 0x62, 0x69, 0x6c, 0x6c, 0x69, 0x6e, 0x67, 0x2f, 0x76, 0x31, 0x2f, 0x65, 0x72, 0x72,
 	0x6f, 0x72, 0x5f, 0x72, 0x65, 0x61, 0x73, 0x6f, 0x6e, 0x2e, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x12,
-	0x0a, 0x62, 0x69, 0x6c, 0x6c, 0x69, 0x6e, 0x67, 0x2e, 0x76, 0x31, 0x2a, 0xf5, 0x0b, 0x0a, 0x0b,
+	0x0a, 0x62, 0x69, 0x6c, 0x6c, 0x69, 0x6e, 0x67, 0x2e, 0x76, 0x31, 0x2a, 0xc8, 0x0c, 0x0a, 0x0b,
 	0x45, 0x72, 0x72, 0x6f, 0x72, 0x52, 0x65, 0x61, 0x73, 0x6f, 0x6e, 0x12, 0x1c, 0x0a, 0x18, 0x45,
 	0x52, 0x52, 0x4f, 0x52, 0x5f, 0x52, 0x45, 0x41, 0x53, 0x4f, 0x4e, 0x5f, 0x55, 0x4e, 0x53, 0x50,
 	0x45, 0x43, 0x49, 0x46, 0x49, 0x45, 0x44, 0x10, 0x00, 0x12, 0x14, 0x0a, 0x10, 0x49, 0x4e, 0x56,
@@ -411,7 +429,12 @@ var file_billing_v1_error_reason_proto_rawDesc = []byte{
 	0x5f, 0x55, 0x4e, 0x41, 0x56, 0x41, 0x49, 0x4c, 0x41, 0x42, 0x4c, 0x45, 0x10, 0x5b, 0x12, 0x15,
 	0x0a, 0x11, 0x44, 0x45, 0x41, 0x44, 0x4c, 0x49, 0x4e, 0x45, 0x5f, 0x45, 0x58, 0x43, 0x45, 0x45,
 	0x44, 0x45, 0x44, 0x10, 0x5c, 0x12, 0x0c, 0x0a, 0x08, 0x49, 0x4e, 0x54, 0x45, 0x52, 0x4e, 0x41,
-	0x4c, 0x10, 0x5d, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
+	0x4c, 0x10, 0x5d, 0x12, 0x18, 0x0a, 0x14, 0x49, 0x4e, 0x56, 0x41, 0x4c, 0x49, 0x44, 0x5f, 0x45,
+	0x56, 0x45, 0x4e, 0x54, 0x5f, 0x43, 0x55, 0x52, 0x53, 0x4f, 0x52, 0x10, 0x64, 0x12, 0x18, 0x0a,
+	0x14, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x43, 0x55, 0x52, 0x53, 0x4f, 0x52, 0x5f, 0x45, 0x58,
+	0x50, 0x49, 0x52, 0x45, 0x44, 0x10, 0x65, 0x12, 0x1d, 0x0a, 0x19, 0x45, 0x56, 0x45, 0x4e, 0x54,
+	0x5f, 0x43, 0x4f, 0x4e, 0x53, 0x55, 0x4d, 0x45, 0x52, 0x5f, 0x54, 0x41, 0x4b, 0x45, 0x4e, 0x5f,
+	0x4f, 0x56, 0x45, 0x52, 0x10, 0x66, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
 }
 
 var (

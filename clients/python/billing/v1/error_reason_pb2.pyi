@@ -187,6 +187,23 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     INTERNAL: _ErrorReason.ValueType  # 93
     """A bug in the service (status INTERNAL); it has been logged."""
+    INVALID_EVENT_CURSOR: _ErrorReason.ValueType  # 100
+    """-- events (EventService) -------------------------------------------------
+
+    An event cursor (WatchEventsRequest.after_cursor, AckEventsRequest.cursor)
+    was not issued by this service's event log (status INVALID_ARGUMENT).
+    """
+    EVENT_CURSOR_EXPIRED: _ErrorReason.ValueType  # 101
+    """The events after the requested position (a cursor, a start time or a
+    durable consumer's acknowledged position) are older than the retention
+    period and were deleted (status FAILED_PRECONDITION); start again from a
+    later time or START_POINT_EARLIEST.
+    """
+    EVENT_CONSUMER_TAKEN_OVER: _ErrorReason.ValueType  # 102
+    """A newer WatchEvents stream took over this durable consumer, so this stream
+    ended (status FAILED_PRECONDITION). Do not reconnect automatically: two
+    processes sharing one consumer name would keep taking it from each other.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed: the reason carried by the one google.rpc.ErrorInfo (domain
@@ -368,4 +385,21 @@ with the same request_id.
 """
 INTERNAL: ErrorReason.ValueType  # 93
 """A bug in the service (status INTERNAL); it has been logged."""
+INVALID_EVENT_CURSOR: ErrorReason.ValueType  # 100
+"""-- events (EventService) -------------------------------------------------
+
+An event cursor (WatchEventsRequest.after_cursor, AckEventsRequest.cursor)
+was not issued by this service's event log (status INVALID_ARGUMENT).
+"""
+EVENT_CURSOR_EXPIRED: ErrorReason.ValueType  # 101
+"""The events after the requested position (a cursor, a start time or a
+durable consumer's acknowledged position) are older than the retention
+period and were deleted (status FAILED_PRECONDITION); start again from a
+later time or START_POINT_EARLIEST.
+"""
+EVENT_CONSUMER_TAKEN_OVER: ErrorReason.ValueType  # 102
+"""A newer WatchEvents stream took over this durable consumer, so this stream
+ended (status FAILED_PRECONDITION). Do not reconnect automatically: two
+processes sharing one consumer name would keep taking it from each other.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
