@@ -45,10 +45,14 @@ from billing_service.service_layer.ports import (
 
 log = logging.getLogger(__name__)
 
-# Processor verbs that only read: everything else may move money or change an object at
-# the processor, so a fresh request's claim is written before it is called.
+# The processor port's verbs that may move money or change an object at the processor
+# (every coroutine of the port but its reads): a fresh request's claim is written before
+# any of them is called.
 _READ_VERBS = frozenset(
-    {"get_payment", "get_refund", "find_payment", "find_refund", "get_subscription", "list_invoices"}
+    {"get_payment", "get_refund", "find_payment", "find_refund", "get_subscription", "list_invoices", "aclose"}
+)
+_WRITE_VERBS = (
+    frozenset(name for name, verb in vars(PaymentProcessor).items() if inspect.iscoroutinefunction(verb)) - _READ_VERBS
 )
 
 
@@ -104,6 +108,13 @@ class Execution:
         self.pending = None
         self.lease = Lease(self.key, self.owner, self.lease_seconds, lease_until)
         self._beat = asyncio.create_task(_heartbeat(self.store, self.clock, self.lease), name="idempotency-heartbeat")
+
+    def answered(self, result: StoredResult) -> None:
+        """Records that a commit stored the request's answer: the record is complete, so its
+        lease needs no more renewing (a renewal would find it no longer in progress)."""
+        self.stored = result
+        if self._beat is not None:
+            self._beat.cancel()
 
     async def stop(self) -> None:
         """Stops renewing: called before anyone completes or releases the record, so a late
@@ -163,7 +174,7 @@ async def fenced(now: datetime, answer: object | None = None) -> AsyncIterator[l
         else:
             yield [*fences, Fence(execution.key, execution.owner, now, result=result)]
     if result is not None:
-        execution.stored = result
+        execution.answered(result)
 
 
 async def claim_now() -> None:
@@ -195,7 +206,7 @@ class _ClaimFirst:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._adapter, name)
-        if name in _READ_VERBS or not inspect.iscoroutinefunction(attr):
+        if name not in _WRITE_VERBS:
             return attr
 
         @functools.wraps(attr)
