@@ -85,7 +85,7 @@ class Execution:
     """The current task's execution of its own request (set by ``Idempotency.run``).
 
     Attributes:
-        pending: The record a fresh execution has not written yet (its claim).
+        pending: The record a fresh execution has not written (as far as it knows) yet.
         lease: The lease once claimed (or taken over).
         answer: Turns the use case's result (or final error) into the stored answer.
         stored: The answer a commit already stored on the record, if any.
@@ -100,6 +100,9 @@ class Execution:
     lease: Lease | None = None
     answer: Callable[[object], StoredResult] | None = None
     stored: StoredResult | None = None
+    #: A commit carrying the claim was sent: whether it landed may be unknown (the call was
+    #: cancelled, the store timed out), so a release must be tried even while ``pending``.
+    claim_sent: bool = False
     _beat: asyncio.Task[None] | None = None
     _claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -168,6 +171,7 @@ async def fenced(now: datetime, answer: object | None = None) -> AsyncIterator[l
     async with execution._claiming:  # one commit at a time may carry the claim
         if execution.pending is not None:
             fence = execution.claim_fence(now, result)
+            execution.claim_sent = True
             yield [*fences, fence]
             assert fence.claim is not None
             execution.claimed(fence.claim.lease_until)

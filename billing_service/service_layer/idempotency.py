@@ -20,6 +20,7 @@ transactions in all.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
@@ -335,14 +336,19 @@ class Idempotency:
             except ClaimConflict:
                 log.warning("another execution claimed this request first; its answer stands")
             return
-        await self._store.idempotency_complete(execution.key, execution.owner, response=result.response,
-                                               error=result.error)  # fmt: skip
+        await asyncio.shield(
+            self._store.idempotency_complete(execution.key, execution.owner, response=result.response,
+                                             error=result.error)
+        )  # fmt: skip
 
     async def _release_quietly(self, execution: Execution) -> None:
-        if execution.pending is not None:
+        if execution.pending is not None and not execution.claim_sent:
             return  # never claimed: nothing to release
+        # Matched on our owner: a no-op when the claim never landed. Shielded: a call cut by
+        # its deadline is often cancelled again while it cleans up, and an unreleased lease
+        # keeps the caller's retries waiting for a whole term.
         try:
-            await self._store.idempotency_release(execution.key, execution.owner)
+            await asyncio.shield(self._store.idempotency_release(execution.key, execution.owner))
         except Exception:  # the lease lapses anyway; never mask the original error
             log.warning("could not release idempotency lease", exc_info=True)
 

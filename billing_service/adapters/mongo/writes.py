@@ -88,7 +88,9 @@ async def in_transaction(client: AsyncMongoClient[Doc], apply: Callable[[AsyncCl
             except BaseException as exc:
                 if session.in_transaction:
                     try:
-                        await session.abort_transaction()
+                        # Shielded: a caller cancelled again meanwhile must not leave its
+                        # transaction open on the server (holding its documents until reaped).
+                        await asyncio.shield(session.abort_transaction())
                     except PyMongoError:
                         log.debug("abort_transaction failed", exc_info=True)
                 if (
