@@ -15,6 +15,7 @@ from billing_service.domain.customers import (
 )
 from billing_service.domain.errors import InvalidArgument
 from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
+from billing_service.service_layer.executions import unwritten
 from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
 from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.ports import Change, Insert, Update
@@ -52,8 +53,8 @@ class CreateCustomer:
 
 async def create_customer(deps: Deps, ctx: RequestContext, cmd: CreateCustomer) -> Customer:
     """Creates a customer. Processor-side customers are created lazily on first use."""
-    # A first attempt's resource id is new: only a resumed request can have written it.
-    existing = await deps.store.get(Customer, ctx.resource_id) if ctx.attempt > 1 else None
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    existing = None if unwritten(ctx.resource_id) else await deps.store.get(Customer, ctx.resource_id)
     if existing is not None:  # a resumed request that already wrote its customer
         return existing
     now = deps.clock.now()
@@ -198,8 +199,8 @@ class AttachPaymentMethod:
 
 async def attach_payment_method(deps: Deps, ctx: RequestContext, cmd: AttachPaymentMethod) -> PaymentMethod:
     """Attaches a token at the processor and records its display data only."""
-    # A first attempt's resource id is new: only a resumed request can have written it.
-    existing = await deps.store.get(PaymentMethod, ctx.resource_id) if ctx.attempt > 1 else None
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    existing = None if unwritten(ctx.resource_id) else await deps.store.get(PaymentMethod, ctx.resource_id)
     if existing is not None:
         return existing
     customer = await load(deps, Customer, cmd.customer_id, resource="customer", field_path="customer_id")

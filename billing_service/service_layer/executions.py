@@ -194,6 +194,22 @@ async def claim_now() -> None:
         await execution.store.commit([], [], fences=fences)
 
 
+def unwritten(resource_id: str) -> bool:
+    """True when ``resource_id`` is the id the current execution reserved and has not claimed yet.
+
+    Nothing can exist under it: the id was drawn by this execution and is stored nowhere
+    until its claim is, so a use case need not read it to see whether a previous attempt
+    created the resource. Anything else (a takeover, a direct call) must read.
+    """
+    execution = _EXECUTION.get()
+    return (
+        execution is not None
+        and execution.pending is not None
+        and not execution.claim_sent
+        and execution.pending.resource_id == resource_id
+    )
+
+
 def claim_before_writes(adapter: PaymentProcessor) -> PaymentProcessor:
     """``adapter``, or a view of it that writes the pending claim before any processor write."""
     execution = _EXECUTION.get()

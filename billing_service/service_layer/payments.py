@@ -50,6 +50,7 @@ from billing_service.service_layer.core import (
     report_drift,
 )
 from billing_service.service_layer.customers import MAX_DESCRIPTION, ensure_processor_customer
+from billing_service.service_layer.executions import unwritten
 from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
 from billing_service.service_layer.idempotency import (
     RequestContext,
@@ -248,8 +249,8 @@ async def create_payment(deps: Deps, ctx: RequestContext, cmd: CreatePayment) ->
         PaymentDeclined: The processor declined; the payment is kept as FAILED and its id
             is in the error metadata.
     """
-    # A first attempt's resource id is new: only a resumed request can have written it.
-    payment = await deps.store.get(Payment, ctx.resource_id) if ctx.attempt > 1 else None
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    payment = None if unwritten(ctx.resource_id) else await deps.store.get(Payment, ctx.resource_id)
     if payment is None:
         customer, method = await deps.store.get_pair(Customer, cmd.customer_id, PaymentMethod, cmd.payment_method_id)
         if customer is None:

@@ -34,6 +34,7 @@ from billing_service.service_layer.core import (
     load,
     report_drift,
 )
+from billing_service.service_layer.executions import unwritten
 from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
 from billing_service.service_layer.idempotency import RequestContext, ensure_leases, is_final
 from billing_service.service_layer.lookups import lookup_refund, resend_deadline
@@ -144,8 +145,8 @@ async def create_refund(deps: Deps, ctx: RequestContext, cmd: CreateRefund) -> R
     The reservation is a versioned write of the payment together with the PENDING refund,
     so concurrent refunds can never together exceed the captured amount.
     """
-    # A first attempt's resource id is new: only a resumed request can have written it.
-    refund = await deps.store.get(Refund, ctx.resource_id) if ctx.attempt > 1 else None
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    refund = None if unwritten(ctx.resource_id) else await deps.store.get(Refund, ctx.resource_id)
     reserved: Payment | None = None
     if refund is None:
         created: list[Refund] = []

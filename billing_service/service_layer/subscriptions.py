@@ -33,6 +33,7 @@ from billing_service.domain.subscriptions import (
 )
 from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
 from billing_service.service_layer.customers import MAX_DESCRIPTION, MAX_NAME, ensure_processor_customer
+from billing_service.service_layer.executions import unwritten
 from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
 from billing_service.service_layer.idempotency import RequestContext, is_final
 from billing_service.service_layer.ports import Change, Insert, SubscriptionChange, SubscriptionRequest, Update
@@ -74,8 +75,8 @@ class CreatePlan:
 
 async def create_plan(deps: Deps, ctx: RequestContext, cmd: CreatePlan) -> Plan:
     """Stores a plan; it is mirrored at a processor when first subscribed there."""
-    # A first attempt's resource id is new: only a resumed request can have written it.
-    existing = await deps.store.get(Plan, ctx.resource_id) if ctx.attempt > 1 else None
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    existing = None if unwritten(ctx.resource_id) else await deps.store.get(Plan, ctx.resource_id)
     if existing is not None:
         return existing
     now = deps.clock.now()
@@ -339,8 +340,8 @@ _Loaded = tuple[Customer, Plan, PaymentMethod | None]
 
 async def create_subscription(deps: Deps, ctx: RequestContext, cmd: CreateSubscription) -> Subscription:
     """Creates the subscription at the payment method's processor and mirrors it."""
-    # A first attempt's resource id is new: only a resumed request can have written it.
-    sub = await deps.store.get(Subscription, ctx.resource_id) if ctx.attempt > 1 else None
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    sub = None if unwritten(ctx.resource_id) else await deps.store.get(Subscription, ctx.resource_id)
     loaded: _Loaded | None = None
     if sub is None:
         customer = await load(deps, Customer, cmd.customer_id, resource="customer", field_path="customer_id")
