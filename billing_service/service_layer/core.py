@@ -10,7 +10,8 @@ from typing import Any
 from billing_service.domain.common import AuditEvent, Processor
 from billing_service.domain.errors import ConcurrencyConflict, FailedPrecondition, NotFound
 from billing_service.domain.ids import new_id
-from billing_service.service_layer.idempotency import RequestContext, held_fences
+from billing_service.service_layer.executions import claim_before_writes, fenced
+from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.pagination import decode_token, encode_token, page_size
 from billing_service.service_layer.ports import BillingStore, Change, Clock, E, Page, PaymentProcessor, T
 
@@ -69,7 +70,8 @@ class Deps:
             FailedPrecondition: The processor is not configured in this deployment.
         """
         try:
-            return self.processors[name]
+            # Within a request that has not claimed its key yet, its writes claim it first.
+            return claim_before_writes(self.processors[name])
         except KeyError:
             raise FailedPrecondition(
                 f"processor {name.value} is not configured on this service",
@@ -128,11 +130,19 @@ async def load(deps: Deps, kind: type[E], entity_id: str, *, resource: str, fiel
 async def commit_with_retry(
     deps: Deps,
     attempt: Callable[[], Awaitable[tuple[Sequence[Change], Sequence[AuditEvent]] | None]],
+    *,
+    answer: Callable[[], object] | None = None,
 ) -> None:
     """Runs read-modify-write ``attempt`` until its commit wins the version check.
 
-    ``attempt`` must re-read what it changes on every call and return the changes and
-    events to write, or None when there is nothing to write.
+    ``attempt`` must re-read what it changes on every call (the first call may use what
+    the request itself has just written: a stale copy loses the version check and the
+    next call re-reads) and return the changes and events to write, or None when there is
+    nothing to write.
+
+    Args:
+        answer: The request's answer once the attempt's changes are written (see
+            :func:`commit`), read after each attempt.
     """
     for _ in range(MAX_CONFLICT_RETRIES):
         planned = await attempt()
@@ -140,20 +150,30 @@ async def commit_with_retry(
             return
         changes, events = planned
         try:
-            await commit(deps, changes, events)
+            await commit(deps, changes, events, answer=None if answer is None else answer())
         except ConcurrencyConflict:
             continue
         return
     raise ConcurrencyConflict("the resource kept changing concurrently; retry the request")
 
 
-async def commit(deps: Deps, changes: Sequence[Change], events: Sequence[AuditEvent]) -> None:
+async def commit(
+    deps: Deps, changes: Sequence[Change], events: Sequence[AuditEvent], *, answer: object | None = None
+) -> None:
     """Writes one set of changes with their audit events atomically.
 
     The commit is fenced by every idempotency lease the running task holds (its own
     request's, and any record it holds for another): it lands only while they are ours.
+    A request's first commit also claims its key (see ``executions``).
+
+    Args:
+        answer: What the request answers once this commit has landed (the use case's
+            result, or its final error): stored on the request's record in the same
+            transaction. Pass it only on a commit after which the use case returns
+            that very value with nothing else to do.
     """
-    await deps.store.commit(changes, events, fences=held_fences(deps.clock.now()))
+    async with fenced(deps.clock.now(), answer) as fences:
+        await deps.store.commit(changes, events, fences=fences)
     for hook in deps.audit_hooks:
         for event in events:
             hook(event)

@@ -11,26 +11,22 @@ the serialized response (or the final error) for at least 24 hours.
   over, reusing the allocated resource id and the same processor idempotency keys, so it
   resumes the work instead of doing it twice.
 
-A live executor renews its lease (a heartbeat every third of the lease), so a request that
-chains several slow processor calls is never taken over while it runs. Its writes are
-fenced: every commit made on its behalf checks, in the same transaction, that the
-request's fence still names this execution, and is refused once another execution took
-over; before each money-moving processor call ``ensure_leases`` refuses to go on when the
-heartbeat has not confirmed the lease recently (the store may be unreachable while another
-replica takes over). The same leases let a cancel or the reconciler *hold* another
-request's lapsed record (``hold_request``) so that request cannot resume meanwhile.
+The claim, the lease and its heartbeat, the fences on every commit and holds on other
+requests' records live in ``executions``. With ``defer_claim`` (what the gRPC runner uses)
+a fresh request's claim rides in its first commit, and its answer in its last one, so a
+request that records an intent, calls a processor and records the outcome writes two
+transactions in all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import hashlib
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -50,13 +46,39 @@ from billing_service.domain.errors import (
     StoreUnavailable,
 )
 from billing_service.domain.ids import new_id
+from billing_service.service_layer.executions import (
+    Execution,
+    Hold,
+    Lease,
+    ensure_leases,
+    executing,
+    held_fences,
+    hold_request,
+)
 from billing_service.service_layer.ports import (
     BillingStore,
+    ClaimConflict,
     Clock,
-    Fence,
-    HoldOutcome,
     IdempotencyOutcome,
+    IdempotencyRecord,
+    StoredResult,
+    request_key,
 )
+
+__all__ = [
+    "Hold",
+    "Idempotency",
+    "Lease",
+    "RequestContext",
+    "context_of",
+    "ensure_leases",
+    "error_from_record",
+    "error_to_record",
+    "held_fences",
+    "hold_request",
+    "is_final",
+    "validate_request_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,148 +140,6 @@ class RequestContext:
 def context_of(origin: RequestOrigin, resource_id: str, attempt: int = 2) -> RequestContext:
     """The context of a resource's creating request, to resume or verify its work later."""
     return RequestContext(origin.caller, origin.method, origin.request_id, resource_id, attempt)
-
-
-# ---------------------------------------------------------------------------
-# Leases held by the running task (the executor's own, and any it holds for others)
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class Lease:
-    """An idempotency record this task holds.
-
-    Attributes:
-        valid_until: Until when the lease is known to be ours: the ``lease_until`` of the
-            last successful claim or heartbeat.
-        lost: Another execution took the record over; nothing more may be done for it.
-    """
-
-    key: str
-    owner: str
-    lease_seconds: float
-    valid_until: datetime
-    lost: bool = False
-
-    def fence(self, now: datetime) -> Fence:
-        """The fence a commit made now carries."""
-        return Fence(self.key, self.owner, now)
-
-
-_LEASES: ContextVar[tuple[Lease, ...]] = ContextVar("billing_held_leases", default=())
-
-
-def held_fences(now: datetime) -> list[Fence]:
-    """Fences for a commit made now on behalf of the current task's requests."""
-    return [lease.fence(now) for lease in _LEASES.get()]
-
-
-def ensure_leases(now: datetime) -> None:
-    """Raises unless every lease the current task holds is certainly still ours.
-
-    Called before each money-moving processor call: a lease whose heartbeat has not been
-    confirmed for two beats (a third of its term left) may have been taken over by a
-    replica that could not see our renewals, so the call must not be sent.
-
-    Raises:
-        RequestInProgress: A lease was lost or could not be confirmed in time.
-    """
-    for lease in _LEASES.get():
-        margin = timedelta(seconds=lease.lease_seconds / 3)
-        if lease.lost or now >= lease.valid_until - margin:
-            raise RequestInProgress(
-                "this execution could not confirm its lease on the request; another execution may have "
-                "taken it over, so nothing more is sent; retry with the same request_id"
-            )
-
-
-async def _heartbeat(store: BillingStore, clock: Clock, lease: Lease) -> None:
-    """Renews ``lease`` every third of its term until cancelled or lost."""
-    interval = lease.lease_seconds / 3
-    while True:
-        await asyncio.sleep(interval)
-        until = clock.now() + timedelta(seconds=lease.lease_seconds)
-        try:
-            renewed = await store.idempotency_renew(lease.key, lease.owner, lease_until=until)
-        except Exception:  # the store is down: ensure_leases stops the work if this lasts
-            log.warning("idempotency lease heartbeat failed", exc_info=True)
-            continue
-        if not renewed:
-            lease.lost = True
-            log.warning("idempotency lease lost to another execution", extra={"key": lease.key})
-            return
-        lease.valid_until = max(lease.valid_until, until)
-
-
-@contextlib.asynccontextmanager
-async def _holding(store: BillingStore, clock: Clock, lease: Lease) -> AsyncIterator[Lease]:
-    """Makes ``lease`` the current task's (fences, guards) and keeps it alive meanwhile."""
-    token = _LEASES.set((*_LEASES.get(), lease))
-    beat = asyncio.create_task(_heartbeat(store, clock, lease), name="idempotency-heartbeat")
-    try:
-        yield lease
-    finally:
-        # Stop renewing before anyone releases or completes the record: a late beat must
-        # not extend a lease that was just handed back.
-        beat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beat
-        _LEASES.reset(token)
-
-
-@dataclass(frozen=True)
-class Hold:
-    """The result of ``hold_request``.
-
-    Attributes:
-        outcome: HELD (we hold it), COMPLETED or ABSENT (nothing can resume the request),
-            or BUSY (its executor is alive; nothing was taken).
-        retry_after: For BUSY, when its current lease ends.
-    """
-
-    outcome: HoldOutcome
-    retry_after: datetime | None = None
-
-    @property
-    def quiet(self) -> bool:
-        """True when no execution of the request can run while the hold lasts."""
-        return self.outcome is not HoldOutcome.BUSY
-
-
-@contextlib.asynccontextmanager
-async def hold_request(
-    store: BillingStore, clock: Clock, origin: RequestOrigin, *, lease_seconds: float
-) -> AsyncIterator[Hold]:
-    """Holds another request's idempotency record so it cannot execute meanwhile.
-
-    Used by a cancel racing its payment's create and by reconciliation before it resumes
-    or settles a request's work. While HELD, the record's retries answer IN_PROGRESS, its
-    stale executor's commits are refused by their fences, and this task's own commits are
-    fenced by the hold (and renewed by a heartbeat). On exit the record is released so the
-    request's next retry takes over at once and finds the settled resource.
-    """
-    owner = f"hold-{secrets.token_hex(10)}"
-    outcome, record = await store.idempotency_hold(
-        caller=origin.caller,
-        method=origin.method,
-        request_id=origin.request_id,
-        owner=owner,
-        now=clock.now(),
-        lease_seconds=lease_seconds,
-    )
-    if outcome is not HoldOutcome.HELD or record is None:
-        busy_until = record.lease_until if outcome is HoldOutcome.BUSY and record is not None else None
-        yield Hold(outcome, busy_until)
-        return
-    lease = Lease(record.key, owner, lease_seconds, record.lease_until)
-    try:
-        async with _holding(store, clock, lease):
-            yield Hold(outcome)
-    finally:
-        try:
-            await store.idempotency_release(record.key, owner)
-        except Exception:  # the hold lapses by itself
-            log.warning("could not release a held idempotency record", exc_info=True)
 
 
 def error_to_record(error: BillingError) -> dict[str, Any]:
@@ -341,6 +221,8 @@ class Idempotency:
         fingerprint: str,
         resource_prefix: str,
         work: Callable[[RequestContext], Awaitable[bytes]],
+        answer: Callable[[Any], bytes] | None = None,
+        defer_claim: bool = False,
     ) -> bytes:
         """Executes ``work`` once for this key, or replays its stored result.
 
@@ -348,6 +230,14 @@ class Idempotency:
             fingerprint: Digest of the request without its request_id.
             resource_prefix: Prefix of the id to reserve (``pay``, ``re``, ...).
             work: The use case plus response serialization.
+            answer: Serializes the use case's result exactly as ``work`` does; given, a
+                commit that passes its result as the answer stores it on the record in
+                the same transaction (``core.commit``), and no separate completion is
+                written when ``work`` returns that very answer.
+            defer_claim: Claim a fresh key with the request's first commit (or right
+                before its first processor write) instead of in a transaction of its own
+                first (see ``executions``). Concurrent duplicates may then both run the
+                read-only start of the use case; only one claims.
 
         Returns:
             The serialized response.
@@ -357,56 +247,142 @@ class Idempotency:
             RequestInProgress: The key is being executed elsewhere right now.
             BillingError: The request's final error (also on replay).
         """
-        owner = secrets.token_hex(12)
-        outcome, record = await self._store.idempotency_begin(
-            caller=caller,
-            method=method,
-            request_id=request_id,
-            fingerprint=fingerprint,
-            resource_id=new_id(resource_prefix),
-            owner=owner,
-            now=self._clock.now(),
-            lease_seconds=self._lease,
-            ttl_seconds=self._ttl,
-        )
-        if outcome is IdempotencyOutcome.MISMATCH:
-            raise IdempotencyKeyReused(
-                f"request_id {request_id!r} was already used for a different {method.rsplit('/', 1)[-1]} request",
-                metadata={"request_id": request_id},
-            )
-        if outcome is IdempotencyOutcome.IN_PROGRESS:
-            raise RequestInProgress(
-                f"a request with request_id {request_id!r} is still in progress; retry shortly",
-                metadata={"request_id": request_id},
-            )
-        if outcome is IdempotencyOutcome.COMPLETED:
-            if record.error is not None:
-                raise error_from_record(record.error)
-            assert record.response is not None
-            return record.response
+        key = request_key(caller, method, request_id)
+        # A few rounds: a concurrent duplicate may claim the key between our read and our claim.
+        for _ in range(5):
+            owner = secrets.token_hex(12)
+            now = self._clock.now()
+            if defer_claim:
+                record = await self._store.idempotency_get(caller=caller, method=method, request_id=request_id, now=now)
+                if record is None:
+                    pending = IdempotencyRecord(
+                        key=key, caller=caller, method=method, request_id=request_id, fingerprint=fingerprint,
+                        resource_id=new_id(resource_prefix), owner=owner, state="in_progress", created_at=now,
+                        lease_until=now, expires_at=now + timedelta(seconds=self._ttl),
+                    )  # fmt: skip
+                    outcome = IdempotencyOutcome.STARTED
+                else:
+                    pending = None
+                    found = _classify(record, fingerprint, now)
+                    if found is not None:
+                        outcome = found
+                    else:  # its executor stopped renewing its lease (crashed or hung): take over
+                        outcome, record = await self._store.idempotency_take_over(
+                            record, owner=owner, now=now, lease_seconds=self._lease, ttl_seconds=self._ttl
+                        )
+            else:
+                pending = None
+                outcome, record = await self._store.idempotency_begin(
+                    caller=caller, method=method, request_id=request_id, fingerprint=fingerprint,
+                    resource_id=new_id(resource_prefix), owner=owner, now=now, lease_seconds=self._lease,
+                    ttl_seconds=self._ttl,
+                )  # fmt: skip
+            if outcome is not IdempotencyOutcome.STARTED:
+                assert record is not None
+                return _answer(outcome, record, method, request_id)
+            execution = Execution(self._store, self._clock, key, owner, self._lease, pending=pending)
+            if pending is None:
+                assert record is not None
+                execution.claimed(record.lease_until)
+                resource_id, attempt = record.resource_id, record.attempts
+            else:
+                resource_id, attempt = pending.resource_id, 1
+            if answer is not None:
+                execution.answer = functools.partial(_stored_answer, answer)
+            if attempt > 1:
+                log.info("resuming request after takeover", extra={"request_id": request_id, "attempt": attempt})
+            ctx = RequestContext(caller, method, request_id, resource_id, attempt)
+            try:
+                return await self._execute(execution, ctx, work)
+            except ClaimConflict:
+                continue  # nothing was written: look again (replay, wait or take over)
+        raise StoreUnavailable("idempotency record kept changing under us; try again")
 
-        ctx = RequestContext(caller, method, request_id, record.resource_id, record.attempts)
-        if record.attempts > 1:
-            log.info("resuming request after takeover", extra={"request_id": request_id, "attempt": record.attempts})
-        lease = Lease(record.key, owner, self._lease, record.lease_until)
+    async def _execute(
+        self, execution: Execution, ctx: RequestContext, work: Callable[[RequestContext], Awaitable[bytes]]
+    ) -> bytes:
         try:
-            async with _holding(self._store, self._clock, lease):
-                response = await work(ctx)
+            with executing(execution):
+                try:
+                    response = await work(ctx)
+                finally:
+                    await execution.stop()
+                await self._finish(execution, StoredResult(response=response))
+                return response
+        except ClaimConflict:
+            raise
         except BillingError as exc:
             if is_final(exc):
-                await self._store.idempotency_complete(record.key, owner, response=None, error=error_to_record(exc))
+                await self._finish(execution, StoredResult(error=error_to_record(exc)))
             else:
-                await self._release_quietly(record.key, owner)
+                await self._release_quietly(execution)
             raise
         except BaseException:
             # A bug or a cancelled call (deadline): let a retry take over and resume.
-            await self._release_quietly(record.key, owner)
+            await self._release_quietly(execution)
             raise
-        await self._store.idempotency_complete(record.key, owner, response=response, error=None)
-        return response
 
-    async def _release_quietly(self, key: str, owner: str) -> None:
+    async def _finish(self, execution: Execution, result: StoredResult) -> None:
+        """Stores the request's answer unless its outcome commit already did."""
+        if execution.stored == result:
+            return  # written with the outcome
+        if execution.stored is not None:
+            log.warning("a request's answer differs from the one its last commit stored; storing the final one")
+        if execution.pending is not None:
+            # Nothing was written for the request (e.g. a final error before any change):
+            # claim and complete the record at once.
+            try:
+                await self._store.commit([], [], fences=[execution.claim_fence(self._clock.now(), result)])
+            except ClaimConflict:
+                log.warning("another execution claimed this request first; its answer stands")
+            return
+        await asyncio.shield(
+            self._store.idempotency_complete(execution.key, execution.owner, response=result.response,
+                                             error=result.error)
+        )  # fmt: skip
+
+    async def _release_quietly(self, execution: Execution) -> None:
+        if execution.pending is not None and not execution.claim_sent:
+            return  # never claimed: nothing to release
+        # Matched on our owner: a no-op when the claim never landed. Shielded: a call cut by
+        # its deadline is often cancelled again while it cleans up, and an unreleased lease
+        # keeps the caller's retries waiting for a whole term.
         try:
-            await self._store.idempotency_release(key, owner)
+            await asyncio.shield(self._store.idempotency_release(execution.key, execution.owner))
         except Exception:  # the lease lapses anyway; never mask the original error
             log.warning("could not release idempotency lease", exc_info=True)
+
+
+def _classify(record: IdempotencyRecord, fingerprint: str, now: datetime) -> IdempotencyOutcome | None:
+    """What an existing record means for a new execution; None when it may be taken over."""
+    if record.fingerprint != fingerprint:
+        return IdempotencyOutcome.MISMATCH
+    if record.state == "completed":
+        return IdempotencyOutcome.COMPLETED
+    if record.lease_until > now:
+        return IdempotencyOutcome.IN_PROGRESS
+    return None
+
+
+def _stored_answer(encode: Callable[[Any], bytes], result: object) -> StoredResult:
+    if isinstance(result, BillingError):
+        return StoredResult(error=error_to_record(result))
+    return StoredResult(response=encode(result))
+
+
+def _answer(outcome: IdempotencyOutcome, record: IdempotencyRecord, method: str, request_id: str) -> bytes:
+    """The answer to a request that does not execute: the stored one, or why not."""
+    if outcome is IdempotencyOutcome.MISMATCH:
+        raise IdempotencyKeyReused(
+            f"request_id {request_id!r} was already used for a different {method.rsplit('/', 1)[-1]} request",
+            metadata={"request_id": request_id},
+        )
+    if outcome is IdempotencyOutcome.IN_PROGRESS:
+        raise RequestInProgress(
+            f"a request with request_id {request_id!r} is still in progress; retry shortly",
+            metadata={"request_id": request_id},
+        )
+    if record.error is not None:
+        raise error_from_record(record.error)
+    assert record.response is not None
+    return record.response

@@ -14,6 +14,7 @@ held money is released at the processor, and both are audited and counted.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from billing_service.domain.errors import (
     BillingError,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     PaymentDeclined,
     RequestInProgress,
 )
@@ -48,6 +50,7 @@ from billing_service.service_layer.core import (
     report_drift,
 )
 from billing_service.service_layer.customers import MAX_DESCRIPTION, ensure_processor_customer
+from billing_service.service_layer.executions import unwritten
 from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
 from billing_service.service_layer.idempotency import (
     RequestContext,
@@ -114,6 +117,9 @@ async def record_payment_state(
     action: str,
     *,
     lookup_after: datetime | None = None,
+    known: Payment | None = None,
+    answers: bool = False,
+    answer_error: BillingError | None = None,
 ) -> Payment:
     """Applies a processor report to the stored payment and audits the move.
 
@@ -124,12 +130,19 @@ async def record_payment_state(
     Args:
         lookup_after: When the payment ends without a processor id, have reconciliation
             look it up by our id from then on (an attempt may have reached the processor).
+        known: The payment as this request last read or wrote it: the first attempt
+            starts from it instead of reading it again (a stale copy loses the version
+            check, and the next attempt reads it).
+        answers: The recorded payment is the request's answer (stored with the change).
+        answer_error: The request answers with this final error (stored with the change).
     """
     result: list[Payment] = []
     drifts: list[Drift] = []
+    first = [copy.deepcopy(known)] if known is not None else []
 
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
-        payment = await load(deps, Payment, payment_id, resource="payment", field_path="payment_id")
+        payment = first.pop() if first else await load(deps, Payment, payment_id, resource="payment",
+                                                         field_path="payment_id")  # fmt: skip
         result[:] = [payment]
         drifts.clear()
         now = deps.clock.now()
@@ -147,11 +160,20 @@ async def record_payment_state(
         events = [_state_event(deps, ctx, action, payment, before)] if changed else []
         return [Update(payment)], events
 
-    await commit_with_retry(deps, attempt)
+    def releases_held_money(payment: Payment) -> bool:
+        return payment.contradicted_by(state) and state.status in _HOLDS_MONEY and bool(payment.processor_id)
+
+    def answer() -> object | None:
+        if answer_error is not None:
+            return answer_error
+        # Voiding held money comes after this commit: then this is not the last word.
+        return result[0] if answers and not releases_held_money(result[0]) else None
+
+    await commit_with_retry(deps, attempt, answer=answer)
     for drift in drifts:
         report_drift(deps, drift)
     payment = result[0]
-    if payment.contradicted_by(state) and state.status in _HOLDS_MONEY and payment.processor_id:
+    if releases_held_money(payment):
         return await _release_held_money(deps, ctx, payment)
     return payment
 
@@ -227,12 +249,14 @@ async def create_payment(deps: Deps, ctx: RequestContext, cmd: CreatePayment) ->
         PaymentDeclined: The processor declined; the payment is kept as FAILED and its id
             is in the error metadata.
     """
-    payment = await deps.store.get(Payment, ctx.resource_id)
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    payment = None if unwritten(ctx.resource_id) else await deps.store.get(Payment, ctx.resource_id)
     if payment is None:
-        customer = await load(deps, Customer, cmd.customer_id, resource="customer", field_path="customer_id")
-        method = await load(
-            deps, PaymentMethod, cmd.payment_method_id, resource="payment_method", field_path="payment_method_id"
-        )
+        customer, method = await deps.store.get_pair(Customer, cmd.customer_id, PaymentMethod, cmd.payment_method_id)
+        if customer is None:
+            raise NotFound("customer", cmd.customer_id, field_path="customer_id")
+        if method is None:
+            raise NotFound("payment_method", cmd.payment_method_id, field_path="payment_method_id")
         if method.customer_id != customer.id:
             raise InvalidArgument.field("payment_method_id", "does not belong to this customer")
         method.ensure_usable()
@@ -326,8 +350,11 @@ async def resume_payment(
                 message=exc.message,
             ),
         )
-        await record_payment_state(deps, ctx, payment.id, failed, "payment.failed", lookup_after=deps.clock.now())
         exc.metadata["payment_id"] = payment.id
+        await record_payment_state(
+            deps, ctx, payment.id, failed, "payment.failed", lookup_after=deps.clock.now(), known=payment,
+            answer_error=exc,
+        )  # fmt: skip
         raise
     except BillingError as exc:
         # Any final refusal (invalid at the processor, not supported, misconfigured) ends the
@@ -341,15 +368,20 @@ async def resume_payment(
                 status=PaymentStatus.FAILED,
                 failure=PaymentFailure(code=exc.reason.lower(), message=exc.message),
             )
-            await record_payment_state(deps, ctx, payment.id, failed, "payment.failed", lookup_after=deps.clock.now())
             exc.metadata["payment_id"] = payment.id
+            await record_payment_state(
+                deps, ctx, payment.id, failed, "payment.failed", lookup_after=deps.clock.now(), known=payment,
+                answer_error=exc,
+            )  # fmt: skip
         elif processor_payment_id := exc.metadata.get("processor_payment_id", ""):
             # The processor acted but its answer could not be read: keep its id on the PENDING
             # payment so refreshes and reconciliation can find what it did.
             linked = ProcessorPaymentState(processor_id=processor_payment_id, status=PaymentStatus.PENDING)
-            await record_payment_state(deps, ctx, payment.id, linked, "payment.processor_linked")
+            await record_payment_state(deps, ctx, payment.id, linked, "payment.processor_linked", known=payment)
         raise
-    return await record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
+    return await record_payment_state(
+        deps, ctx, payment.id, state, f"payment.{state.status.value}", known=payment, answers=True
+    )
 
 
 async def get_payment(deps: Deps, payment_id: str) -> Payment:
@@ -407,7 +439,7 @@ async def capture_payment(deps: Deps, ctx: RequestContext, payment_id: str, amou
     state = await deps.processor(payment.processor).capture_payment(
         payment.processor_id, to_capture, idempotency_key=ctx.processor_key("capture")
     )
-    return await record_payment_state(deps, ctx, payment.id, state, "payment.captured")
+    return await record_payment_state(deps, ctx, payment.id, state, "payment.captured", known=payment, answers=True)
 
 
 async def cancel_payment(deps: Deps, ctx: RequestContext, payment_id: str) -> Payment:
@@ -431,7 +463,7 @@ async def cancel_payment(deps: Deps, ctx: RequestContext, payment_id: str) -> Pa
     state = await deps.processor(payment.processor).cancel_payment(
         payment.processor_id, idempotency_key=ctx.processor_key("cancel")
     )
-    return await record_payment_state(deps, ctx, payment.id, state, "payment.canceled")
+    return await record_payment_state(deps, ctx, payment.id, state, "payment.canceled", known=payment, answers=True)
 
 
 async def _settle_unsent_for_cancel(deps: Deps, ctx: RequestContext, payment: Payment) -> Payment:
@@ -580,7 +612,7 @@ async def update_payment(deps: Deps, ctx: RequestContext, cmd: UpdatePayment) ->
         )  # fmt: skip
         return [Update(payment)], [event]
 
-    await commit_with_retry(deps, attempt)
+    await commit_with_retry(deps, attempt, answer=lambda: result[0])
     return result[0]
 
 

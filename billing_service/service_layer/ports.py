@@ -8,6 +8,7 @@ crosses a port: adapters translate to and from the domain types below.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from billing_service.domain.common import AuditEvent, Processor
 from billing_service.domain.customers import Customer, PaymentMethod
 from billing_service.domain.disputes import Dispute
+from billing_service.domain.errors import RequestInProgress
 from billing_service.domain.payments import (
     Payment,
     Refund,
@@ -93,6 +95,7 @@ class Clock(Protocol):
 
 Entity = Customer | PaymentMethod | Payment | Refund | Plan | Subscription | Invoice | Dispute
 E = TypeVar("E", Customer, PaymentMethod, Payment, Refund, Plan, Subscription, Invoice, Dispute)
+E2 = TypeVar("E2", Customer, PaymentMethod, Payment, Refund, Plan, Subscription, Invoice, Dispute)
 
 
 @dataclass(frozen=True)
@@ -140,17 +143,54 @@ class Page(Generic[T]):
 
 
 @dataclass(frozen=True)
+class StoredResult:
+    """The final answer of a request, kept on its idempotency record for replays.
+
+    Exactly one of ``response`` (the serialized response) and ``error`` (a serialized
+    final error) is set.
+    """
+
+    response: bytes | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Fence:
     """A request a commit is made for: it lands only while ``owner`` still executes it.
 
-    The store checks, inside the commit's transaction, that the request's fence still
-    names ``owner``; once another execution took the request over, the whole commit is
-    refused (``RequestInProgress``). ``at`` is the commit's time (the fence's upkeep).
+    The store writes the request's idempotency record inside the commit's transaction:
+
+    - ``claim`` set: the commit is the execution's first write and *creates* the record
+      (``claim`` is the record to insert, or to put in place of an expired one). A record
+      already there means another execution claimed the key first: ``ClaimConflict``.
+    - otherwise the record must still name ``owner``; once another execution took the
+      request over, the whole commit is refused (``RequestInProgress``).
+    - ``result`` set: the same write completes the request with its final answer, so the
+      outcome and the replayable answer become durable together.
+
+    ``at`` is the commit's time.
     """
 
     key: str
     owner: str
     at: datetime
+    claim: IdempotencyRecord | None = None
+    result: StoredResult | None = None
+
+
+class ClaimConflict(RequestInProgress):
+    """A commit that was to create a request's idempotency record found one already there.
+
+    Another execution of the same request claimed it first (a concurrent duplicate, or a
+    crashed one whose record is still in progress). Nothing of the commit was written;
+    the caller looks the record up again and replays, waits or takes over.
+    """
+
+
+def request_key(caller: str, method: str, request_id: str) -> str:
+    """The key of (caller, method, request_id)'s idempotency record: a fixed-size sha256 hex digest."""
+    raw = "\x1f".join((caller, method, request_id))
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
 class HoldOutcome(StrEnum):
@@ -197,6 +237,7 @@ class IdempotencyRecord:
     response: bytes | None = None
     error: dict[str, Any] | None = None
     attempts: int = 1
+    expires_at: datetime | None = None
 
 
 class BillingStore(Protocol):
@@ -233,13 +274,21 @@ class BillingStore(Protocol):
         """
         ...
 
+    async def get_pair(
+        self, first: type[E], first_id: str, second: type[E2], second_id: str
+    ) -> tuple[E | None, E2 | None]:
+        """Loads two entities by id in one round trip (e.g. a customer and its payment method)."""
+        ...
+
     async def commit(
         self, changes: Sequence[Change], events: Sequence[AuditEvent], *, fences: Sequence[Fence] = ()
     ) -> None:
-        """Writes all changes and their audit events atomically.
+        """Writes all changes, their audit events and the fences' records atomically.
 
         Raises:
             ConcurrencyConflict: An ``Update`` found a newer version; nothing was written.
+            ClaimConflict: A fence's ``claim`` found the record already claimed; nothing
+                was written.
             RequestInProgress: A fence's lease was taken over; nothing was written.
             StoreUnavailable: The store failed; nothing was written.
         """
@@ -247,6 +296,22 @@ class BillingStore(Protocol):
 
     async def list_audit_events(self, resource_id: str, *, limit: int, after: str | None) -> Page[AuditEvent]:
         """Lists a resource's audit events, oldest first."""
+        ...
+
+    async def idempotency_get(
+        self, *, caller: str, method: str, request_id: str, now: datetime
+    ) -> IdempotencyRecord | None:
+        """Reads a request key's record; None when there is none or it is past its TTL."""
+        ...
+
+    async def idempotency_take_over(
+        self, record: IdempotencyRecord, *, owner: str, now: datetime, lease_seconds: float, ttl_seconds: float
+    ) -> tuple[IdempotencyOutcome, IdempotencyRecord]:
+        """Takes over ``record`` (in progress, its lease lapsed) for a new execution.
+
+        STARTED with ``attempts`` incremented and the original ``resource_id`` kept; when
+        the record changed meanwhile, what it is now (COMPLETED or IN_PROGRESS).
+        """
         ...
 
     async def idempotency_begin(
@@ -262,7 +327,7 @@ class BillingStore(Protocol):
         lease_seconds: float,
         ttl_seconds: float,
     ) -> tuple[IdempotencyOutcome, IdempotencyRecord]:
-        """Claims a request key, or reports who has it.
+        """Claims a request key at once, or reports who has it.
 
         A record whose lease ran out while in progress (its executor crashed) is taken
         over: the outcome is STARTED with ``attempts`` incremented and the original

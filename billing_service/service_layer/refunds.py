@@ -9,6 +9,7 @@ same key while the processor remembers it, and settled by a lookup by our id aft
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +34,7 @@ from billing_service.service_layer.core import (
     load,
     report_drift,
 )
+from billing_service.service_layer.executions import unwritten
 from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
 from billing_service.service_layer.idempotency import RequestContext, ensure_leases, is_final
 from billing_service.service_layer.lookups import lookup_refund, resend_deadline
@@ -64,6 +66,9 @@ async def record_refund_state(
     state: ProcessorRefundState,
     *,
     lookup_after: datetime | None = None,
+    known: tuple[Refund, Payment] | None = None,
+    answers: bool = False,
+    answer_error: BillingError | None = None,
 ) -> Refund:
     """Applies a processor report to a refund and moves its money on the payment.
 
@@ -75,12 +80,19 @@ async def record_refund_state(
     Args:
         lookup_after: When the refund ends FAILED without a processor id, have
             reconciliation look it up by our id from then on.
+        known: The refund and its payment as this request last wrote them: the first
+            attempt starts from them instead of reading them again (a stale copy loses
+            the version check, and the next attempt reads both).
+        answers: The recorded refund is the request's answer (stored with the change).
+        answer_error: The request answers with this final error (stored with the change).
     """
     result: list[Refund] = []
     drifts: list[Drift] = []
+    first = [copy.deepcopy(known)] if known is not None else []
 
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
-        refund = await load(deps, Refund, refund_id, resource="refund", field_path="refund_id")
+        reused = first.pop() if first else None
+        refund = reused[0] if reused else await load(deps, Refund, refund_id, resource="refund", field_path="refund_id")
         result[:] = [refund]
         drifts.clear()
         now = deps.clock.now()
@@ -99,7 +111,11 @@ async def record_refund_state(
         if before is None:
             unchanged = processor_id_before == refund.processor_id and lookup_before == refund.lookup_after
             return None if unchanged else ([Update(refund)], [])
-        payment = await load(deps, Payment, refund.payment_id, resource="payment", field_path="payment_id")
+        payment = (
+            reused[1]
+            if reused and reused[1].id == refund.payment_id
+            else await load(deps, Payment, refund.payment_id, resource="payment", field_path="payment_id")
+        )
         payment.settle_refund(refund.amount.amount_minor, before=before, after=refund.status, now=now)
         events = [
             audit(
@@ -114,7 +130,10 @@ async def record_refund_state(
         ]  # fmt: skip
         return [Update(refund), Update(payment)], events
 
-    await commit_with_retry(deps, attempt)
+    def answer() -> object | None:
+        return answer_error if answer_error is not None else (result[0] if answers else None)
+
+    await commit_with_retry(deps, attempt, answer=answer)
     for drift in drifts:
         report_drift(deps, drift)
     return result[0]
@@ -126,13 +145,17 @@ async def create_refund(deps: Deps, ctx: RequestContext, cmd: CreateRefund) -> R
     The reservation is a versioned write of the payment together with the PENDING refund,
     so concurrent refunds can never together exceed the captured amount.
     """
-    refund = await deps.store.get(Refund, ctx.resource_id)
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    refund = None if unwritten(ctx.resource_id) else await deps.store.get(Refund, ctx.resource_id)
+    reserved: Payment | None = None
     if refund is None:
         created: list[Refund] = []
+        reserving: list[Payment] = []
 
         async def reserve() -> tuple[Sequence[Change], Sequence[AuditEvent]]:
             payment = await load(deps, Payment, cmd.payment_id, resource="payment", field_path="payment_id")
             amount = payment.reserve_refund(cmd.amount)
+            reserving[:] = [payment]
             now = deps.clock.now()
             new = Refund(
                 id=ctx.resource_id,
@@ -160,16 +183,17 @@ async def create_refund(deps: Deps, ctx: RequestContext, cmd: CreateRefund) -> R
             return [Update(payment), Insert(new)], events
 
         await commit_with_retry(deps, reserve)
-        refund = created[0]
-    return await send_refund(deps, ctx, refund)
+        refund, reserved = created[0], reserving[0]
+    return await send_refund(deps, ctx, refund, payment=reserved)
 
 
-async def send_refund(deps: Deps, ctx: RequestContext, refund: Refund) -> Refund:
+async def send_refund(deps: Deps, ctx: RequestContext, refund: Refund, *, payment: Payment | None = None) -> Refund:
     """Sends a reserved refund to its processor (or resumes it) and records the answer.
 
     ``ctx`` must be the refund's creating request (the processor key derives from it). A
     refund is never re-sent after its processor may have forgotten that key: a lost answer
     plus a late retry would otherwise refund twice; reconciliation looks it up instead.
+    ``payment`` is the refunded payment as this request has just written it (None: read it).
 
     Raises:
         FailedPrecondition: REFUND_OUTCOME_UNKNOWN past the resend deadline.
@@ -184,7 +208,8 @@ async def send_refund(deps: Deps, ctx: RequestContext, refund: Refund) -> Refund
             reason="REFUND_OUTCOME_UNKNOWN",
             metadata={"refund_id": refund.id, "payment_id": refund.payment_id},
         )
-    payment = await load(deps, Payment, refund.payment_id, resource="payment", field_path="payment_id")
+    if payment is None:
+        payment = await load(deps, Payment, refund.payment_id, resource="payment", field_path="payment_id")
     request = RefundRequest(
         refund_id=refund.id,
         processor_payment_id=payment.processor_id,
@@ -198,16 +223,18 @@ async def send_refund(deps: Deps, ctx: RequestContext, refund: Refund) -> Refund
     except BillingError as exc:
         if not is_final(exc):
             raise  # the reservation stays: the processor may have refunded; the retry resumes
+        exc.metadata["refund_id"] = refund.id
         await record_refund_state(
             deps,
             ctx,
             refund.id,
             ProcessorRefundState(processor_id="", status=RefundStatus.FAILED, failure_reason=exc.reason),
             lookup_after=deps.clock.now(),
+            known=(refund, payment),
+            answer_error=exc,
         )
-        exc.metadata["refund_id"] = refund.id
         raise
-    return await record_refund_state(deps, ctx, refund.id, state)
+    return await record_refund_state(deps, ctx, refund.id, state, known=(refund, payment), answers=True)
 
 
 async def settle_unsent_refund(

@@ -9,6 +9,7 @@ as the processor bills it.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from billing_service.domain.subscriptions import (
 )
 from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
 from billing_service.service_layer.customers import MAX_DESCRIPTION, MAX_NAME, ensure_processor_customer
+from billing_service.service_layer.executions import unwritten
 from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
 from billing_service.service_layer.idempotency import RequestContext, is_final
 from billing_service.service_layer.ports import Change, Insert, SubscriptionChange, SubscriptionRequest, Update
@@ -73,7 +75,8 @@ class CreatePlan:
 
 async def create_plan(deps: Deps, ctx: RequestContext, cmd: CreatePlan) -> Plan:
     """Stores a plan; it is mirrored at a processor when first subscribed there."""
-    existing = await deps.store.get(Plan, ctx.resource_id)
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    existing = None if unwritten(ctx.resource_id) else await deps.store.get(Plan, ctx.resource_id)
     if existing is not None:
         return existing
     now = deps.clock.now()
@@ -94,7 +97,7 @@ async def create_plan(deps: Deps, ctx: RequestContext, cmd: CreatePlan) -> Plan:
         deps, ctx, "plan.created", "plan", plan.id, "", plan.status.value,
         amount_minor=plan.price.amount_minor, currency=plan.price.currency,
     )  # fmt: skip
-    await commit(deps, [Insert(plan)], [event])
+    await commit(deps, [Insert(plan)], [event], answer=plan)
     return plan
 
 
@@ -136,6 +139,7 @@ async def archive_plan(deps: Deps, ctx: RequestContext, plan_id: str) -> Plan:
     plan = await load(deps, Plan, plan_id, resource="plan", field_path="plan_id")
     if ctx.attempt > 1 and plan.status is PlanStatus.ARCHIVED:
         return plan
+    first = [copy.deepcopy(plan)]  # the first attempt starts from the plan as read
     plan.archive(deps.clock.now())  # validates before touching processors
     for processor in [p for p in Processor if p.value in plan.processor_refs]:
         await deps.processor(processor).archive_plan(
@@ -144,12 +148,12 @@ async def archive_plan(deps: Deps, ctx: RequestContext, plan_id: str) -> Plan:
     result: list[Plan] = []
 
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]]:
-        fresh = await load(deps, Plan, plan_id, resource="plan", field_path="plan_id")
+        fresh = first.pop() if first else await load(deps, Plan, plan_id, resource="plan", field_path="plan_id")
         before, after = fresh.archive(deps.clock.now())
         result[:] = [fresh]
         return [Update(fresh)], [audit(deps, ctx, "plan.archived", "plan", fresh.id, before, after)]
 
-    await commit_with_retry(deps, attempt)
+    await commit_with_retry(deps, attempt, answer=lambda: result[0])
     return result[0]
 
 
@@ -161,9 +165,10 @@ async def ensure_processor_plan(deps: Deps, plan: Plan, processor: Processor) ->
         plan, idempotency_key=f"billing-plan-{plan.id}-{processor.value}"
     )
     result: list[Plan] = []
+    first = [copy.deepcopy(plan)]  # the first attempt starts from the plan as the caller read it
 
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
-        fresh = await load(deps, Plan, plan.id, resource="plan", field_path="plan_id")
+        fresh = first.pop() if first else await load(deps, Plan, plan.id, resource="plan", field_path="plan_id")
         result[:] = [fresh]
         if fresh.processor_refs.get(processor.value):
             return None
@@ -199,14 +204,19 @@ class CreateSubscription:
         validate_metadata(self.metadata)
 
 
-async def plan_for_processor_plan(deps: Deps, processor: Processor, processor_plan_id: str) -> str:
+async def plan_for_processor_plan(
+    deps: Deps, processor: Processor, processor_plan_id: str, *, known: Plan | None = None
+) -> str:
     """Our plan that ``processor`` bills as ``processor_plan_id``, or "" when it is none of ours.
 
     A price made in a processor's dashboard mirrors no plan of ours: the subscription keeps
     its plan id (and a warning is logged) rather than point at a plan we do not have.
+    ``known`` is a plan the request has at hand: when it is the one, nothing is read.
     """
     if not processor_plan_id:
         return ""
+    if known is not None and known.processor_refs.get(processor.value) == processor_plan_id:
+        return known.id
     plan = await deps.store.find_one(Plan, {f"processor_refs.{processor.value}": processor_plan_id})
     if plan is None:
         log.warning(
@@ -218,20 +228,42 @@ async def plan_for_processor_plan(deps: Deps, processor: Processor, processor_pl
 
 
 async def record_subscription_state(
-    deps: Deps, ctx: RequestContext, subscription_id: str, state: ProcessorSubscriptionState, action: str
+    deps: Deps,
+    ctx: RequestContext,
+    subscription_id: str,
+    state: ProcessorSubscriptionState,
+    action: str,
+    *,
+    known: Subscription | None = None,
+    plan: Plan | None = None,
+    answers: bool = False,
 ) -> Subscription:
     """Applies a processor report to the stored subscription and audits the move.
 
     Never backwards (status or billing period); plan and quantity follow what the processor
     bills. A subscription we ended (refused, or canceled before its processor answered) that
     the processor turns out to hold live is canceled there too.
+
+    Args:
+        known: The subscription as this request last read or wrote it: the first attempt
+            starts from it instead of reading it again (a stale copy loses the version
+            check, and the next attempt reads it).
+        plan: A plan the request has at hand (saves reading which plan the processor bills).
+        answers: The recorded subscription is the request's answer (stored with the change).
     """
-    current = await load(deps, Subscription, subscription_id, resource="subscription", field_path="subscription_id")
-    plan_id = await plan_for_processor_plan(deps, current.processor, state.processor_plan_id)
+    current = known or await load(
+        deps, Subscription, subscription_id, resource="subscription", field_path="subscription_id"
+    )
+    plan_id = await plan_for_processor_plan(deps, current.processor, state.processor_plan_id, known=plan)
     result: list[Subscription] = []
+    first = [copy.deepcopy(current)]
 
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
-        sub = await load(deps, Subscription, subscription_id, resource="subscription", field_path="subscription_id")
+        sub = (
+            first.pop()
+            if first
+            else await load(deps, Subscription, subscription_id, resource="subscription", field_path="subscription_id")
+        )
         result[:] = [sub]
         before = sub.status.value
         processor_id_before = sub.processor_id
@@ -245,9 +277,20 @@ async def record_subscription_state(
         )  # fmt: skip
         return [Update(sub)], [event]
 
-    await commit_with_retry(deps, attempt)
+    def ends_at_processor(sub: Subscription) -> bool:
+        return (
+            sub.status is SubscriptionStatus.CANCELED
+            and bool(state.processor_id)
+            and (state.status in _LIVE_AT_PROCESSOR)
+        )
+
+    # Ending it at the processor comes after this commit: then this is not the last word.
+    def answer() -> Subscription | None:
+        return result[0] if answers and not ends_at_processor(result[0]) else None
+
+    await commit_with_retry(deps, attempt, answer=answer)
     sub = result[0]
-    if sub.status is SubscriptionStatus.CANCELED and state.processor_id and state.status in _LIVE_AT_PROCESSOR:
+    if ends_at_processor(sub):
         return await _end_at_processor(deps, ctx, sub, state.processor_id)
     return sub
 
@@ -291,14 +334,21 @@ async def _end_unstarted(
     return result[0]
 
 
+# What creating a subscription has just read: its customer, plan and payment method.
+_Loaded = tuple[Customer, Plan, PaymentMethod | None]
+
+
 async def create_subscription(deps: Deps, ctx: RequestContext, cmd: CreateSubscription) -> Subscription:
     """Creates the subscription at the payment method's processor and mirrors it."""
-    sub = await deps.store.get(Subscription, ctx.resource_id)
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    sub = None if unwritten(ctx.resource_id) else await deps.store.get(Subscription, ctx.resource_id)
+    loaded: _Loaded | None = None
     if sub is None:
         customer = await load(deps, Customer, cmd.customer_id, resource="customer", field_path="customer_id")
         plan = await load(deps, Plan, cmd.plan_id, resource="plan", field_path="plan_id")
         plan.ensure_active()
         processor = customer.default_processor
+        method: PaymentMethod | None = None
         if cmd.payment_method_id:
             method = await load(
                 deps, PaymentMethod, cmd.payment_method_id, resource="payment_method", field_path="payment_method_id"
@@ -328,29 +378,36 @@ async def create_subscription(deps: Deps, ctx: RequestContext, cmd: CreateSubscr
             plan_id=plan.id, quantity=sub.quantity, processor=processor.value,
         )  # fmt: skip
         await commit(deps, [Insert(sub)], [event])
+        loaded = (customer, plan, method)
     if sub.processor_id or sub.status is SubscriptionStatus.CANCELED:
         return sub  # at the processor already, or ended (refused, canceled) before it got there
-    return await _send_to_processor(deps, ctx, sub)
+    return await _send_to_processor(deps, ctx, sub, loaded=loaded)
 
 
-async def _send_to_processor(deps: Deps, ctx: RequestContext, sub: Subscription) -> Subscription:
+async def _send_to_processor(
+    deps: Deps, ctx: RequestContext, sub: Subscription, *, loaded: _Loaded | None = None
+) -> Subscription:
     """Creates a recorded subscription at its processor under the creating request's key.
 
     A final refusal ends the subscription (CANCELED, ``subscription.refused``): the processor
     holds nothing, so nothing can bill and no later call has an id to send. A retryable
     failure leaves it INCOMPLETE for the caller's retry (or reconciliation) to resume.
+    ``loaded`` is the (customer, plan, method) the creating request has just read; None
+    reads them.
     """
-    customer = await load(deps, Customer, sub.customer_id, resource="customer", field_path="customer_id")
-    plan = await ensure_processor_plan(
-        deps, await load(deps, Plan, sub.plan_id, resource="plan", field_path="plan_id"), sub.processor
-    )
+    if loaded is not None:
+        customer, plan, method = loaded
+    else:
+        customer = await load(deps, Customer, sub.customer_id, resource="customer", field_path="customer_id")
+        plan = await load(deps, Plan, sub.plan_id, resource="plan", field_path="plan_id")
+        method = None
+        if sub.payment_method_id:
+            method = await load(
+                deps, PaymentMethod, sub.payment_method_id, resource="payment_method", field_path="payment_method_id"
+            )
+    plan = await ensure_processor_plan(deps, plan, sub.processor)
     processor_customer = await ensure_processor_customer(deps, customer, sub.processor)
-    method_ref = ""
-    if sub.payment_method_id:
-        method = await load(
-            deps, PaymentMethod, sub.payment_method_id, resource="payment_method", field_path="payment_method_id"
-        )
-        method_ref = method.processor_id
+    method_ref = method.processor_id if method is not None else ""
     request = SubscriptionRequest(
         subscription_id=sub.id,
         processor_customer_id=processor_customer,
@@ -369,7 +426,9 @@ async def _send_to_processor(deps: Deps, ctx: RequestContext, sub: Subscription)
             await _end_unstarted(deps, ctx, sub.id, "subscription.refused", reason=exc.reason)
             exc.metadata["subscription_id"] = sub.id
         raise
-    sub = await record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
+    sub = await record_subscription_state(
+        deps, ctx, sub.id, state, f"subscription.{state.status.value}", known=sub, plan=plan
+    )
     await sync_invoices(deps, ctx, sub)
     return sub
 
@@ -438,11 +497,13 @@ async def update_subscription(deps: Deps, ctx: RequestContext, cmd: UpdateSubscr
     )
     # Plan and quantity are what the processor now bills: at once for Stripe and the fake; for
     # PayPal only after the buyer approved the revision (a webhook or a re-read brings it).
-    plan_id = await plan_for_processor_plan(deps, sub.processor, state.processor_plan_id)
+    plan_id = await plan_for_processor_plan(deps, sub.processor, state.processor_plan_id, known=new_plan)
     result: list[Subscription] = []
 
+    first = [copy.deepcopy(sub)]  # the first attempt starts from the subscription as read above
+
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]]:
-        fresh = await get_subscription(deps, cmd.subscription_id)
+        fresh = first.pop() if first else await get_subscription(deps, cmd.subscription_id)
         before = fresh.status.value
         old_plan_id, old_quantity = fresh.plan_id, fresh.quantity
         fresh.apply_processor_state(state, deps.clock.now(), plan_id=plan_id)
@@ -477,7 +538,7 @@ async def cancel_subscription(
         sub.processor_id, at_period_end=at_period_end, idempotency_key=ctx.processor_key("cancel")
     )
     action = "subscription.cancel_scheduled" if at_period_end else "subscription.canceled"
-    return await record_subscription_state(deps, ctx, sub.id, state, action)
+    return await record_subscription_state(deps, ctx, sub.id, state, action, known=sub, answers=True)
 
 
 async def pause_subscription(deps: Deps, ctx: RequestContext, subscription_id: str) -> Subscription:
@@ -489,7 +550,7 @@ async def pause_subscription(deps: Deps, ctx: RequestContext, subscription_id: s
     state = await deps.processor(sub.processor).pause_subscription(
         sub.processor_id, idempotency_key=ctx.processor_key("pause")
     )
-    return await record_subscription_state(deps, ctx, sub.id, state, "subscription.paused")
+    return await record_subscription_state(deps, ctx, sub.id, state, "subscription.paused", known=sub, answers=True)
 
 
 async def resume_subscription(deps: Deps, ctx: RequestContext, subscription_id: str) -> Subscription:
@@ -501,7 +562,7 @@ async def resume_subscription(deps: Deps, ctx: RequestContext, subscription_id: 
     state = await deps.processor(sub.processor).resume_subscription(
         sub.processor_id, idempotency_key=ctx.processor_key("resume")
     )
-    return await record_subscription_state(deps, ctx, sub.id, state, "subscription.resumed")
+    return await record_subscription_state(deps, ctx, sub.id, state, "subscription.resumed", known=sub, answers=True)
 
 
 async def sync_invoices(deps: Deps, ctx: RequestContext, sub: Subscription) -> list[Invoice]:
@@ -579,7 +640,7 @@ async def sync_subscription(deps: Deps, ctx: RequestContext, subscription_id: st
         origin = await _creation_context(deps, sub)
         return sub if origin is None else await _send_to_processor(deps, origin, sub)
     state = await deps.processor(sub.processor).get_subscription(sub.processor_id)
-    sub = await record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
+    sub = await record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}", known=sub)
     await sync_invoices(deps, ctx, sub)
     return sub
 

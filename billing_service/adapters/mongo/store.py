@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC
 from typing import Any, Final
@@ -26,30 +26,31 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError, ServerSelectionTimeoutError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from billing_service.adapters.mongo.budget import budget, time_limit, unavailable
 from billing_service.adapters.mongo.codecs import decode, encode, encode_filter_value
 from billing_service.adapters.mongo.idempotency import (
-    FENCE_TTL,
     FENCES,
     IDEMPOTENCY,
     MongoIdempotencyRecords,
+    fence_write,
     idempotency_key,
 )
+from billing_service.adapters.mongo.writes import Write, apply_writes, in_transaction, supports_bulk_write
 from billing_service.domain.common import AuditEvent
 from billing_service.domain.customers import Customer, PaymentMethod
 from billing_service.domain.disputes import Dispute
-from billing_service.domain.errors import ConcurrencyConflict, RequestInProgress, StoreUnavailable
+from billing_service.domain.errors import ConcurrencyConflict, StoreUnavailable
 from billing_service.domain.payments import Payment, Refund
 from billing_service.domain.subscriptions import Invoice, Plan, Subscription
 from billing_service.service_layer.ports import (
+    E2,
     Between,
     Change,
     E,
-    Entity,
     Fence,
     Insert,
     Page,
@@ -74,12 +75,10 @@ COLLECTIONS: Final[Mapping[type[Any], str]] = {
     AuditEvent: "audit_events",
 }
 _META = "meta"
+# Marks which side of ``get_pair``'s union a document came from.
+_SIDE = "__side"
 _PAGE_SECRET_ID = "page_token_secret"  # noqa: S105 - a document id, not a secret
 
-# Whole-transaction attempts on TransientTransactionError (write conflicts, elections).
-_TXN_ATTEMPTS = 5
-# commitTransaction retries on UnknownTransactionCommitResult (safe: commit is idempotent).
-_COMMIT_ATTEMPTS = 3
 _WRITE_CONFLICT = 112
 
 _NON_EMPTY = {"processor_id": {"$gt": ""}}
@@ -160,18 +159,6 @@ def _collection_name(kind: type[Any]) -> str:
         return COLLECTIONS[kind]
     except KeyError:
         raise TypeError(f"{kind!r} is not a stored entity type") from None
-
-
-class _LeaseLost(Exception):
-    """Internal: a fence's idempotency record is no longer ours; aborts the transaction."""
-
-
-class _Conflict(Exception):
-    """Internal: an Update lost its version check; aborts the transaction."""
-
-    def __init__(self, entity: Entity) -> None:
-        super().__init__(entity.id)
-        self.entity = entity
 
 
 class MongoBillingStore(MongoIdempotencyRecords):
@@ -266,6 +253,23 @@ class MongoBillingStore(MongoIdempotencyRecords):
             doc = await self._coll(_collection_name(kind)).find_one({"_id": entity_id})
         return None if doc is None else decode(kind, doc)
 
+    async def get_pair(
+        self, first: type[E], first_id: str, second: type[E2], second_id: str
+    ) -> tuple[E | None, E2 | None]:
+        """Loads two entities by id in one aggregate (each side matched on its ``_id`` index)."""
+        pipeline: list[Doc] = [
+            {"$match": {"_id": first_id}},
+            {"$addFields": {_SIDE: 0}},
+            {"$unionWith": {"coll": _collection_name(second),
+                            "pipeline": [{"$match": {"_id": second_id}}, {"$addFields": {_SIDE: 1}}]}},
+        ]  # fmt: skip
+        async with unavailable("get"):
+            cursor = await self._coll(_collection_name(first)).aggregate(pipeline)
+            docs = await cursor.to_list()
+        found: dict[int, Doc] = {d.pop(_SIDE): d for d in docs}
+        a, b = found.get(0), found.get(1)
+        return (None if a is None else decode(first, a)), (None if b is None else decode(second, b))
+
     async def find_one(self, kind: type[E], filters: Mapping[str, Any]) -> E | None:
         """Loads the newest entity whose attributes equal ``filters``."""
         query = self._query(kind, filters)
@@ -320,34 +324,56 @@ class MongoBillingStore(MongoIdempotencyRecords):
     async def commit(
         self, changes: Sequence[Change], events: Sequence[AuditEvent], *, fences: Sequence[Fence] = ()
     ) -> None:
-        """Writes all changes and audit events in one transaction.
+        """Writes all changes, audit events and fences in one transaction.
 
         In-memory versions are bumped only once the transaction has committed. Each fence
-        costs one ``update_one`` by ``_id`` inside the same transaction on the request's
-        fence document (see ``adapters.mongo.idempotency``), which conflicts with any
-        concurrent takeover of the request.
+        is one write on its request's idempotency record (see ``adapters.mongo.idempotency``),
+        first in the transaction. On a server with ``bulkWrite`` the whole transaction is
+        two round trips (see ``adapters.mongo.writes``).
 
         Raises:
             ConcurrencyConflict: An Update lost its version check or an Insert's id (or a
                 unique key) exists; nothing was written.
+            ClaimConflict: A fence's claim found its record already claimed.
             RequestInProgress: A fence's record was taken over by another execution.
             StoreUnavailable: The server failed. The transaction is all-or-nothing; only a
                 commit whose outcome stayed unknown after retries may have been applied.
         """
-        if not changes and not events:
+        if not changes and not events and not fences:
             return
+        # Documents are encoded once, before any I/O, so a codec bug cannot half-run a txn.
+        writes = [fence_write(f) for f in fences]
+        for change in changes:
+            doc = encode(change.entity)
+            name = _collection_name(type(change.entity))
+            if isinstance(change, Insert):
+                doc["version"] = 1
+                writes.append(Write(name, "insert", doc))
+            else:
+                doc["version"] = change.entity.version + 1
+                conflict = ConcurrencyConflict(
+                    f"{type(change.entity).__name__} {change.entity.id} was changed concurrently",
+                    metadata={"resource_id": change.entity.id},
+                )
+                writes.append(
+                    Write(name, "replace", doc, filter={"_id": change.entity.id, "version": change.entity.version},
+                          unmatched=conflict)
+                )  # fmt: skip
+        writes.extend(Write(COLLECTIONS[AuditEvent], "insert", encode(e)) for e in events)
+        await self._transact(writes)
+        for change in changes:
+            change.entity.version = 1 if isinstance(change, Insert) else change.entity.version + 1
+
+    async def _transact(self, writes: list[Write]) -> None:
+        """Applies ``writes`` in one transaction, mapping driver errors to the port's."""
+        bulk = supports_bulk_write(self._client)
+
+        async def apply(session: AsyncClientSession) -> None:
+            await apply_writes(self._db, session, writes, bulk=bulk)
+
         try:
             with time_limit():
-                await self._run_transaction(changes, events, fences)
-        except _LeaseLost:
-            raise RequestInProgress(
-                "another execution of this request took over; this execution's writes were refused"
-            ) from None
-        except _Conflict as exc:
-            raise ConcurrencyConflict(
-                f"{type(exc.entity).__name__} {exc.entity.id} was changed concurrently",
-                metadata={"resource_id": exc.entity.id},
-            ) from None
+                await in_transaction(self._client, apply)
         except DuplicateKeyError as exc:
             raise ConcurrencyConflict("a resource with the same id or unique key already exists") from exc
         except OperationFailure as exc:
@@ -357,97 +383,6 @@ class MongoBillingStore(MongoIdempotencyRecords):
         except PyMongoError as exc:
             log.warning("store commit failed: %s", exc)
             raise StoreUnavailable(f"store commit failed: {type(exc).__name__}") from exc
-        for change in changes:
-            change.entity.version = 1 if isinstance(change, Insert) else change.entity.version + 1
-
-    async def _run_transaction(
-        self, changes: Sequence[Change], events: Sequence[AuditEvent], fences: Sequence[Fence]
-    ) -> None:
-        # Documents are encoded once, before any I/O, so a codec bug cannot half-run a txn.
-        writes: list[tuple[Change, str, Doc]] = []
-        for change in changes:
-            doc = encode(change.entity)
-            doc["version"] = 1 if isinstance(change, Insert) else change.entity.version + 1
-            writes.append((change, _collection_name(type(change.entity)), doc))
-        audit_docs = [encode(e) for e in events]
-
-        async def apply(session: AsyncClientSession) -> None:
-            await self._fence(session, fences)
-            await self._apply(session, writes, audit_docs)
-
-        await self._in_transaction(apply)
-
-    async def _in_transaction(self, apply: Callable[[AsyncClientSession], Awaitable[None]]) -> None:
-        """Runs ``apply`` in a transaction, rerunning it on transient errors."""
-        async with self._client.start_session() as session:
-            for attempt in range(1, _TXN_ATTEMPTS + 1):
-                await session.start_transaction(
-                    read_concern=ReadConcern("snapshot"), write_concern=WriteConcern(w="majority")
-                )
-                try:
-                    await apply(session)
-                    await self._commit_with_retry(session)
-                    return
-                except BaseException as exc:
-                    if session.in_transaction:
-                        try:
-                            await session.abort_transaction()
-                        except PyMongoError:
-                            log.debug("abort_transaction failed", exc_info=True)
-                    if (
-                        isinstance(exc, PyMongoError)
-                        and exc.has_error_label("TransientTransactionError")
-                        # A selection timeout already waited the full budget: report it now.
-                        and not isinstance(exc, ServerSelectionTimeoutError)
-                        and attempt < _TXN_ATTEMPTS
-                    ):
-                        # Write conflicts and failovers: rerun the whole transaction. A lost
-                        # version check then surfaces as a clean conflict on the next pass.
-                        await asyncio.sleep(0.005 * attempt)
-                        continue
-                    raise
-
-    async def _fence(self, session: AsyncClientSession, fences: Sequence[Fence]) -> None:
-        # One write per fence on its own document (see ``MongoIdempotencyRecords``): it
-        # matches only while the fence still names our executor, and being a write inside
-        # the transaction it conflicts with a concurrent takeover.
-        coll = self._coll(FENCES)
-        for fence in fences:
-            try:
-                await coll.update_one(
-                    {"_id": fence.key, "owner": fence.owner},
-                    {"$set": {"owner": fence.owner, "expires_at": fence.at + FENCE_TTL}},
-                    upsert=True,
-                    session=session,
-                )
-            except DuplicateKeyError:
-                raise _LeaseLost(fence.key) from None
-
-    async def _apply(
-        self, session: AsyncClientSession, writes: list[tuple[Change, str, Doc]], audit_docs: list[Doc]
-    ) -> None:
-        for change, coll_name, doc in writes:
-            coll = self._coll(coll_name)
-            if isinstance(change, Insert):
-                await coll.insert_one(doc, session=session)
-            else:
-                result = await coll.replace_one(
-                    {"_id": change.entity.id, "version": change.entity.version}, doc, session=session
-                )
-                if result.matched_count == 0:
-                    raise _Conflict(change.entity)
-        if audit_docs:
-            await self._coll(COLLECTIONS[AuditEvent]).insert_many(audit_docs, ordered=True, session=session)
-
-    async def _commit_with_retry(self, session: AsyncClientSession) -> None:
-        for attempt in range(1, _COMMIT_ATTEMPTS + 1):
-            try:
-                await session.commit_transaction()
-                return
-            except PyMongoError as exc:
-                if exc.has_error_label("UnknownTransactionCommitResult") and attempt < _COMMIT_ATTEMPTS:
-                    continue
-                raise
 
     # ------------------------------------------------------------------- meta
 

@@ -219,11 +219,14 @@ class Runner:
 
         fresh: list[Message] = []
 
+        def stored(response: Message) -> bytes:
+            # The stored answer keeps no client secret; the first caller gets it.
+            return without_client_secrets(response).SerializeToString(deterministic=True)
+
         async def work(ctx: RequestContext) -> bytes:
             response: Message = rpc.encode(await rpc.run(self.deps, ctx, command))
             fresh.append(response)
-            # The stored answer keeps no client secret; the first caller gets it.
-            return without_client_secrets(response).SerializeToString(deterministic=True)
+            return stored(response)
 
         data = await self.idem.run(
             caller=current_caller.get(),
@@ -232,6 +235,9 @@ class Runner:
             fingerprint=fingerprint(request),
             resource_prefix=rpc.resource_prefix,
             work=work,
+            # The use case's last commit may store its answer (and the first claims the key).
+            answer=lambda result: stored(rpc.encode(result)),
+            defer_claim=True,
         )
         if fresh:
             return fresh[0]
