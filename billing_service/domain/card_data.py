@@ -16,7 +16,10 @@ followed by a CVC (``4242424242424242 123``) is found; a single group of more th
 digits is never a card. To keep false positives rare, these are not cards: numbers led
 by ``+`` (phone numbers), numbers starting outside the card ranges (``0``, ``1``,
 ``7``, ``9``, most of ``2``: epoch timestamps, dates, most order numbers), one repeated
-digit, and digits inside ISO or European/US dates, UUIDs and long hex strings.
+digit, lengths the issuer's brand does not issue (a 17-digit number starting with 4),
+digits inside ISO or European/US dates, IPv4 addresses, UUIDs and long hex strings, and
+digit groups of identifiers that mix digits and letters (``5e0bea26``) joined to the next
+number.
 """
 
 from __future__ import annotations
@@ -34,13 +37,19 @@ _SEP = r"[ \t\n\r\v\f\-./_]"
 # Maximal runs of digit groups joined by short separator runs (normalised text, ASCII).
 _RUN = re.compile(rf"\d+(?:{_SEP}{{1,3}}\d+)*", re.ASCII)
 _GROUP = re.compile(r"\d+", re.ASCII)
+# One digit group, unseparated, of card length (searched even inside identifiers).
+_UNSEPARATED = re.compile(rf"(?<!\d)\d{{{MIN_DIGITS},{MAX_DIGITS}}}(?!\d)", re.ASCII)
+# Identifiers with a letter between digits (hex ids, ``15T10``): not joined to other groups.
+_MIXED = re.compile(r"[A-Za-z0-9]*\d[A-Za-z]+\d[A-Za-z0-9]*", re.ASCII)
 # Numeric things that are not cards; their characters are blanked before the search.
 _NOT_CARDS = re.compile(
     r"(?<![0-9A-Za-z])[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}(?![0-9A-Za-z])"  # UUID
     r"|(?<![0-9A-Za-z])(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{24,}(?![0-9A-Za-z])"  # hex digests, ObjectIds
     r"|(?<!\d)(?:19|20)\d\d([-/.])(?:0[1-9]|1[0-2])\1(?:0[1-9]|[12]\d|3[01])(?!\d)"  # 2024-01-15, 2024/01/15
     r"|(?<!\d)(?:0[1-9]|[12]\d|3[01])([./-])(?:0[1-9]|1[0-2])\2(?:19|20)\d\d(?!\d)"  # 15.01.2024
-    r"|(?<!\d)(?:0[1-9]|1[0-2])([/.-])(?:0[1-9]|[12]\d|3[01])\3(?:19|20)\d\d(?!\d)",  # 01/15/2024
+    r"|(?<!\d)(?:0[1-9]|1[0-2])([/.-])(?:0[1-9]|[12]\d|3[01])\3(?:19|20)\d\d(?!\d)"  # 01/15/2024
+    # IPv4 addresses: card groups written with dots hold four digits, never an octet.
+    r"|(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.])",
     re.ASCII,
 )
 
@@ -62,23 +71,34 @@ _ISSUER_FIRST = frozenset("234568")
 
 
 def _plausible_issuer(digits: str) -> bool:
-    """True when ``digits`` start inside a payment-card range (ISO/IEC 7812 issuer prefixes).
+    """True when ``digits`` start inside a payment-card range and have a length it issues.
 
-    3: Amex 34/37, Diners 30/36/38/39, JCB 35; 4: Visa; 5: Mastercard, Maestro; 6: Discover,
-    UnionPay, Maestro, RuPay; 2: Mir 2200-2204 and Mastercard 2221-2720; 8: UnionPay and
-    RuPay 81/82. Airline (1), petroleum (7) and national (9) numbers are not payment
-    cards under PCI DSS, and nothing issues cards starting with 0.
+    ISO/IEC 7812 issuer prefixes with the lengths their brands issue: Visa 4 (13, 16, 19);
+    Mastercard 51-55 and 2221-2720 (16); Amex 34/37 (15); Diners 30/36/38/39 (14-19); JCB 35
+    (16-19); Mir 2200-2204 (16-19); Maestro 50/56-58 and everything starting with 6
+    (Discover, UnionPay, Maestro, RuPay: 13-19); UnionPay and RuPay 81/82 (16-19). Airline
+    (1), petroleum (7) and national (9) numbers are not payment cards under PCI DSS, and
+    nothing issues cards starting with 0. The lengths keep a Luhn-valid 17- or 18-digit
+    order number that starts with 4 or 5 from counting as a card.
     """
-    first = digits[0]
-    if first in "456":
-        return True
+    n, first, two = len(digits), digits[0], int(digits[:2])
+    if first == "4":
+        return n in (13, 16, 19)
+    if 51 <= two <= 55:
+        return n == 16
+    if first == "6" or two in (50, 56, 57, 58):
+        return True  # 13-19, already the search's bounds
     if first == "3":
-        return digits[1] in "0456789"
+        if two in (34, 37):
+            return n == 15
+        if two in (30, 36, 38, 39):
+            return n >= 14
+        return two == 35 and n >= 16
     if first == "2":
         prefix = int(digits[:4])
-        return 2200 <= prefix <= 2204 or 2221 <= prefix <= 2720
+        return (2200 <= prefix <= 2204 and n >= 16) or (2221 <= prefix <= 2720 and n == 16)
     if first == "8":
-        return digits[1] in "12"
+        return digits[1] in "12" and n >= 16
     return False
 
 
@@ -119,12 +139,22 @@ def _candidates(folded: str) -> list[tuple[int, int, str]]:
     """(start, end, digits) in ``folded`` of card numbers, left to right, not overlapping."""
     # Dates, UUIDs and hex strings are blanked (same length, so the indexes still hold).
     masked = _NOT_CARDS.sub(lambda m: "#" * len(m.group()), folded)
+    # Digit groups are joined across separators only outside identifiers that mix digits
+    # and letters (``5e0bea26``): their tail digits glued to the next number
+    # (``ord-5e0bea26-1718000000000001``) are not the start of a card. A number glued to
+    # letters on one side only (``x4242424242424242``, ``4242424242424242x``) is still
+    # searched whole, and an unseparated run of 13-19 digits anywhere is searched below.
+    joinable = _MIXED.sub(lambda m: "#" * len(m.group()), masked)
     found: list[tuple[int, int, str]] = []
-    for run in _RUN.finditer(masked):
-        if run.start() > 0 and masked[run.start() - 1] == "+":
-            continue  # +49 30 ...: a phone number
-        found.extend(_cards_in_run(masked, run.start(), run.end()))
-    return found
+    for text in (joinable, masked):
+        runs = _RUN.finditer(text) if text is joinable else _UNSEPARATED.finditer(text)
+        for run in runs:
+            if run.start() > 0 and text[run.start() - 1] == "+":
+                continue  # +49 30 ...: a phone number
+            for hit in _cards_in_run(text, run.start(), run.end()):
+                if not any(hit[0] < end and start < hit[1] for start, end, _ in found):
+                    found.append(hit)
+    return sorted(found)
 
 
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # Luhn: the digit sum of 2*d

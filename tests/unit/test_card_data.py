@@ -37,6 +37,9 @@ MUST_REFUSE = [
     "4242  4242  4242  4242",
     "4242 - 4242 - 4242 - 4242",
     "4242\u00a04242\u00a04242\u00a04242",  # no-break space
+    "card4242 4242 4242 4242",  # glued to a label on the left
+    "4242x4242424242424242",  # an unseparated card inside an identifier
+    "36227206271667",  # Diners, 14 digits
     "4242\u202f4242\u202f4242\u202f4242",  # narrow no-break space
     "4242\u200b4242\u200b4242\u200b4242",  # zero-width space
     "4242\u200d4242\ufeff4242\u20604242",  # zero-width joiner, BOM, word joiner
@@ -93,6 +96,12 @@ MUST_ACCEPT = [
     "v1.2.3.4.5.6.7.8.9.10.11.12",
     "amount 1234.56 EUR",
     "5,234,567,890,124",  # an amount: commas are not card separators
+    # an identifier's tail digits glued to the next number (found by the probe, ~2 % of
+    # random hex prefixes): 26-1718000000000001 and a4-192.168... are Luhn-valid
+    "probe-5e0bea26-1718000000000001",
+    "probe-c4c00b25-192.168.100.200 192.168.100.201",
+    "42424242424242426",  # Luhn-valid, 17 digits: Visa issues 13, 16 or 19
+    "555555555555444426",  # Luhn-valid, 18 digits: Mastercard issues 16
 ]
 
 
