@@ -39,8 +39,8 @@ _RUN = re.compile(rf"\d+(?:{_SEP}{{1,3}}\d+)*", re.ASCII)
 _GROUP = re.compile(r"\d+", re.ASCII)
 # One digit group, unseparated, of card length (searched even inside identifiers).
 _UNSEPARATED = re.compile(rf"(?<!\d)\d{{{MIN_DIGITS},{MAX_DIGITS}}}(?!\d)", re.ASCII)
-# Identifiers with a letter between digits (hex ids, ``15T10``): not joined to other groups.
-_MIXED = re.compile(r"[A-Za-z0-9]*\d[A-Za-z]+\d[A-Za-z0-9]*", re.ASCII)
+# Alphanumeric words; one with a letter between digits (a hex id, ``15T10``) is an identifier.
+_WORD = re.compile(r"[A-Za-z0-9]+", re.ASCII)
 # Numeric things that are not cards; their characters are blanked before the search.
 _NOT_CARDS = re.compile(
     r"(?<![0-9A-Za-z])[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}(?![0-9A-Za-z])"  # UUID
@@ -144,17 +144,42 @@ def _candidates(folded: str) -> list[tuple[int, int, str]]:
     # (``ord-5e0bea26-1718000000000001``) are not the start of a card. A number glued to
     # letters on one side only (``x4242424242424242``, ``4242424242424242x``) is still
     # searched whole, and an unseparated run of 13-19 digits anywhere is searched below.
-    joinable = _MIXED.sub(lambda m: "#" * len(m.group()), masked)
+    joinable = _WORD.sub(_blank_identifier, masked)
+    joined = _search(joinable, _RUN)
+    unseparated = _search(masked, _UNSEPARATED)
+    # Merge the two sorted, non-overlapping lists; a joined hit wins over one it overlaps.
+    out: list[tuple[int, int, str]] = []
+    k = 0
+    for hit in unseparated:
+        while k < len(joined) and joined[k][1] <= hit[0]:
+            out.append(joined[k])
+            k += 1
+        if k < len(joined) and joined[k][0] < hit[1]:
+            continue
+        out.append(hit)
+    out.extend(joined[k:])
+    return out
+
+
+def _blank_identifier(word: re.Match[str]) -> str:
+    """``word`` blanked when a letter stands between two of its digits, else unchanged (linear)."""
+    text = word.group()
+    first = next((i for i, ch in enumerate(text) if ch.isdigit()), -1)
+    if first < 0:
+        return text
+    last = max(i for i, ch in enumerate(text) if ch.isdigit())
+    if any(ch.isalpha() for ch in text[first:last]):
+        return "#" * len(text)
+    return text
+
+
+def _search(text: str, pattern: re.Pattern[str]) -> list[tuple[int, int, str]]:
     found: list[tuple[int, int, str]] = []
-    for text in (joinable, masked):
-        runs = _RUN.finditer(text) if text is joinable else _UNSEPARATED.finditer(text)
-        for run in runs:
-            if run.start() > 0 and text[run.start() - 1] == "+":
-                continue  # +49 30 ...: a phone number
-            for hit in _cards_in_run(text, run.start(), run.end()):
-                if not any(hit[0] < end and start < hit[1] for start, end, _ in found):
-                    found.append(hit)
-    return sorted(found)
+    for run in pattern.finditer(text):
+        if run.start() > 0 and text[run.start() - 1] == "+":
+            continue  # +49 30 ...: a phone number
+        found.extend(_cards_in_run(text, run.start(), run.end()))
+    return found
 
 
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # Luhn: the digit sum of 2*d
