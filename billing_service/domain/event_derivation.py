@@ -183,9 +183,9 @@ def derive_events(
             caller = fallback.caller if fallback is not None else ""
             request_id = fallback.request_id if fallback is not None else ""
             at = fallback.at if fallback is not None else now
-        for name in types:
-            if name not in EVENT_TYPES:  # a programming error upstream; never fail the commit
-                name = f"{change.resource_type}.updated"
+        for picked in types:
+            # A type the catalogue lacks is a programming error upstream; never fail the commit.
+            name = picked if picked in EVENT_TYPES else f"{change.resource_type}.updated"
             out.append(
                 DerivedEvent(
                     id=new_event_id(),

@@ -124,8 +124,18 @@ class EventLog(Protocol):
         """
         ...
 
-    async def read_range(self, after: int, upto: int, limit: int, filters: EventFilter) -> list[LoggedEvent]:
-        """Like :meth:`read`, bounded above by ``upto`` (inclusive)."""
+    async def read_range(
+        self, after: int, upto: int, limit: int, filters: EventFilter
+    ) -> tuple[list[LoggedEvent], int]:
+        """Events numbered in ``(after, upto]`` that match ``filters``, in order.
+
+        Reads at most ``limit`` events through the log's indexes (customer, resource,
+        exact types) and applies the rest of the filter to them.
+
+        Returns:
+            The matching events, and the position examined: ``upto`` when the read
+            reached it, else the number of the last event read.
+        """
         ...
 
     async def position_at(self, time: datetime) -> int:
@@ -203,4 +213,3 @@ class EventConsumers(Protocol):
     async def get(self, caller: str, name: str) -> ConsumerState | None:
         """The consumer, or None."""
         ...
-

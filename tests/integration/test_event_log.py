@@ -41,7 +41,8 @@ def _customer_commit(customer_id: str, version: int, *, action: str = "customer.
         id=new_id("evt"), caller="svc", request_id="r", action=action, resource_type="customer",
         resource_id=customer_id, before_status="active", after_status="active", at=now,
     )  # fmt: skip
-    derived = derive_events([ChangedResource("customer", customer_id, version == 1, version, customer_id)], [audit], now=now)
+    change = ChangedResource("customer", customer_id, version == 1, version, customer_id)
+    derived = derive_events([change], [audit], now=now)
     snapshot = encode(customer) | {"version": version}
     return outbox_documents(derived, [snapshot], new_id("cmt"))
 
@@ -67,7 +68,9 @@ async def test_sequence_pass_numbers_densely_and_empties_the_outbox(db: Any) -> 
     assert (await event_log.read(2, 2))[0].seq == 3
     only = await event_log.read(0, 100, EventFilter(customer_id="cus_3"))
     assert [e.resource_id for e in only] == ["cus_3"]
-    assert await event_log.read_range(0, 2, 100, EventFilter(types=("customer.*",))) == events[:2]
+    assert await event_log.read_range(0, 2, 100, EventFilter(types=("customer.*",))) == (events[:2], 2)
+    assert await event_log.read_range(0, 5, 2, EventFilter()) == (events[:2], 2)
+    assert await event_log.read_range(0, 5, 2, EventFilter(types=("payment.*",))) == ([], 5)
 
 
 async def test_a_resource_s_versions_are_numbered_in_order_across_commit_ids(db: Any) -> None:

@@ -211,11 +211,18 @@ class MongoEventLog:
         """Events numbered above ``after``, in order, at most ``limit`` (see the port)."""
         return await self._read({"$gt": after}, limit, filters)
 
-    async def read_range(self, after: int, upto: int, limit: int, filters: EventFilter) -> list[LoggedEvent]:
-        """Events numbered in ``(after, upto]`` matching ``filters``, in order."""
+    async def read_range(
+        self, after: int, upto: int, limit: int, filters: EventFilter
+    ) -> tuple[list[LoggedEvent], int]:
+        """Events numbered in ``(after, upto]`` matching ``filters``, and the position examined."""
         if upto <= after:
-            return []
-        return await self._read({"$gt": after, "$lte": upto}, limit, filters)
+            return [], max(after, upto)
+        query: Doc = {"_id": {"$gt": after, "$lte": upto}, **_indexed(filters)}
+        async with unavailable("event_log read"):
+            docs = await self._db[LOG].find(query).sort("_id", ASCENDING).limit(limit).to_list()
+        events = [_event(d) for d in docs]
+        examined = events[-1].seq if len(docs) == limit else upto
+        return [e for e in events if filters.matches(e)], examined
 
     async def _read(self, ids: Doc, limit: int, filters: EventFilter | None) -> list[LoggedEvent]:
         query: Doc = {"_id": ids}
@@ -229,9 +236,7 @@ class MongoEventLog:
     async def position_at(self, time: datetime) -> int:
         """The position before the first event that entered the log at or after ``time``."""
         async with unavailable("event_log position_at"):
-            doc = await self._db[LOG].find_one(
-                {"sequence_time": {"$gte": _ms(time)}}, {"_id": 1}, sort=_BY_TIME
-            )
+            doc = await self._db[LOG].find_one({"sequence_time": {"$gte": _ms(time)}}, {"_id": 1}, sort=_BY_TIME)
         if doc is None:
             return await self.head()
         return int(doc["_id"]) - 1
@@ -251,11 +256,13 @@ class MongoEventLog:
             moved = await self._pass(session, max_batch)
 
         try:
-            async with self._client.start_session() as session:
-                async with await session.start_transaction(
+            async with (
+                self._client.start_session() as session,
+                await session.start_transaction(
                     read_concern=ReadConcern("snapshot"), write_concern=WriteConcern(w="majority")
-                ):
-                    await apply(session)
+                ),
+            ):
+                await apply(session)
         except _Raced:
             return 0
         except OperationFailure as exc:
@@ -312,9 +319,7 @@ class MongoEventLog:
         """
         cutoff = _ms(now - keep)
         async with unavailable("event retention"):
-            first_kept = await self._db[LOG].find_one(
-                {"sequence_time": {"$gte": cutoff}}, {"_id": 1}, sort=_BY_TIME
-            )
+            first_kept = await self._db[LOG].find_one({"sequence_time": {"$gte": cutoff}}, {"_id": 1}, sort=_BY_TIME)
             head = await self.head()
             # The newest event is always kept: the sequencer numbers on from it.
             target = min(int(first_kept["_id"]), head) if first_kept is not None else max(head, 1)
@@ -328,7 +333,9 @@ class MongoEventLog:
                 if oldest is None:
                     return deleted
                 start = int(oldest["_id"])
-                result = await self._db[LOG].delete_many({"_id": {"$gte": start, "$lt": min(low, start + _RETENTION_CHUNK)}})
+                result = await self._db[LOG].delete_many(
+                    {"_id": {"$gte": start, "$lt": min(low, start + _RETENTION_CHUNK)}}
+                )
                 deleted += result.deleted_count
 
     # ---------------------------------------------------------- notifications
