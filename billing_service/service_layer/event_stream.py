@@ -17,20 +17,33 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 from billing_service.domain.errors import StoreUnavailable
 from billing_service.domain.event_errors import EventCursorExpired
 from billing_service.service_layer.event_ports import EventFilter, EventLog, LoggedEvent
 
-__all__ = ["Doorbell", "Reader", "Ring", "Tailer"]
+__all__ = ["Doorbell", "Reader", "Ring", "Tailer", "stop_tasks"]
 
 log = logging.getLogger(__name__)
 
 #: Events a tailer reads per store round trip, and a catching-up reader per page.
 TAIL_PAGE = 500
 CATCH_UP_PAGE = 100
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]], seconds: float = 2.0) -> None:
+    """Cancels background tasks and waits for them to end, at most ``seconds``.
+
+    Closing a change stream on a store that went away can take the driver's timeout; a
+    stopping process does not wait for that.
+    """
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=seconds)
 
 
 class Doorbell:
@@ -50,9 +63,15 @@ class Doorbell:
         self._event.clear()
 
     async def follow(self, source: AsyncIterator[None]) -> None:
-        """Rings on every item of ``source`` (a change-stream doorbell) until cancelled."""
-        async for _ in source:
-            self.ring()
+        """Rings on every item of ``source`` (a change-stream doorbell) until cancelled.
+
+        The source is closed on the way out (its change stream with it), while the store's
+        client is still open.
+        """
+        generator = cast(AsyncGenerator[None, None], source)
+        async with contextlib.aclosing(generator):
+            async for _ in generator:
+                self.ring()
 
 
 class Ring:
@@ -144,11 +163,7 @@ class Tailer:
 
     async def stop(self) -> None:
         """Stops tailing."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(self._tasks)
         self._tasks = []
 
     async def _run(self) -> None:

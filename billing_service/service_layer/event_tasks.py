@@ -17,7 +17,7 @@ from typing import Protocol
 
 from billing_service.domain.errors import StoreUnavailable
 from billing_service.service_layer.event_ports import EventLog
-from billing_service.service_layer.event_stream import Doorbell
+from billing_service.service_layer.event_stream import Doorbell, stop_tasks
 
 __all__ = ["EventLeases", "Retention", "Sequencer"]
 
@@ -60,12 +60,8 @@ class _Loop:
         self._tasks.append(asyncio.create_task(run(), name=name))
 
     async def stop(self) -> None:
-        """Cancels the task and waits for it."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        """Cancels the tasks and waits for them, 2 seconds at most (a store call may hang)."""
+        await stop_tasks(self._tasks)
         self._tasks = []
 
 

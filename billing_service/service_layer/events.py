@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 from billing_service.domain.errors import InvalidArgument, NotFound
@@ -124,7 +124,8 @@ async def _start(ev: EventDeps, watch: Watch, consumer: ConsumerState | None) ->
         return await ev.log.low_water() - 1
     if watch.start == "time":
         assert watch.start_time is not None
-        if watch.start_time < ev.clock.now() - ev.retention:
+        # Retention works on the time events entered the log, which is the real time.
+        if watch.start_time < datetime.now(UTC) - ev.retention:
             raise EventCursorExpired("start_time is older than the retention period")
         return await _retained(ev, await ev.log.position_at(watch.start_time))
     if watch.start == "default" and consumer is not None and consumer.acked_seq is not None:

@@ -65,6 +65,7 @@ async def start_api(
         runtime.deps, runtime.idempotency, address="127.0.0.1:0", health_interval=0.2, interceptors=interceptors
     )
     await server.start(server_credentials)
+    runtime.start_events()
     channel = (
         grpc.aio.secure_channel(f"127.0.0.1:{server.port}", channel_credentials)
         if channel_credentials is not None
@@ -79,6 +80,8 @@ async def start_api(
 async def stop_api(api: Api, *, drop: bool = True) -> None:
     await api.channel.close(None)
     await api.server.stop(1)
+    if api.runtime.event_tasks is not None:
+        await api.runtime.event_tasks.stop()  # their change streams end before the database goes
     if drop:
         await api.runtime.store.database.client.drop_database(api.runtime.settings.mongodb_database)
     await api.runtime.aclose()  # closes the processors too

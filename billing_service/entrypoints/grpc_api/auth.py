@@ -20,7 +20,7 @@ Modes (``BILLING_AUTH_MODE``):
       when ``BILLING_TLS_CLIENT_CA`` is set the handshake requires one from everybody.
 
 Authorization: :data:`METHOD_PERMISSIONS` maps each RPC to its permission group, as declared
-by the RPC's entry in ``billing.py`` / ``subscriptions.py``;
+by the RPC's entry in ``billing.py`` / ``subscriptions.py`` / ``event_service.py``;
 ``admin`` grants everything. Health is open to everybody; reflection (when enabled) to any
 authenticated caller. A method missing from the table is refused to everybody (fail
 closed; a test checks the table covers every RPC of both services).
@@ -51,6 +51,7 @@ from billing_service.config import CALLER_NAME, ConfigError, Settings
 from billing_service.domain.errors import BillingError, PermissionDenied, Unauthenticated
 from billing_service.entrypoints.grpc_api import errors
 from billing_service.entrypoints.grpc_api.billing import BILLING
+from billing_service.entrypoints.grpc_api.event_service import EVENTS
 from billing_service.entrypoints.grpc_api.subscriptions import SUBSCRIPTIONS
 from billing_service.observability.context import current_caller
 
@@ -70,7 +71,7 @@ ADMIN: Final = "admin"
 #: RPC full name -> the permission group a caller needs for it (``admin`` covers all), read
 #: from the RPC tables of both servicers, so a new RPC cannot be added without one.
 METHOD_PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType(
-    {**BILLING.permissions(), **SUBSCRIPTIONS.permissions()}
+    {**BILLING.permissions(), **SUBSCRIPTIONS.permissions(), **EVENTS.permissions()}
 )
 
 #: Every permission name ``BILLING_CALLER_PERMISSIONS`` may grant.

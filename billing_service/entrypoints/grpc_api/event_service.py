@@ -19,8 +19,9 @@ from billing_service.domain.event_catalog import RESOURCE_TYPES, validate_type_p
 from billing_service.domain.event_cursor import decode_cursor, encode_cursor
 from billing_service.domain.event_derivation import cause_of
 from billing_service.entrypoints.grpc_api import convert
-from billing_service.entrypoints.grpc_api.base import current_caller, without_client_secrets
+from billing_service.entrypoints.grpc_api.base import without_client_secrets
 from billing_service.entrypoints.grpc_api.runner import Read, Runner, Service, Stream, Write
+from billing_service.observability.context import current_caller
 from billing_service.service_layer import events
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.event_ports import ConsumerState, EventFilter, LoggedEvent
