@@ -5,8 +5,8 @@ process commits customers through its own ``MongoBillingStore`` (as another repl
 webhook sidecar would: the outbox is written in the commit's transaction), one at a time,
 and measures from the call to ``commit`` (so both figures include the commit itself) to
 the moment each watcher receives the event: with 1 and with 20 ``WatchEvents`` streams.
-The baseline is the same commits seen by 1 and 20 raw change streams on the ``customers`` collection, opened from this process
-on the same store, in the same run.
+The baseline is the same commits seen by 1 and 20 raw change streams on the ``customers``
+collection, opened from this process on the same store, in the same run.
 """
 
 from __future__ import annotations
