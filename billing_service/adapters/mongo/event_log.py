@@ -166,10 +166,11 @@ class MongoEventLog:
         self._meta_lock = asyncio.Lock()
 
     async def ensure_indexes(self) -> None:
-        """Creates the outbox and log indexes; safe on every start."""
+        """Creates the outbox and log indexes and the log's id; safe on every start."""
         async with unavailable("ensure_indexes"):
             for name, models in EVENT_INDEXES.items():
                 await self._db[name].create_indexes(models)
+        await self.log_id()
 
     # ------------------------------------------------------------------ meta
 

@@ -45,7 +45,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import grpc
-from billing.v1 import billing_service_pb2, subscription_service_pb2
+from billing.v1 import billing_service_pb2, event_service_pb2, subscription_service_pb2
 
 from billing_service.config import CALLER_NAME, ConfigError, Settings
 from billing_service.domain.errors import BillingError, PermissionDenied, Unauthenticated
@@ -82,9 +82,9 @@ _REFLECTION_PREFIX: Final = "/grpc.reflection."
 
 
 def service_methods() -> list[str]:
-    """Full names of every RPC of both billing services, from their descriptors."""
+    """Full names of every RPC of the billing services, from their descriptors."""
     out: list[str] = []
-    for module in (billing_service_pb2, subscription_service_pb2):
+    for module in (billing_service_pb2, subscription_service_pb2, event_service_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             out.extend(f"/{service.full_name}/{method.name}" for method in service.methods)
     return out
