@@ -17,7 +17,7 @@ async def test_a_capture_reported_by_webhook_has_an_event_caused_by_it(
 ) -> None:
     held = await create_payment(sidecar.runtime, Processor.STRIPE, "pm_card_visa", manual=True)
     assert held.status is PaymentStatus.REQUIRES_CAPTURE
-    await sidecar.stripe.capture_payment(held.processor_id, held.amount, idempotency_key="dashboard-capture")
+    await sidecar.stripe.capture_payment(held.processor_id, held.amount, idempotency_key=f"dashboard-capture-{held.id}")
     event = stripe_event("payment_intent.succeeded", pi_object(stripe_api, held.processor_id))
     assert (await sidecar.post_stripe(event)).status_code == 200
     assert await sidecar.settled([event["id"]]) == {event["id"]: WebhookStatus.PROCESSED}
