@@ -54,6 +54,7 @@ async def serve_service(args: argparse.Namespace) -> None:
 
         profiler = Profiler(interval=0.0005, async_mode="disabled")
     port = await server.start()
+    runtime.start_events()
     if profiler is not None:
         profiler.start()
     print(f"READY {port}", flush=True)

@@ -77,6 +77,7 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         port = await server.start(credentials)
+        runtime.start_events()
         sampler.start()
         reconciler.start()
         host = settings.grpc_address.rsplit(":", 1)[0]

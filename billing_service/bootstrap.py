@@ -18,6 +18,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from billing_service.adapters.mongo.counts import subscription_counter
@@ -32,6 +33,9 @@ from billing_service.observability.processor import InstrumentedProcessor
 from billing_service.service_layer.clock import SystemClock
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.event_intake import event_feed
+from billing_service.service_layer.event_stream import Ring, Tailer
+from billing_service.service_layer.event_tasks import Retention, Sequencer
+from billing_service.service_layer.events import EventDeps
 from billing_service.service_layer.idempotency import Idempotency
 from billing_service.service_layer.ports import Clock, Leases, PaymentProcessor, WebhookVerifier
 from billing_service.service_layer.reconcile import DEFAULT_BUDGET, EventFeed
@@ -121,6 +125,44 @@ def webhook_verifiers(
 
 
 @dataclass
+class EventTasks:
+    """The event log's background work in a serving process: sequencer, retention, tailer."""
+
+    sequencer: Sequencer
+    retention: Retention
+    tailer: Tailer
+    running: bool = False
+
+    def start(self) -> None:
+        """Starts the three (idempotent)."""
+        if not self.running:
+            self.sequencer.start()
+            self.retention.start()
+            self.tailer.start()
+            self.running = True
+
+    async def stop(self) -> None:
+        """Stops them; the sequencer gives its lease up."""
+        if self.running:
+            await self.tailer.stop()
+            await self.retention.stop()
+            await self.sequencer.stop()
+            self.running = False
+
+
+def build_event_tasks(store: MongoBillingStore, events: EventDeps, leases: Leases) -> EventTasks:
+    """The sequencer, retention and tailer of one process (started by ``serve``)."""
+    sequencer = Sequencer(store.events, leases)
+    # A commit through this process wakes the sequencer at once (others: its change stream).
+    store.on_events = sequencer.wake
+    return EventTasks(
+        sequencer=sequencer,
+        retention=Retention(store.events, leases, keep=events.retention),
+        tailer=Tailer(store.events, events.ring),
+    )
+
+
+@dataclass
 class Runtime:
     """Everything a process built from settings owns, closed in reverse order.
 
@@ -144,9 +186,17 @@ class Runtime:
     embedded: EmbeddedMongo | None = None
     processors: Mapping[Processor, PaymentProcessor] = field(default_factory=dict)
     metrics: BillingMetrics = field(default_factory=BillingMetrics)
+    event_tasks: EventTasks | None = None
+
+    def start_events(self) -> None:
+        """Starts the event log's background work (serving processes only)."""
+        if self.event_tasks is not None:
+            self.event_tasks.start()
 
     async def aclose(self) -> None:
-        """Closes processors, the store client and the embedded server."""
+        """Stops the event tasks; closes processors, the store client and the embedded server."""
+        if self.event_tasks is not None:
+            await self.event_tasks.stop()
         for processor in self.processors.values():
             try:
                 await processor.aclose()
@@ -217,6 +267,13 @@ async def bootstrap(
         store=store, processors=procs, default_processor=settings.default_processor, clock=clock,
         lease_seconds=settings.idempotency_lease_seconds,
     )  # fmt: skip
+    deps.events = EventDeps(
+        log=store.events,
+        consumers=store.consumers,
+        ring=Ring(settings.events_ring_size),
+        clock=clock,
+        retention=timedelta(days=settings.events_retention_days),
+    )
     deps.audit_hooks.append(KpiRecorder(metrics))
     deps.drift_hooks.append(DriftRecorder(metrics))
     idempotency = Idempotency(
@@ -226,10 +283,11 @@ async def bootstrap(
         ttl_seconds=settings.idempotency_ttl_hours * 3600,
     )
     sources = {name: procs[name] for name in RECONCILE_EVENT_SOURCES if name in procs}
+    leases = MongoLeases(client, settings.mongodb_database)
     return Runtime(
-        settings=settings, store=store, deps=deps, idempotency=idempotency,
-        leases=MongoLeases(client, settings.mongodb_database), inbox=inbox,
+        settings=settings, store=store, deps=deps, idempotency=idempotency, leases=leases, inbox=inbox,
         event_feed=event_feed(sources, inbox, clock), embedded=embedded, processors=procs, metrics=metrics,
+        event_tasks=build_event_tasks(store, deps.events, leases),
     )  # fmt: skip
 
 

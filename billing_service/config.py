@@ -97,6 +97,8 @@ class Settings:
     webhook_tls_cert: Path | None = None
     webhook_tls_key: Path | None = None
     fake_state: str = "store"
+    events_retention_days: float = 30.0
+    events_ring_size: int = 10_000
 
     @property
     def stripe_mode(self) -> str:
@@ -152,6 +154,10 @@ class Settings:
                 raise ConfigError("live mode requires PAYPAL_WEBHOOK_ID (webhooks must be verified)")
             if not self.mongodb_uri:
                 raise ConfigError("live mode requires MONGODB_URI (the embedded store is for development)")
+        if not 1 <= self.events_retention_days <= 3650:
+            raise ConfigError("BILLING_EVENTS_RETENTION_DAYS must be between 1 and 3650")
+        if not 100 <= self.events_ring_size <= 1_000_000:
+            raise ConfigError("BILLING_EVENTS_RING_SIZE must be between 100 and 1000000")
         if self.fake_state not in ("store", "memory"):
             raise ConfigError("BILLING_FAKE_STATE must be store or memory")
         if self.idempotency_ttl_hours < 24:
@@ -273,6 +279,8 @@ class Settings:
             tls_client_ca=Path(get("BILLING_TLS_CLIENT_CA")) if get("BILLING_TLS_CLIENT_CA") else None,
             webhook_tls_cert=Path(get("BILLING_WEBHOOK_TLS_CERT")) if get("BILLING_WEBHOOK_TLS_CERT") else None,
             webhook_tls_key=Path(get("BILLING_WEBHOOK_TLS_KEY")) if get("BILLING_WEBHOOK_TLS_KEY") else None,
+            events_retention_days=number("BILLING_EVENTS_RETENTION_DAYS", 30),
+            events_ring_size=int(number("BILLING_EVENTS_RING_SIZE", 10_000)),
             fake_state=get("BILLING_FAKE_STATE", "store").lower(),
         )
         settings.validate()

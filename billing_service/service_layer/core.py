@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billing_service.domain.common import AuditEvent, Processor
 from billing_service.domain.errors import ConcurrencyConflict, FailedPrecondition, NotFound
@@ -14,6 +14,9 @@ from billing_service.service_layer.executions import claim_before_writes, fenced
 from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.pagination import decode_token, encode_token, page_size
 from billing_service.service_layer.ports import BillingStore, Change, Clock, E, Page, PaymentProcessor, T
+
+if TYPE_CHECKING:
+    from billing_service.service_layer.events import EventDeps
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class Deps:
         audit_hooks: Called with every committed audit event (metrics).
         drift_hooks: Called with every drift found (metrics).
         lease_seconds: Idempotency lease term, also for records held by a cancel or the reconciler.
+        events: The event log and consumers (EventService); None where nothing reads events.
     """
 
     store: BillingStore
@@ -62,6 +66,7 @@ class Deps:
     audit_hooks: list[Callable[[AuditEvent], None]] = field(default_factory=list)
     drift_hooks: list[Callable[[Drift], None]] = field(default_factory=list)
     lease_seconds: float = 60.0
+    events: EventDeps | None = None
 
     def processor(self, name: Processor) -> PaymentProcessor:
         """Returns the adapter for ``name``.

@@ -150,11 +150,14 @@ async def list_customers(
     return await list_page(deps, Customer, filters, requested_size=page_size, token=page_token)
 
 
-async def ensure_processor_customer(deps: Deps, customer: Customer, processor: Processor) -> str:
+async def ensure_processor_customer(
+    deps: Deps, customer: Customer, processor: Processor, *, ctx: RequestContext
+) -> str:
     """Returns the customer's id at ``processor``, creating it there on first use.
 
     The processor call's idempotency key depends only on (customer, processor), so two
-    concurrent first uses get the same processor-side customer.
+    concurrent first uses get the same processor-side customer. The link is audited
+    (``customer.processor_linked``) as the request ``ctx`` that needed it.
     """
     ref = customer.processor_refs.get(processor.value)
     if ref:
@@ -173,7 +176,11 @@ async def ensure_processor_customer(deps: Deps, customer: Customer, processor: P
             return None
         fresh.processor_refs[processor.value] = ref
         fresh.updated_at = deps.clock.now()
-        return [Update(fresh)], []
+        linked = audit(
+            deps, ctx, "customer.processor_linked", "customer", fresh.id, "active", "active",
+            processor=processor.value, processor_id=ref,
+        )  # fmt: skip
+        return [Update(fresh)], [linked]
 
     await commit_with_retry(deps, attempt)
     customer.processor_refs[processor.value] = ref
@@ -206,7 +213,7 @@ async def attach_payment_method(deps: Deps, ctx: RequestContext, cmd: AttachPaym
     customer = await load(deps, Customer, cmd.customer_id, resource="customer", field_path="customer_id")
     processor = cmd.processor or customer.default_processor
     adapter = deps.processor(processor)
-    processor_customer = await ensure_processor_customer(deps, customer, processor)
+    processor_customer = await ensure_processor_customer(deps, customer, processor, ctx=ctx)
     attached = await adapter.attach_payment_method(
         processor_customer, cmd.token, idempotency_key=ctx.processor_key("attach")
     )

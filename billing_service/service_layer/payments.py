@@ -155,10 +155,14 @@ async def record_payment_state(
             payment.lookup_after = None  # nothing left to look up by our id
         elif lookup_after is not None and payment.is_final:
             payment.lookup_after = lookup_after
-        if not changed and processor_id_before == payment.processor_id and lookup_before == payment.lookup_after:
+        linked = processor_id_before != payment.processor_id
+        if not changed and not linked and lookup_before == payment.lookup_after:
             return None
-        events = [_state_event(deps, ctx, action, payment, before)] if changed else []
-        return [Update(payment)], events
+        if changed:
+            return [Update(payment)], [_state_event(deps, ctx, action, payment, before)]
+        if linked:
+            return [Update(payment)], [_linked_event(deps, ctx, payment)]
+        return [Update(payment, bookkeeping=True)], []
 
     def releases_held_money(payment: Payment) -> bool:
         return payment.contradicted_by(state) and state.status in _HOLDS_MONEY and bool(payment.processor_id)
@@ -176,6 +180,15 @@ async def record_payment_state(
     if releases_held_money(payment):
         return await _release_held_money(deps, ctx, payment)
     return payment
+
+
+def _linked_event(deps: Deps, ctx: RequestContext, payment: Payment) -> AuditEvent:
+    """The audit event of a payment whose processor id was learned without a status change."""
+    status = payment.status.value
+    return audit(
+        deps, ctx, "payment.processor_linked", "payment", payment.id, status, status,
+        processor_id=payment.processor_id,
+    )  # fmt: skip
 
 
 def _state_event(deps: Deps, ctx: RequestContext, action: str, payment: Payment, before: str) -> AuditEvent:
@@ -211,7 +224,7 @@ def _drift_changes(
         first = payment.lookup_after is None or linked  # later re-reads only move the next one
         payment.lookup_after = now + timedelta(minutes=15)
         if not first:
-            return [Update(payment)], []
+            return [Update(payment, bookkeeping=True)], []
         drifts.append(Drift("payment", payment.id, ours, state.status.value, repaired=False))
         event = audit(
             deps, ctx, "payment.drift_found", "payment", payment.id, ours, ours,
@@ -219,7 +232,7 @@ def _drift_changes(
         )  # fmt: skip
         return [Update(payment)], [event]
     payment.lookup_after = None
-    return ([Update(payment)], []) if linked else None
+    return ([Update(payment)], [_linked_event(deps, ctx, payment)]) if linked else None
 
 
 async def _release_held_money(deps: Deps, ctx: RequestContext, payment: Payment) -> Payment:
@@ -326,7 +339,7 @@ async def resume_payment(
             deps, PaymentMethod, payment.payment_method_id, resource="payment_method", field_path="payment_method_id"
         )
     try:
-        processor_customer = await ensure_processor_customer(deps, customer, payment.processor)
+        processor_customer = await ensure_processor_customer(deps, customer, payment.processor, ctx=ctx)
         request = PaymentRequest(
             payment_id=payment.id,
             amount=payment.amount,

@@ -110,9 +110,16 @@ class Update:
     """Replace ``entity`` if its stored version still equals ``entity.version``.
 
     The store bumps ``entity.version`` on success.
+
+    Attributes:
+        bookkeeping: The update changes only fields no RPC returns (reconciliation's
+            ``lookup_after``): it needs no audit event and yields no billing event. The
+            store checks the claim against the stored document and treats an update that
+            changes anything else as a change.
     """
 
     entity: Entity
+    bookkeeping: bool = False
 
 
 Change = Insert | Update

@@ -226,7 +226,7 @@ class _Pass:
             if entity is None or entity.lookup_after == when:
                 return None
             entity.lookup_after = when
-            return [Update(entity)], []
+            return [Update(entity, bookkeeping=True)], []
 
         await commit_with_retry(self.deps, attempt)
         return "waiting" if when is not None else ""

@@ -109,8 +109,14 @@ async def record_refund_state(
         elif lookup_after is not None and refund.status is not RefundStatus.PENDING:
             refund.lookup_after = lookup_after
         if before is None:
-            unchanged = processor_id_before == refund.processor_id and lookup_before == refund.lookup_after
-            return None if unchanged else ([Update(refund)], [])
+            if processor_id_before != refund.processor_id:
+                status = refund.status.value
+                linked = audit(
+                    deps, ctx, "refund.processor_linked", "refund", refund.id, status, status,
+                    payment_id=refund.payment_id, processor_id=refund.processor_id,
+                )  # fmt: skip
+                return [Update(refund)], [linked]
+            return None if lookup_before == refund.lookup_after else ([Update(refund, bookkeeping=True)], [])
         payment = (
             reused[1]
             if reused and reused[1].id == refund.payment_id

@@ -157,8 +157,8 @@ async def archive_plan(deps: Deps, ctx: RequestContext, plan_id: str) -> Plan:
     return result[0]
 
 
-async def ensure_processor_plan(deps: Deps, plan: Plan, processor: Processor) -> Plan:
-    """Mirrors the plan at ``processor`` on first use; returns it with the refs set."""
+async def ensure_processor_plan(deps: Deps, plan: Plan, processor: Processor, *, ctx: RequestContext) -> Plan:
+    """Mirrors the plan at ``processor`` on first use; returns it with the refs set (audited as ``ctx``)."""
     if plan.processor_refs.get(processor.value):
         return plan
     refs = await deps.processor(processor).create_plan(
@@ -174,7 +174,9 @@ async def ensure_processor_plan(deps: Deps, plan: Plan, processor: Processor) ->
             return None
         fresh.processor_refs.update(refs)
         fresh.updated_at = deps.clock.now()
-        return [Update(fresh)], []
+        status = fresh.status.value
+        linked = audit(deps, ctx, "plan.processor_linked", "plan", fresh.id, status, status, processor=processor.value)
+        return [Update(fresh)], [linked]
 
     await commit_with_retry(deps, attempt)
     return result[0]
@@ -405,8 +407,8 @@ async def _send_to_processor(
             method = await load(
                 deps, PaymentMethod, sub.payment_method_id, resource="payment_method", field_path="payment_method_id"
             )
-    plan = await ensure_processor_plan(deps, plan, sub.processor)
-    processor_customer = await ensure_processor_customer(deps, customer, sub.processor)
+    plan = await ensure_processor_plan(deps, plan, sub.processor, ctx=ctx)
+    processor_customer = await ensure_processor_customer(deps, customer, sub.processor, ctx=ctx)
     method_ref = method.processor_id if method is not None else ""
     request = SubscriptionRequest(
         subscription_id=sub.id,
@@ -487,7 +489,7 @@ async def update_subscription(deps: Deps, ctx: RequestContext, cmd: UpdateSubscr
         old_plan = await load(deps, Plan, sub.plan_id, resource="plan", field_path="plan_id")
         if new_plan.price.currency != old_plan.price.currency:
             raise InvalidArgument.field("plan_id", f"must be priced in {old_plan.price.currency} like the current plan")
-        new_plan = await ensure_processor_plan(deps, new_plan, sub.processor)
+        new_plan = await ensure_processor_plan(deps, new_plan, sub.processor, ctx=ctx)
     quantity = cmd.quantity if cmd.quantity and cmd.quantity != sub.quantity else None
     if new_plan is None and quantity is None:
         return sub  # nothing to change

@@ -206,7 +206,8 @@ def test_permission_table_covers_every_rpc_of_both_services() -> None:
     assert set(METHOD_PERMISSIONS.values()) | {"admin"} == PERMISSIONS
     assert {
         "customers:read", "customers:write", "payments:read", "payments:write", "refunds:write",
-        "subscriptions:read", "subscriptions:write", "plans:write", "audit:read", "admin",
+        "subscriptions:read", "subscriptions:write", "plans:write", "audit:read", "events:read", "events:manage",
+        "admin",
     } == PERMISSIONS  # fmt: skip
 
 

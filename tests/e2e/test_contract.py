@@ -8,12 +8,10 @@ what the real call refuses.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-import bson
 import grpc
 import pytest
 from billing.v1 import billing_service_pb2 as pb
@@ -26,17 +24,12 @@ from billing_service.domain.disputes import DisputeStatus, ProcessorDisputeState
 from billing_service.domain.money import Money
 from billing_service.service_layer.disputes import record_dispute
 from billing_service.service_layer.idempotency import RequestContext
-from tests.e2e.conftest import Api
+from tests.e2e.conftest import Api, stored_documents
 from tests.helpers import rich, rid, usd
 
 
 async def snapshot(api: Api) -> dict[str, dict[str, bytes]]:
-    db = api.runtime.store.database
-    out: dict[str, dict[str, bytes]] = {}
-    for name in await db.list_collection_names():
-        docs = await db[name].find({}).to_list()
-        out[name] = {repr(d["_id"]): hashlib.sha256(bson.encode(d)).digest() for d in docs}
-    return out
+    return await stored_documents(api.runtime.store.database)
 
 
 async def customer_with(api: Api, token: str = "pm_card_visa") -> tuple[str, str]:

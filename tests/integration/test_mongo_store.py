@@ -328,6 +328,7 @@ async def test_server_failure_mid_commit_writes_nothing(
     changes: list[Change] = [Insert(pay), Update(cus)]
     events = [audit(pay.id, "payment.created")]
 
+    outbox_before = await raw(store, "event_outbox")
     # 8 (UnknownError) is not transient: the transaction must fail, not be retried.
     await fail_next(mongo_client, command if command == "commitTransaction" else write_command(write_path, command), 8)
     try:
@@ -341,6 +342,7 @@ async def test_server_failure_mid_commit_writes_nothing(
     assert stored is not None
     assert (stored.name, stored.version) == ("Ada Lovelace", 1)
     assert await raw(store, "audit_events") == []
+    assert await raw(store, "event_outbox") == outbox_before  # no billing event either
     assert (pay.version, cus.version) == (0, 1)
 
     await store.commit(changes, events)

@@ -87,7 +87,7 @@ async def test_a_plan_and_quantity_change_made_in_stripes_dashboard_is_picked_up
     sub = await su.create_subscription(
         deps, ctx("sub"), su.CreateSubscription(customer.id, basic, method.id, quantity=1, trial_period_days=None)
     )
-    pro_plan = await su.ensure_processor_plan(deps, await su.get_plan(deps, pro), Processor.STRIPE)
+    pro_plan = await su.ensure_processor_plan(deps, await su.get_plan(deps, pro), Processor.STRIPE, ctx=ctx("plan"))
     remote = stripe_api.objects("subscription")[-1]
     assert remote["id"] == sub.processor_id
     item = remote["items"]["data"][0]["id"]
@@ -142,7 +142,7 @@ async def _unknown_outcome(sidecar: RunningSidecar, stripe_api: StripeImitation)
     customer, method = await customer_with_method(sidecar.runtime, Processor.STRIPE, "pm_card_visa")
     basic = await _plan(sidecar, 1000, "Basic")
     await su.ensure_processor_plan(
-        sidecar.runtime.deps, await su.get_plan(sidecar.runtime.deps, basic), Processor.STRIPE
+        sidecar.runtime.deps, await su.get_plan(sidecar.runtime.deps, basic), Processor.STRIPE, ctx=ctx("plan")
     )
     context = RequestContext("test-caller", su.CREATE_METHOD, str(uuid.uuid4()), f"sub_{uuid.uuid4().hex[:20]}")
     stripe_api.fail_next("/v1/subscriptions", status=503, times=2)

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC
 from typing import Any, Final
@@ -32,6 +32,8 @@ from pymongo.write_concern import WriteConcern
 
 from billing_service.adapters.mongo.budget import budget, time_limit, unavailable
 from billing_service.adapters.mongo.codecs import decode, encode, encode_filter_value
+from billing_service.adapters.mongo.event_consumers import MongoEventConsumers
+from billing_service.adapters.mongo.event_log import OUTBOX, MongoEventLog
 from billing_service.adapters.mongo.idempotency import (
     FENCES,
     IDEMPOTENCY,
@@ -39,6 +41,7 @@ from billing_service.adapters.mongo.idempotency import (
     fence_write,
     idempotency_key,
 )
+from billing_service.adapters.mongo.outbox import OutboxWriter
 from billing_service.adapters.mongo.writes import Write, apply_writes, in_transaction, supports_bulk_write
 from billing_service.domain.common import AuditEvent
 from billing_service.domain.customers import Customer, PaymentMethod
@@ -178,6 +181,12 @@ class MongoBillingStore(MongoIdempotencyRecords):
         )
         self._secret: bytes | None = None
         self._secret_lock = asyncio.Lock()
+        self._outbox = OutboxWriter(self._db)
+        #: The event log and durable consumers on the same database (EventService).
+        self.events = MongoEventLog(client, database)
+        self.consumers = MongoEventConsumers(client, database)
+        #: Called after every commit that wrote events (wakes a local sequencer).
+        self.on_events: Callable[[], None] | None = None
 
     @classmethod
     def connect(cls, uri: str, database: str, *, timeout_ms: int = 5000) -> MongoBillingStore:
@@ -219,6 +228,13 @@ class MongoBillingStore(MongoIdempotencyRecords):
         async with unavailable("ensure_indexes"):
             for name, models in _INDEXES.items():
                 await self._coll(name).create_indexes(models)
+        await self.events.ensure_indexes()
+        await self.consumers.ensure_indexes()
+
+    @property
+    def unaudited_changes(self) -> int:
+        """Changes committed without an audit event about them (each logged as an error)."""
+        return self._outbox.unaudited_changes
 
     @contextmanager
     def deadline(self, seconds: float, *, cleanup_seconds: float = 0.0) -> Iterator[None]:
@@ -324,7 +340,11 @@ class MongoBillingStore(MongoIdempotencyRecords):
     async def commit(
         self, changes: Sequence[Change], events: Sequence[AuditEvent], *, fences: Sequence[Fence] = ()
     ) -> None:
-        """Writes all changes, audit events and fences in one transaction.
+        """Writes all changes, their audit events, their billing events and fences in one transaction.
+
+        The billing events (``event_outbox``) are derived here from the changes and audit
+        events (``adapters.mongo.outbox``), so every committed change has its events and
+        no event exists without its committed change.
 
         In-memory versions are bumped only once the transaction has committed. Each fence
         is one write on its request's idempotency record (see ``adapters.mongo.idempotency``),
@@ -360,9 +380,16 @@ class MongoBillingStore(MongoIdempotencyRecords):
                           unmatched=conflict)
                 )  # fmt: skip
         writes.extend(Write(COLLECTIONS[AuditEvent], "insert", encode(e)) for e in events)
+        # The commit's billing events, derived from the very documents it writes.
+        written = writes[len(fences) : len(fences) + len(changes)]
+        entity_writes = [(c, w.collection, w.doc) for c, w in zip(changes, written, strict=True)]
+        outbox = await self._outbox.documents(entity_writes, events)
+        writes.extend(Write(OUTBOX, "insert", doc) for doc in outbox)
         await self._transact(writes)
         for change in changes:
             change.entity.version = 1 if isinstance(change, Insert) else change.entity.version + 1
+        if outbox and self.on_events is not None:
+            self.on_events()
 
     async def _transact(self, writes: list[Write]) -> None:
         """Applies ``writes`` in one transaction, mapping driver errors to the port's."""

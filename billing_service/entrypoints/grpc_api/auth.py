@@ -20,7 +20,7 @@ Modes (``BILLING_AUTH_MODE``):
       when ``BILLING_TLS_CLIENT_CA`` is set the handshake requires one from everybody.
 
 Authorization: :data:`METHOD_PERMISSIONS` maps each RPC to its permission group, as declared
-by the RPC's entry in ``billing.py`` / ``subscriptions.py``;
+by the RPC's entry in ``billing.py`` / ``subscriptions.py`` / ``event_service.py``;
 ``admin`` grants everything. Health is open to everybody; reflection (when enabled) to any
 authenticated caller. A method missing from the table is refused to everybody (fail
 closed; a test checks the table covers every RPC of both services).
@@ -45,12 +45,13 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import grpc
-from billing.v1 import billing_service_pb2, subscription_service_pb2
+from billing.v1 import billing_service_pb2, event_service_pb2, subscription_service_pb2
 
 from billing_service.config import CALLER_NAME, ConfigError, Settings
 from billing_service.domain.errors import BillingError, PermissionDenied, Unauthenticated
 from billing_service.entrypoints.grpc_api import errors
 from billing_service.entrypoints.grpc_api.billing import BILLING
+from billing_service.entrypoints.grpc_api.event_service import EVENTS
 from billing_service.entrypoints.grpc_api.subscriptions import SUBSCRIPTIONS
 from billing_service.observability.context import current_caller
 
@@ -70,7 +71,7 @@ ADMIN: Final = "admin"
 #: RPC full name -> the permission group a caller needs for it (``admin`` covers all), read
 #: from the RPC tables of both servicers, so a new RPC cannot be added without one.
 METHOD_PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType(
-    {**BILLING.permissions(), **SUBSCRIPTIONS.permissions()}
+    {**BILLING.permissions(), **SUBSCRIPTIONS.permissions(), **EVENTS.permissions()}
 )
 
 #: Every permission name ``BILLING_CALLER_PERMISSIONS`` may grant.
@@ -81,9 +82,9 @@ _REFLECTION_PREFIX: Final = "/grpc.reflection."
 
 
 def service_methods() -> list[str]:
-    """Full names of every RPC of both billing services, from their descriptors."""
+    """Full names of every RPC of the billing services, from their descriptors."""
     out: list[str] = []
-    for module in (billing_service_pb2, subscription_service_pb2):
+    for module in (billing_service_pb2, subscription_service_pb2, event_service_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             out.extend(f"/{service.full_name}/{method.name}" for method in service.methods)
     return out

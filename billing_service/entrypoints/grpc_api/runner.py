@@ -1,16 +1,21 @@
 """Declarative RPCs and the one runner that executes them.
 
-Each RPC is one entry: a :class:`Read` (permission, use case, response encoder) or a
+Each RPC is one entry: a :class:`Read` (permission, use case, response encoder), a
 :class:`Write` (also a request decoder, the id prefix of what it creates and, for the
-creating RPCs, a ``validate_only`` preview). The runner gives every entry the same
-pipeline, so adding an RPC is the proto, one use case and one entry:
+creating RPCs, a ``validate_only`` preview) or a :class:`Stream` (a server stream: the
+use case yields the messages). The runner gives every entry the same pipeline, so adding
+an RPC is the proto, one use case and one entry:
 
 - reads: schema checks (:mod:`.field_behavior`), the use case, the encoder;
 - writes: card data refused first (nothing is stored, logged or echoed), schema checks,
   request_id checks, the decoder (domain validation, before anything is stored); then
   either the preview (``validate_only``: no writes, no processor, no request_id used) or
   the use case exactly once per (caller, method, request_id) through :class:`Idempotency`;
-- both: the caller's deadline, and every error mapped to a rich status by ``errors.py``.
+- streams: schema checks, then each message the use case yields, written as the caller
+  reads (a slow reader slows only its own stream); no store deadline, since a stream
+  lives as long as its caller wants;
+- all: every error mapped to a rich status by ``errors.py`` (reads and writes within the
+  caller's deadline).
 
 Permissions live in the same entries; ``auth.METHOD_PERMISSIONS`` is read from them.
 """
@@ -18,10 +23,11 @@ Permissions live in the same entries; ``auth.METHOD_PERMISSIONS`` is read from t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import grpc
 from google.protobuf import message_factory
@@ -100,12 +106,30 @@ class Write(Generic[Req, Cmd, Out, Resp]):
     on_replay: Callable[[Deps, Resp], Awaitable[Resp]] | None = None
 
 
-Rpc = Read[Any, Any, Any] | Write[Any, Any, Any, Any]
+@dataclass(frozen=True)
+class Stream(Generic[Req, Resp]):
+    """A server-streaming RPC (read-only).
+
+    Attributes:
+        name: The RPC's name in its service (``WatchEvents``).
+        request_type: Its request message class.
+        permission: The permission group a caller needs (see ``auth.py``).
+        run: Reads the request and yields the stream's messages; the runner writes each
+            before asking for the next, so the caller's reading paces it.
+    """
+
+    name: str
+    request_type: type[Req]
+    permission: str
+    run: Callable[[Deps, Req], AsyncIterator[Resp]]
+
+
+Rpc = Read[Any, Any, Any] | Write[Any, Any, Any, Any] | Stream[Any, Any]
 
 
 def _entry(rpc: object) -> Rpc:
-    if not isinstance(rpc, Read | Write):
-        raise TypeError(f"an RPC entry must be a Read or a Write, not {type(rpc).__name__}")
+    if not isinstance(rpc, Read | Write | Stream):
+        raise TypeError(f"an RPC entry must be a Read, a Write or a Stream, not {type(rpc).__name__}")
     return rpc
 
 
@@ -134,6 +158,8 @@ class Service:
             rpc = by_name[method.name]
             if rpc.request_type.DESCRIPTOR.full_name != method.input_type.full_name:
                 raise ValueError(f"{method.full_name}: request type {rpc.request_type.__name__} does not match")
+            if isinstance(rpc, Stream) != bool(method.server_streaming) or method.client_streaming:
+                raise ValueError(f"{method.full_name}: Stream entries are for server-streaming RPCs only")
             fields = method.input_type.fields_by_name
             if isinstance(rpc, Write) and "request_id" not in fields:
                 raise ValueError(f"{method.full_name}: a Write entry needs a request_id field")
@@ -182,7 +208,9 @@ class Runner:
         for rpc in service.rpcs:
             setattr(servicer, rpc.name, self._handler(service.method(rpc), rpc, service))
 
-    def _handler(self, method: str, rpc: Rpc, service: Service) -> Callable[[Message, Ctx], Awaitable[Message]]:
+    def _handler(self, method: str, rpc: Rpc, service: Service) -> Callable[[Message, Ctx], Any]:
+        if isinstance(rpc, Stream):
+            return self._stream_handler(method, rpc)
         output = service.descriptor.methods_by_name[rpc.name].output_type
         response_type: type[Message] = message_factory.GetMessageClass(output)
 
@@ -192,10 +220,37 @@ class Runner:
         handle.__name__ = handle.__qualname__ = rpc.name
         return handle
 
+    def _stream_handler(self, method: str, rpc: Stream[Any, Any]) -> Callable[[Message, Ctx], AsyncIterator[Message]]:
+        async def stream(request: Message, context: Ctx) -> AsyncIterator[Message]:
+            try:
+                if not self._store_serving():
+                    raise StoreUnavailable("the store is not answering (health probe); retry after the delay")
+                clean = type(request)()
+                clean.CopyFrom(request)
+                enforce(clean)
+                async with contextlib.aclosing(
+                    cast(AsyncGenerator[Message, None], rpc.run(self.deps, clean))
+                ) as messages:
+                    async for message in messages:
+                        yield message
+            except BillingError as exc:
+                await context.abort_with_status(errors.to_status(exc))  # type: ignore[attr-defined]
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if context.code() is not None and context.code() != grpc.StatusCode.OK:
+                    raise  # an abort already in flight
+                log.exception("unexpected error", extra={"method": method})
+                await context.abort_with_status(errors.internal_status(method))  # type: ignore[attr-defined]
+
+        stream.__name__ = stream.__qualname__ = rpc.name
+        return stream
+
     async def _call(self, method: str, rpc: Rpc, request: Message, response_type: type[Message]) -> Message:
         # A copy: the schema checks clear output-only fields, and the caller's object is not ours.
         clean = type(request)()
         clean.CopyFrom(request)
+        assert not isinstance(rpc, Stream)
         if isinstance(rpc, Read):
             enforce(clean)
             # Page tokens are bound to this list and this caller.

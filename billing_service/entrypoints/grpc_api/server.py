@@ -12,6 +12,8 @@ import grpc
 from billing.v1 import (
     billing_service_pb2,
     billing_service_pb2_grpc,
+    event_service_pb2,
+    event_service_pb2_grpc,
     subscription_service_pb2,
     subscription_service_pb2_grpc,
 )
@@ -22,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from billing_service.domain.errors import StoreUnavailable
 from billing_service.entrypoints.grpc_api.billing import BillingServicer
 from billing_service.entrypoints.grpc_api.decoding import MalformedRequestGuard
+from billing_service.entrypoints.grpc_api.event_service import EventServicer
 from billing_service.entrypoints.grpc_api.subscriptions import SubscriptionServicer
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import Idempotency
@@ -34,6 +37,7 @@ _MIN_PING_SECONDS = 0.5
 SERVICE_NAMES = (
     billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
     subscription_service_pb2.DESCRIPTOR.services_by_name["SubscriptionService"].full_name,
+    event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
 )
 
 
@@ -79,6 +83,8 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 1 if so_reuseport else 0),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # Pings find dead WatchEvents callers (a stream may stay silent for minutes).
+                ("grpc.keepalive_time_ms", 30_000),
             ],
         )
         self._store_serving = True
@@ -89,6 +95,10 @@ class GrpcServer:
         subscription_service_pb2_grpc.add_SubscriptionServiceServicer_to_server(
             cast(Any, SubscriptionServicer(deps, idempotency, self._serving)), self.server
         )
+        if deps.events is not None:
+            event_service_pb2_grpc.add_EventServiceServicer_to_server(
+                cast(Any, EventServicer(deps, idempotency, self._serving)), self.server
+            )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if reflection_enabled:
             reflection.enable_server_reflection(
