@@ -42,8 +42,15 @@ def _failed_event(deps: Deps, ctx: RequestContext, invoice: Invoice) -> AuditEve
 
 
 def _new_invoice(deps: Deps, sub: Subscription, state: ProcessorInvoiceState) -> Invoice:
+    """Our copy of an invoice first seen, as it was before any payment attempt failed.
+
+    A processor issues an invoice before it tries to collect it; an invoice first seen with a
+    failed attempt (we missed its creation, or the attempt followed at once) is recorded in
+    two commits, the invoice and then the attempt, so that every ``invoice.payment_failed``
+    event is a change of an existing invoice (``previous_status`` = its status then).
+    """
     now = deps.clock.now()
-    failed = Invoice.first_seen_failed(state)
+    bare = Invoice.first_seen_failed(state)
     return Invoice(
         id=new_id("in"),
         subscription_id=sub.id,
@@ -58,10 +65,8 @@ def _new_invoice(deps: Deps, sub: Subscription, state: ProcessorInvoiceState) ->
         lines=list(state.lines),
         created_at=state.created_at or now,
         updated_at=now,
-        attempt_count=state.attempt_count,
-        last_failure=state.last_failure if failed else None,
-        last_failure_time=now if failed else None,
-        next_attempt_time=state.next_attempt_at,
+        attempt_count=0 if bare else state.attempt_count,
+        next_attempt_time=None if bare else state.next_attempt_at,
     )
 
 
@@ -81,12 +86,9 @@ async def _mirror_one(deps: Deps, ctx: RequestContext, sub: Subscription, state:
                 deps, ctx, f"invoice.{status}", "invoice", invoice.id, "", status,
                 subscription_id=sub.id, amount_due=invoice.amount_due.amount_minor,
             )  # fmt: skip
-            events = [created]
-            if Invoice.first_seen_failed(state):
-                events.append(_failed_event(deps, ctx, invoice))
             # A concurrent writer inserting it first fails this commit (unique processor id):
             # the retry re-reads and converges on theirs.
-            return [Insert(invoice)], events
+            return [Insert(invoice)], [created]
         result.append(found)
         before = found.status.value
         failed = found.failed_attempt(state)
@@ -102,6 +104,8 @@ async def _mirror_one(deps: Deps, ctx: RequestContext, sub: Subscription, state:
         return [Update(found)], events
 
     await commit_with_retry(deps, attempt)
+    if result and result[0].attempt_count < state.attempt_count:
+        await commit_with_retry(deps, attempt)  # inserted without its failed attempt: now the attempt
     return result[0]
 
 
