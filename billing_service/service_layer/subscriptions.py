@@ -18,7 +18,6 @@ from datetime import timedelta
 from billing_service.domain.common import AuditEvent, Processor, validate_metadata, validate_text
 from billing_service.domain.customers import Customer, PaymentMethod
 from billing_service.domain.errors import BillingError, InvalidArgument
-from billing_service.domain.ids import new_id
 from billing_service.domain.money import Money
 from billing_service.domain.subscriptions import (
     Interval,
@@ -31,6 +30,7 @@ from billing_service.domain.subscriptions import (
     Subscription,
     SubscriptionStatus,
 )
+from billing_service.service_layer import invoice_mirror
 from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
 from billing_service.service_layer.customers import MAX_DESCRIPTION, MAX_NAME, ensure_processor_customer
 from billing_service.service_layer.executions import unwritten
@@ -582,54 +582,8 @@ async def resume_subscription(deps: Deps, ctx: RequestContext, subscription_id: 
 
 
 async def sync_invoices(deps: Deps, ctx: RequestContext, sub: Subscription) -> list[Invoice]:
-    """Mirrors the processor's invoices of ``sub`` into the store (insert or converge)."""
-    if not sub.processor_id:
-        return []
-    states = await deps.processor(sub.processor).list_invoices(sub.processor_id)
-    mirrored: list[Invoice] = []
-    for state in states:
-        found = await deps.store.find_one(
-            Invoice, {"processor": sub.processor.value, "processor_id": state.processor_id}
-        )
-        now = deps.clock.now()
-        if found is None:
-            invoice = Invoice(
-                id=new_id("in"),
-                subscription_id=sub.id,
-                customer_id=sub.customer_id,
-                processor=sub.processor,
-                processor_id=state.processor_id,
-                status=state.status,
-                amount_due=state.amount_due,
-                amount_paid=state.amount_paid,
-                period_start=state.period_start,
-                period_end=state.period_end,
-                lines=list(state.lines),
-                created_at=state.created_at or now,
-                updated_at=now,
-            )
-            event = audit(
-                deps, ctx, f"invoice.{invoice.status.value}", "invoice", invoice.id, "", invoice.status.value,
-                subscription_id=sub.id, amount_due=invoice.amount_due.amount_minor,
-            )  # fmt: skip
-            try:
-                await commit(deps, [Insert(invoice)], [event])
-            except Exception:
-                # Another writer mirrored it first (unique processor id); converge on theirs.
-                again = await deps.store.find_one(
-                    Invoice, {"processor": sub.processor.value, "processor_id": state.processor_id}
-                )
-                if again is None:
-                    raise
-                invoice = again
-            mirrored.append(invoice)
-            continue
-        before = found.status.value
-        if found.apply_processor_state(state, now):
-            event = audit(deps, ctx, f"invoice.{found.status.value}", "invoice", found.id, before, found.status.value)
-            await commit(deps, [Update(found)], [event])
-        mirrored.append(found)
-    return mirrored
+    """Mirrors the processor's invoices of ``sub`` (see :mod:`invoice_mirror`)."""
+    return await invoice_mirror.sync_invoices(deps, ctx, sub)
 
 
 async def _creation_context(deps: Deps, sub: Subscription) -> RequestContext | None:
