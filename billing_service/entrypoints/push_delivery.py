@@ -15,11 +15,11 @@ from datetime import timedelta
 from billing_service.adapters.mongo.event_delivery import (
     MongoEventDeliveries,
     MongoEventEndpoints,
+    MongoPushLeases,
     StaticSecretKeys,
     StoredSecretKeys,
     ensure_push_indexes,
 )
-from billing_service.adapters.mongo.leases import MongoLeases
 from billing_service.adapters.mongo.store import MongoBillingStore
 from billing_service.config import Settings
 from billing_service.service_layer.ports import Clock
@@ -49,7 +49,7 @@ async def build_push_services(
     keys: SecretKeys = StaticSecretKeys(key) if key else StoredSecretKeys(client, name)
     return PushServices(
         endpoints=MongoEventEndpoints(client, name), deliveries=MongoEventDeliveries(client, name),
-        log=log_reader, keys=keys, leases=MongoLeases(client, name), clock=clock,
+        log=log_reader, keys=keys, leases=MongoPushLeases(client, name), clock=clock,
         page_secret=store.page_token_secret, allow_http=settings.push_allows_http, retention=retention,
     )  # fmt: skip
 
