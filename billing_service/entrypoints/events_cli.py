@@ -22,7 +22,7 @@ from billing_service.config import ConfigError, Settings
 from billing_service.domain.errors import BillingError
 from billing_service.domain.ids import new_id
 from billing_service.domain.push import EventDelivery
-from billing_service.service_layer import push_endpoints as pe
+from billing_service.service_layer import push_endpoints
 from billing_service.service_layer.idempotency import RequestContext
 
 __all__ = ["add_parser", "run"]
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Runs the chosen ``events`` action; returns the exit status."""
     try:
         if args.events_command == "replay":
-            cmd = pe.ReplayCommand(
+            cmd = push_endpoints.ReplayCommand(
                 endpoint_id=args.endpoint, all_events=args.all,
                 start=_time(args.since, "--since"), end=_time(args.until, "--until"),
             )  # fmt: skip
@@ -72,14 +72,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
 
-async def _replay(settings: Settings, cmd: pe.ReplayCommand) -> int:
+async def _replay(settings: Settings, cmd: push_endpoints.ReplayCommand) -> int:
     from billing_service.bootstrap import bootstrap
 
     runtime = await bootstrap(settings)
     try:
         # One operator action, one request: its reserved id names the replay of every event.
         ctx = RequestContext(_CALLER, "billing-service events replay", str(uuid.uuid4()), new_id("rpl"))
-        result = await pe.replay_events(runtime.deps, ctx, cmd)
+        result = await push_endpoints.replay_events(runtime.deps, ctx, cmd)
     finally:
         await runtime.aclose()
     if cmd.all_events:
@@ -113,7 +113,7 @@ async def _deliveries(settings: Settings, endpoint_id: str, state: str | None, l
         token = ""
         filter_text = f"state = {state}" if state else ""
         while shown < limit:
-            items, token = await pe.list_deliveries(
+            items, token = await push_endpoints.list_deliveries(
                 runtime.deps, endpoint_id, requested_size=min(200, limit - shown), token=token, filter_text=filter_text
             )
             for delivery in items:

@@ -19,7 +19,7 @@ from billing_service.adapters.push_sender import HttpxPushSender
 from billing_service.domain.common import Processor
 from billing_service.domain.ids import new_id
 from billing_service.domain.push import RETRY_STEPS, RETRY_WINDOW, EventDelivery, delivery_id
-from billing_service.service_layer import push_endpoints as pe
+from billing_service.service_layer import push_endpoints
 from billing_service.service_layer.clock import ManualClock
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import RequestContext
@@ -40,9 +40,9 @@ async def _setup(store: MongoBillingStore) -> tuple[ManualClock, PushServices, D
     return clock, push, deps
 
 
-async def _endpoint(deps: Deps, url: str, *types: str, disabled: bool = False) -> pe.EndpointView:
-    cmd = pe.CreateEndpoint(url=url, event_types=types or ("*",), disabled=disabled)
-    return await pe.create_endpoint(deps, _ctx("ep"), cmd)
+async def _endpoint(deps: Deps, url: str, *types: str, disabled: bool = False) -> push_endpoints.EndpointView:
+    cmd = push_endpoints.CreateEndpoint(url=url, event_types=types or ("*",), disabled=disabled)
+    return await push_endpoints.create_endpoint(deps, _ctx("ep"), cmd)
 
 
 async def _deliveries(store: MongoBillingStore) -> list[dict[str, Any]]:
@@ -146,7 +146,9 @@ async def test_endpoint_that_fails_times_out_and_recovers_gets_every_event_once(
         assert receiver.requests == 7
 
         # A rotation while it is down: both secrets sign during the overlap.
-        rotated = await pe.rotate_secret(deps, _ctx("sk"), pe.RotateSecret(view.endpoint.id, timedelta(hours=1)))
+        rotated = await push_endpoints.rotate_secret(
+            deps, _ctx("sk"), push_endpoints.RotateSecret(view.endpoint.id, timedelta(hours=1))
+        )
         assert rotated.secret != first_secret and len(rotated.secrets) == 2
         receiver.secrets = [first_secret]  # the receiver has not deployed the new one yet
         receiver.mode = "ok"
@@ -208,7 +210,7 @@ async def test_dead_letter_after_three_days_then_replay(store: MongoBillingStore
 
         # Replay by API (the use case the RPC runs): pending again with a fresh window.
         receiver.mode = "ok"
-        replayed = await pe.replay_events(deps, _ctx("rpl"), pe.ReplayCommand(view.endpoint.id))
+        replayed = await push_endpoints.replay_events(deps, _ctx("rpl"), push_endpoints.ReplayCommand(view.endpoint.id))
         assert replayed.requeued_count == 1
         assert await worker.run_once() == 1
         (row,) = await _deliveries(store)
@@ -216,7 +218,9 @@ async def test_dead_letter_after_three_days_then_replay(store: MongoBillingStore
         assert receiver.event_ids() == [row["event_id"]]
 
         # Every event of a window, delivered before or not: new deliveries, in the background.
-        everything = await pe.replay_events(deps, _ctx("rpl"), pe.ReplayCommand(view.endpoint.id, all_events=True))
+        everything = await push_endpoints.replay_events(
+            deps, _ctx("rpl"), push_endpoints.ReplayCommand(view.endpoint.id, all_events=True)
+        )
         assert everything.first_cursor == everything.last_cursor == f"{seq:016x}-7q4mxk2d"
         assert await FanOut(push).run_pass() == 1
         assert await worker.run_once() == 1
