@@ -151,6 +151,7 @@ class EventDelivery:
         lease_owner: The worker holding the claim; empty when not claimed.
         window_start: When the retry window started (creation, or the replay).
         expire_at: When a finished delivery is deleted (TTL).
+        rev: Bumped by every write; a claim or a move is conditional on the value read.
     """
 
     id: str
@@ -171,6 +172,7 @@ class EventDelivery:
     last_status_code: int = 0
     last_error: str = ""
     expire_at: datetime | None = None
+    rev: int = 0
 
 
 def delivery_id(endpoint_id: str, seq: int, replay_id: str = "") -> str:

@@ -286,13 +286,13 @@ class MongoEventDeliveries:
         return [decode(EventDelivery, d) for d in docs]
 
     async def claim(self, delivery: EventDelivery, owner: str, *, now: datetime, until: datetime) -> bool:
-        """Claims the delivery if it is still as read: ``next_attempt_at`` is the lease."""
+        """Claims the delivery if it is unchanged since read (its ``rev``); ``next_attempt_at`` is the lease."""
         async with unavailable("delivery claim"):
             result = await self._coll.update_one(
-                {"_id": delivery.id, "state": DeliveryState.PENDING.value, "next_attempt_at": delivery.next_attempt_at},
+                {"_id": delivery.id, "state": DeliveryState.PENDING.value, "rev": delivery.rev},
                 {"$set": {"next_attempt_at": until, "lease_owner": owner, "last_attempt_at": now,
                           "update_time": now},
-                 "$inc": {"attempt_count": 1}},
+                 "$inc": {"attempt_count": 1, "rev": 1}},
             )  # fmt: skip
         return result.modified_count == 1
 
@@ -316,7 +316,7 @@ class MongoEventDeliveries:
                 {"$set": {
                     "state": state.value, "next_attempt_at": next_attempt_at, "step": step, "lease_owner": "",
                     "last_status_code": status_code, "last_error": error, "update_time": now, "expire_at": expire_at,
-                }},
+                }, "$inc": {"rev": 1}},
             )  # fmt: skip
         return result.modified_count == 1
 
@@ -336,8 +336,8 @@ class MongoEventDeliveries:
             update |= {"state": DeliveryState.DEAD_LETTERED.value, "last_error": error, "expire_at": expire_at}
         async with unavailable("delivery postpone"):
             result = await self._coll.update_one(
-                {"_id": delivery.id, "state": DeliveryState.PENDING.value, "next_attempt_at": delivery.next_attempt_at},
-                {"$set": update},
+                {"_id": delivery.id, "state": DeliveryState.PENDING.value, "rev": delivery.rev},
+                {"$set": update, "$inc": {"rev": 1}},
             )
         return result.modified_count == 1
 
@@ -347,12 +347,15 @@ class MongoEventDeliveries:
             await self._coll.delete_one({"_id": delivery.id, "state": DeliveryState.PENDING.value})
 
     async def make_due(self, endpoint_id: str, *, now: datetime) -> int:
-        """Every unclaimed pending delivery of the endpoint becomes due now (claimed ones are left alone)."""
+        """Every unclaimed pending delivery of the endpoint becomes due now (claimed ones are left alone).
+
+        Due ones are rewritten too: their new ``rev`` makes a worker's concurrent move to a
+        later step (decided while the endpoint still looked down) miss, so none stays behind.
+        """
         async with unavailable("deliveries make_due"):
             result = await self._coll.update_many(
-                {"endpoint_id": endpoint_id, "state": DeliveryState.PENDING.value, "lease_owner": "",
-                 "next_attempt_at": {"$gt": now}},
-                {"$set": {"next_attempt_at": now, "update_time": now}},
+                {"endpoint_id": endpoint_id, "state": DeliveryState.PENDING.value, "lease_owner": ""},
+                {"$set": {"next_attempt_at": now, "update_time": now}, "$inc": {"rev": 1}},
             )  # fmt: skip
         return result.modified_count
 
@@ -363,7 +366,8 @@ class MongoEventDeliveries:
                 {"endpoint_id": endpoint_id, "state": DeliveryState.DEAD_LETTERED.value,
                  "seq": {"$gt": after, "$lte": until}},
                 {"$set": {"state": DeliveryState.PENDING.value, "next_attempt_at": now, "window_start": now,
-                          "step": 0, "lease_owner": "", "update_time": now, "expire_at": None}},
+                          "step": 0, "lease_owner": "", "update_time": now, "expire_at": None},
+                 "$inc": {"rev": 1}},
             )  # fmt: skip
         return result.modified_count
 
