@@ -51,36 +51,36 @@ _PROBE_LEASE: Final = "event-endpoint-probe:"
 
 
 class DeliveryObserver(Protocol):
-    """Metrics of push delivery (``observability.push_metrics``)."""
+    """Metrics of push delivery (``observability.metrics.push``)."""
 
-    def attempt(self, outcome: str) -> None:
+    def push_attempt(self, outcome: str) -> None:
         """One attempt ended: ``succeeded`` or a ``DeliveryError`` value."""
         ...
 
-    def dead_lettered(self) -> None:
+    def push_dead_lettered(self) -> None:
         """A delivery gave up."""
         ...
 
-    def delivered(self, lag_seconds: float) -> None:
+    def push_delivered(self, lag_seconds: float) -> None:
         """A delivery succeeded, ``lag_seconds`` after its event entered the log."""
         ...
 
-    def fanout(self, behind: int) -> None:
+    def push_fanout(self, behind: int) -> None:
         """The fan-out is ``behind`` events behind the log's head."""
         ...
 
 
 class _NoMetrics:
-    def attempt(self, outcome: str) -> None:
+    def push_attempt(self, outcome: str) -> None:
         pass
 
-    def dead_lettered(self) -> None:
+    def push_dead_lettered(self) -> None:
         pass
 
-    def delivered(self, lag_seconds: float) -> None:
+    def push_delivered(self, lag_seconds: float) -> None:
         pass
 
-    def fanout(self, behind: int) -> None:
+    def push_fanout(self, behind: int) -> None:
         pass
 
 
@@ -137,7 +137,7 @@ class FanOut:
             position = start
         events = await self._read(position)
         if not events:
-            self._observer.fanout(0)
+            self._observer.push_fanout(0)
             return 0
         endpoints = await self._push.endpoints.list_enabled()
         now = self._push.clock.now()
@@ -146,7 +146,7 @@ class FanOut:
             await deliveries.insert_many(queued)
         if not await deliveries.save_fanout_position(position, events[-1].seq):
             log.warning("push fan-out position moved under us (a second fan-out?)")
-        self._observer.fanout(max(0, await self._push.log.head() - events[-1].seq))
+        self._observer.push_fanout(max(0, await self._push.log.head() - events[-1].seq))
         return len(events)
 
     async def _replay_pass(self) -> int:
@@ -337,7 +337,7 @@ class DeliveryWorker:
             delivery, now=now, until=until, step=step, error=error, expire_at=expire
         )
         if moved and until is None:
-            self._observer.dead_lettered()
+            self._observer.push_dead_lettered()
 
     async def _attempt(self, delivery: EventDelivery, endpoint: EventEndpoint, probe: bool) -> None:
         try:
@@ -386,7 +386,7 @@ class DeliveryWorker:
     ) -> None:
         now = self._push.clock.now()
         deliveries = self._push.deliveries
-        self._observer.attempt("succeeded" if result.ok else result.error)
+        self._observer.push_attempt("succeeded" if result.ok else result.error)
         if result.ok:
             recorded = await deliveries.finish(
                 delivery.id, self._owner, state=DeliveryState.SUCCEEDED, now=now, next_attempt_at=None,
@@ -398,7 +398,7 @@ class DeliveryWorker:
                 # The receiver is back: its backlog is due now, not at each delivery's next step.
                 await deliveries.make_due(endpoint.id, now=now)
             if recorded and event is not None:
-                self._observer.delivered(max(0.0, (now - event.sequence_time).total_seconds()))
+                self._observer.push_delivered(max(0.0, (now - event.sequence_time).total_seconds()))
             return
         step = delivery.step + 1
         retry_at = None if result.error == DeliveryError.EVENT_EXPIRED else self._next(delivery, step, now)
@@ -409,7 +409,7 @@ class DeliveryWorker:
             expire_at=None if retry_at is not None else now + self._push.retention,
         )  # fmt: skip
         if recorded and retry_at is None:
-            self._observer.dead_lettered()
+            self._observer.push_dead_lettered()
             log.warning("push delivery dead-lettered", extra={"delivery_id": delivery.id, "endpoint_id": endpoint.id})
         if result.error != DeliveryError.EVENT_EXPIRED:
             await self._push.endpoints.record_failure(endpoint.id, now=now)
