@@ -118,16 +118,12 @@ class PushDeliveryTasks:
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Stops the fan-out, lets attempts in flight finish for ``grace_seconds``, closes the sender."""
-        fanout, worker = self._tasks or (None, None)
-        if fanout is not None:
-            fanout.cancel()
+        for task in self._tasks:  # no new pass, no new attempt
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await fanout
+                await task
         await self.worker.drain(grace_seconds)
-        if worker is not None:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
         with contextlib.suppress(Exception):
             await self._push.leases.release(FANOUT_LEASE, self._owner)
         await self._sender.aclose()

@@ -225,24 +225,24 @@ class DeliveryWorker:
         return len(started)
 
     async def serve(self, poll_seconds: float = 1.0) -> None:
-        """Scans whenever an attempt slot is free, at least every ``poll_seconds``, until cancelled."""
-        try:
-            while True:
-                try:
-                    started = await self.scan()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.warning("push delivery scan failed", exc_info=True)
-                    started = []
-                if started and len(self._tasks) < self._concurrency:
-                    await asyncio.sleep(0)
-                    continue
-                self._freed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._freed.wait(), poll_seconds)
-        finally:
-            await self.drain(0)
+        """Scans whenever an attempt slot is free, at least every ``poll_seconds``, until cancelled.
+
+        Cancelling it stops the scans only: the attempts in flight go on (see :meth:`drain`).
+        """
+        while True:
+            try:
+                started = await self.scan()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("push delivery scan failed", exc_info=True)
+                started = []
+            if started and len(self._tasks) < self._concurrency:
+                await asyncio.sleep(0)
+                continue
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), poll_seconds)
 
     async def drain(self, grace_seconds: float) -> None:
         """Lets running attempts finish for ``grace_seconds``, then cancels the rest.

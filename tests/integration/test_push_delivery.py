@@ -19,6 +19,7 @@ from billing_service.adapters.push_sender import HttpxPushSender
 from billing_service.domain.common import Processor
 from billing_service.domain.ids import new_id
 from billing_service.domain.push import RETRY_STEPS, RETRY_WINDOW, EventDelivery, delivery_id
+from billing_service.entrypoints.push_delivery import PushDeliveryTasks
 from billing_service.service_layer import push_endpoints
 from billing_service.service_layer.clock import ManualClock
 from billing_service.service_layer.core import Deps
@@ -292,3 +293,27 @@ async def test_a_crashed_workers_claim_expires_and_another_delivers(store: Mongo
     finally:
         await sender.aclose()
         await receiver.stop()
+
+
+async def test_the_background_tasks_of_serve_deliver_by_themselves(store: MongoBillingStore) -> None:
+    clock, push, deps = await _setup(store)
+    receiver = await Receiver(now=clock).start()
+    tasks = PushDeliveryTasks(push, HttpxPushSender(), render, owner="replica-a", poll_seconds=0.05)
+    try:
+        view = await _endpoint(deps, receiver.url, "payment.*")
+        receiver.secrets = [view.secret]
+        tasks.start()
+        clock.advance(SECOND)
+        logged = await log_events(
+            store.database, ["payment.created", "refund.created", "payment.failed"], at=clock.now()
+        )
+        async with asyncio.timeout(10):
+            while len(receiver.received) < 2:
+                await asyncio.sleep(0.02)
+        rows = await _deliveries(store)
+        assert [r["seq"] for r in rows] == [logged[0], logged[2]]
+        assert {r["state"] for r in rows} == {"succeeded"}
+    finally:
+        await tasks.stop(grace_seconds=1)
+        await receiver.stop()
+    assert await store.database["leases"].find_one({"_id": "event-fanout"}) is None  # released on stop
