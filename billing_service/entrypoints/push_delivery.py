@@ -1,4 +1,4 @@
-"""Push delivery in the processes: its services from settings, and its background tasks in ``serve``.
+"""Push delivery's background tasks in ``serve`` (built by ``bootstrap.build_push_tasks``).
 
 Every replica of ``serve`` (with ``BILLING_EVENTS_PUSH``, the default) runs a delivery worker
 and competes for the fan-out's lease; the one that holds it queues deliveries from the
@@ -10,48 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
 
-from billing_service.adapters.mongo.event_delivery import (
-    MongoEventDeliveries,
-    MongoEventEndpoints,
-    MongoPushLeases,
-    StaticSecretKeys,
-    StoredSecretKeys,
-    ensure_push_indexes,
-)
-from billing_service.adapters.mongo.store import MongoBillingStore
-from billing_service.config import Settings
-from billing_service.service_layer.ports import Clock
 from billing_service.service_layer.push_delivery import FANOUT_LEASE, DeliveryObserver, DeliveryWorker, FanOut
-from billing_service.service_layer.push_ports import EventLogReader, EventRenderer, PushSender, PushServices, SecretKeys
+from billing_service.service_layer.push_ports import EventRenderer, PushSender, PushServices
 
-__all__ = ["PushDeliveryTasks", "build_push_services"]
+__all__ = ["PushDeliveryTasks"]
 
 log = logging.getLogger(__name__)
 
 # The fan-out's lease outlives a few passes; a dead holder's is taken over after it.
 _FANOUT_LEASE_SECONDS = 10.0
 _FIRST_BACKOFF_SECONDS = 1.0
-
-
-async def build_push_services(
-    settings: Settings, store: MongoBillingStore, clock: Clock, log_reader: EventLogReader, *, retention: timedelta
-) -> PushServices:
-    """The push services on the store's database; creates their indexes.
-
-    Without ``BILLING_EVENTS_SECRET_KEY`` (refused in live mode) the secrets are derived
-    from a key kept in the store, and a warning says so when it is first used.
-    """
-    client, name = store.database.client, store.database.name
-    await ensure_push_indexes(client, name)
-    key = settings.events_key
-    keys: SecretKeys = StaticSecretKeys(key) if key else StoredSecretKeys(client, name)
-    return PushServices(
-        endpoints=MongoEventEndpoints(client, name), deliveries=MongoEventDeliveries(client, name),
-        log=log_reader, keys=keys, leases=MongoPushLeases(client, name), clock=clock,
-        page_secret=store.page_token_secret, allow_http=settings.push_allows_http, retention=retention,
-    )  # fmt: skip
 
 
 class PushDeliveryTasks:

@@ -22,8 +22,8 @@ __all__ = [
     "EventEndpoints",
     "EventLogReader",
     "EventRenderer",
-    "Leases",
     "LoggedEvent",
+    "PushLeases",
     "PushSender",
     "PushServices",
     "Replay",
@@ -115,7 +115,7 @@ class PushSender(Protocol):
         ...
 
 
-class Leases(Protocol):
+class PushLeases(Protocol):
     """Named leases in the store (the ``leases`` collection), so one holder at a time acts."""
 
     async def acquire(self, name: str, owner: str, *, now: datetime, ttl_seconds: float) -> bool:
@@ -302,7 +302,7 @@ class PushServices:
     deliveries: EventDeliveries
     log: EventLogReader
     keys: SecretKeys
-    leases: Leases
+    leases: PushLeases
     clock: Clock
     page_secret: Callable[[], Awaitable[bytes]]
     allow_http: bool = False
