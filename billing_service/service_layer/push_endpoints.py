@@ -8,7 +8,10 @@ of those requests from its idempotency record (which is stored without the secre
 Every mutating use case is safe to run twice for one request (a retry after a crash): the
 endpoint's id is the request's reserved id, a rotation's new secret id is the rotating
 request's reserved id (so a repeated rotation finds its secret already there), and a
-replay of every event is stored under the request's reserved id.
+replay of every event is stored under the request's reserved id. These writes are not
+commits of the billing store, so each use case makes its request's claim durable
+(``claim_now``) before its first write: a concurrent duplicate then loses the claim and
+answers from the record instead of writing too.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from billing_service.domain.push import (
     validate_url,
 )
 from billing_service.service_layer.core import MAX_CONFLICT_RETRIES, Deps
+from billing_service.service_layer.executions import claim_now, unwritten
 from billing_service.service_layer.filtering import FilterField, FilterSpec, created, parse_filter
 from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.pagination import decode_token, encode_token, page_size
@@ -191,8 +195,10 @@ async def create_endpoint(deps: Deps, ctx: RequestContext, cmd: CreateEndpoint) 
     """Creates the endpoint with its first secret, and returns that secret (derived, not stored)."""
     push = services(deps)
     cmd.validate(allow_http=push.allow_http)
-    endpoint = await push.endpoints.get(ctx.resource_id)
-    if endpoint is None:  # else: a retry of a request whose first execution created it
+    # A fresh execution's reserved id names nothing yet; a takeover reads what the first made.
+    endpoint = None if unwritten(ctx.resource_id) else await push.endpoints.get(ctx.resource_id)
+    if endpoint is None:
+        await claim_now()
         endpoint = _new_endpoint(ctx.resource_id, cmd, push.clock.now())
         audit = _audit(push, ctx, "created", endpoint, "", _status(endpoint), url=endpoint.url)
         if not await push.endpoints.insert(endpoint, audit):
@@ -289,6 +295,7 @@ async def update_endpoint(deps: Deps, ctx: RequestContext, cmd: UpdateEndpoint) 
             setattr(endpoint, path, changed[path])
         endpoint.updated_at = push.clock.now()
         audit = _audit(push, ctx, "updated", endpoint, before, _status(endpoint), fields=",".join(sorted(cmd.paths)))
+        await claim_now()
         if await push.endpoints.replace(endpoint, audit):
             endpoint.version += 1
             if "url" in cmd.paths:
@@ -305,6 +312,7 @@ async def delete_endpoint(deps: Deps, ctx: RequestContext, endpoint_id: str) -> 
     endpoint = await push.endpoints.get(endpoint_id) if endpoint_id else None
     if endpoint is not None:
         audit = _audit(push, ctx, "deleted", endpoint, _status(endpoint), "deleted")
+        await claim_now()
         if await push.endpoints.delete(endpoint_id, audit):
             return
     # Absent: a retry whose first execution deleted it succeeded, anything else is NOT_FOUND.
@@ -361,6 +369,7 @@ async def rotate_secret(deps: Deps, ctx: RequestContext, cmd: RotateSecret) -> E
             push, ctx, "secret_rotated", endpoint, _status(endpoint), _status(endpoint),
             secret_id=ctx.resource_id, overlap_seconds=str(int(cmd.overlap.total_seconds())),
         )  # fmt: skip
+        await claim_now()
         if await push.endpoints.replace(endpoint, audit):
             endpoint.version += 1
             return await _view(push, endpoint, ctx.resource_id)
@@ -430,6 +439,7 @@ async def replay_events(deps: Deps, ctx: RequestContext, cmd: ReplayCommand) -> 
     after = await push.log.position_at(cmd.start) if cmd.start is not None else await push.log.low_water() - 1
     until = await push.log.position_at(cmd.end) if cmd.end is not None else await push.log.head()
     now = push.clock.now()
+    await claim_now()
     # An operator replays when the receiver is fixed: a backing-off endpoint is tried at once
     # (still one attempt at a time until one succeeds, which makes the rest due).
     await push.endpoints.probe_now(endpoint.id)
