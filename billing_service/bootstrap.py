@@ -41,12 +41,13 @@ from billing_service.observability.processor import InstrumentedProcessor
 from billing_service.service_layer.clock import SystemClock
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.event_intake import event_feed
+from billing_service.service_layer.event_ports import EventLog
 from billing_service.service_layer.event_stream import Ring, Tailer
 from billing_service.service_layer.event_tasks import Retention, Sequencer
 from billing_service.service_layer.events import EventDeps
 from billing_service.service_layer.idempotency import Idempotency
 from billing_service.service_layer.ports import Clock, Leases, PaymentProcessor, WebhookVerifier
-from billing_service.service_layer.push_ports import EventLogReader, EventRenderer, PushServices, SecretKeys
+from billing_service.service_layer.push_ports import EventRenderer, PushServices, SecretKeys
 from billing_service.service_layer.reconcile import DEFAULT_BUDGET, EventFeed
 
 if TYPE_CHECKING:
@@ -257,6 +258,7 @@ async def bootstrap(
     try:
         await store.ensure_indexes()
         await inbox.ensure_indexes()
+        await ensure_push_indexes(client, settings.mongodb_database)
     except Exception:
         await store.aclose()
         if embedded is not None:
@@ -284,6 +286,8 @@ async def bootstrap(
         clock=clock,
         retention=timedelta(days=settings.events_retention_days),
     )
+    # Every replica serves the push RPCs; BILLING_EVENTS_PUSH decides only who delivers.
+    deps.push = build_push_services(settings, store, clock, store.events, retention=deps.events.retention)
     deps.audit_hooks.append(KpiRecorder(metrics))
     deps.drift_hooks.append(DriftRecorder(metrics))
     idempotency = Idempotency(
@@ -329,16 +333,15 @@ def build_reconciler(
     )
 
 
-async def build_push_services(
-    settings: Settings, store: MongoBillingStore, clock: Clock, log_reader: EventLogReader, *, retention: timedelta
+def build_push_services(
+    settings: Settings, store: MongoBillingStore, clock: Clock, log_reader: EventLog, *, retention: timedelta
 ) -> PushServices:
-    """Push delivery's services on the store's database (its indexes created).
+    """Push delivery's services on the store's database (``ensure_push_indexes`` makes its indexes).
 
     Without ``BILLING_EVENTS_SECRET_KEY`` (refused in live mode) the endpoints' secrets are
     derived from a key kept in the store, and a warning says so when it is first used.
     """
     client, name = store.database.client, store.database.name
-    await ensure_push_indexes(client, name)
     key = settings.events_key
     keys: SecretKeys = StaticSecretKeys(key) if key else StoredSecretKeys(client, name)
     return PushServices(

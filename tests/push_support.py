@@ -1,8 +1,9 @@
 """Test support for push delivery: events in the log, push services on the embedded store, a receiver.
 
-- :func:`log_events` writes ``event_log`` documents in the documented shape (docs/EVENTS.md,
-  "The event log and cursors") into the test's database, through the store's client;
-- :class:`DocumentEventLog` reads them back by number as the ``EventLog`` port documents;
+- :func:`log_events` appends ``event_log`` documents in the log's shape (docs/EVENTS.md,
+  "The event log and cursors") to the test's database, read back by the real
+  ``MongoEventLog``: many events of chosen types without the use cases that cause them;
+- :func:`push_services` builds the push services as ``bootstrap`` does, on that log;
 - :class:`Receiver` is a real HTTP endpoint on a loopback port that verifies every POST with
   the receivers' helper (``billing_client.push``), and can be told to fail, hang or answer.
 """
@@ -10,12 +11,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from billing.v1.billing_event_pb2 import BillingEvent
 from billing_client.push import SIGNATURE_HEADER, SignatureVerificationError, construct_event
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -32,24 +33,6 @@ from billing_service.service_layer.clock import ManualClock
 from billing_service.service_layer.push_ports import PushServices
 
 KEY = b"k" * 16 + b"e" * 16 + b"y" * 8
-LOG_ID = "7q4mxk2d"
-
-
-@dataclass(frozen=True)
-class Logged:
-    """An event as the log port returns it (the fields push delivery reads, and a few more)."""
-
-    seq: int
-    id: str
-    type: str
-    resource_type: str
-    resource_id: str
-    customer_id: str
-    resource_version: int
-    create_time: datetime
-    sequence_time: datetime
-    caller: str = "orders-service"
-    request_id: str = ""
 
 
 async def log_events(
@@ -57,8 +40,6 @@ async def log_events(
 ) -> list[int]:
     """Appends events of ``types`` to ``event_log`` (numbers follow the head); returns their numbers."""
     coll = db["event_log"]
-    if await db["event_meta"].find_one({"_id": "log"}) is None:
-        await db["event_meta"].insert_one({"_id": "log", "log_id": LOG_ID, "low_water": 1})
     last = await coll.find_one({}, sort=[("_id", -1)])
     seq = 0 if last is None else int(last["_id"])
     docs: list[dict[str, Any]] = []
@@ -70,56 +51,10 @@ async def log_events(
             "commit": {"id": new_id("cmt"), "index": index}, "type": event_type, "resource_type": resource_type,
             "resource_id": f"{resource_type[:3]}_{seq}", "customer_id": customer_id, "resource_version": 1,
             "previous_status": "", "create_time": at, "caller": "orders-service", "request_id": f"req-{seq}",
-            "audit_event_ids": [new_id("evt")], "snapshot": {"_id": f"{resource_type[:3]}_{seq}", "version": 1},
+            "audit_event_ids": [new_id("evt")], "snapshot": None,
         })  # fmt: skip
     await coll.insert_many(docs)
     return [d["_id"] for d in docs]
-
-
-def _logged(doc: dict[str, Any]) -> Logged:
-    return Logged(
-        seq=int(doc["_id"]), id=doc["event_id"], type=doc["type"], resource_type=doc["resource_type"],
-        resource_id=doc["resource_id"], customer_id=doc["customer_id"], resource_version=doc["resource_version"],
-        create_time=doc["create_time"], sequence_time=doc["sequence_time"], caller=doc["caller"],
-        request_id=doc["request_id"],
-    )  # fmt: skip
-
-
-class DocumentEventLog:
-    """Reads ``event_log`` documents by number (the ``EventLog`` port's read side)."""
-
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
-        self._db = db
-
-    async def head(self) -> int:
-        doc = await self._db["event_log"].find_one({}, sort=[("_id", -1)])
-        return 0 if doc is None else int(doc["_id"])
-
-    async def read(self, after: int, limit: int) -> list[Logged]:
-        docs = await self._db["event_log"].find({"_id": {"$gt": after}}).sort("_id", 1).limit(limit).to_list()
-        return [_logged(d) for d in docs]
-
-    async def position_at(self, time: datetime) -> int:
-        doc = await self._db["event_log"].find_one({"sequence_time": {"$gte": time}}, sort=[("_id", 1)])
-        return await self.head() if doc is None else int(doc["_id"]) - 1
-
-    async def low_water(self) -> int:
-        doc = await self._db["event_meta"].find_one({"_id": "log"})
-        return 1 if doc is None else int(doc["low_water"])
-
-    async def log_id(self) -> str:
-        return LOG_ID
-
-
-def render(event: Logged, log_id: str) -> bytes:
-    """The POSTed body: the event's envelope as proto3 JSON (no snapshot: not needed here)."""
-    body = {
-        "id": event.id, "type": event.type, "resource_type": event.resource_type, "resource_id": event.resource_id,
-        "customer_id": event.customer_id, "resource_version": str(event.resource_version),
-        "create_time": event.create_time.isoformat().replace("+00:00", "Z"),
-        "cursor": f"{event.seq:016x}-{log_id}",
-    }  # fmt: skip
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 async def push_services(store: MongoBillingStore, clock: ManualClock, *, allow_http: bool = True) -> PushServices:
@@ -128,7 +63,7 @@ async def push_services(store: MongoBillingStore, clock: ManualClock, *, allow_h
     await ensure_push_indexes(client, name)
     return PushServices(
         endpoints=MongoEventEndpoints(client, name), deliveries=MongoEventDeliveries(client, name),
-        log=DocumentEventLog(store.database), keys=StaticSecretKeys(KEY), leases=MongoPushLeases(client, name),
+        log=store.events, keys=StaticSecretKeys(KEY), leases=MongoPushLeases(client, name),
         clock=clock, page_secret=store.page_token_secret, allow_http=allow_http,
     )  # fmt: skip
 
@@ -141,6 +76,7 @@ class Received:
     delivery_id: str
     attempt: int
     signatures: int
+    event: BillingEvent | None = None
 
 
 @dataclass
@@ -221,7 +157,7 @@ class Receiver:
                 return 400
             signatures = headers[SIGNATURE_HEADER.lower()].count("v1=")
             self.received.append(
-                Received(event.id, delivery, int(headers.get("billing-delivery-attempt", "0")), signatures)
+                Received(event.id, delivery, int(headers.get("billing-delivery-attempt", "0")), signatures, event)
             )
             return 200
         finally:

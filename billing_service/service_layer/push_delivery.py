@@ -22,12 +22,9 @@ import contextlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Final, Protocol
 
-from billing_service.domain.event_catalog import matches
-from billing_service.domain.event_errors import EventCursorExpired
 from billing_service.domain.event_signing import SIGNATURE_HEADER, active_secrets, derive_secret, sign
 from billing_service.domain.push import (
     CLAIM_SECONDS,
@@ -39,7 +36,8 @@ from billing_service.domain.push import (
     delivery_id,
     next_attempt_at,
 )
-from billing_service.service_layer.push_ports import AttemptResult, EventRenderer, LoggedEvent, PushSender, PushServices
+from billing_service.service_layer.event_ports import EventFilter, LoggedEvent
+from billing_service.service_layer.push_ports import AttemptResult, EventRenderer, PushSender, PushServices
 
 __all__ = ["FANOUT_LEASE", "USER_AGENT", "DeliveryObserver", "DeliveryWorker", "FanOut"]
 
@@ -118,15 +116,6 @@ class FanOut:
             return await self._push.log.head()
         return await self._push.log.position_at(min(e.created_at for e in endpoints))
 
-    async def _read(self, after: int) -> Sequence[LoggedEvent]:
-        try:
-            return await self._push.log.read(after=after, limit=self._batch)
-        except EventCursorExpired:
-            # Down for longer than the retention period: what retention deleted is gone.
-            low = await self._push.log.low_water()
-            log.error("push fan-out fell behind retention; skipping deleted events", extra={"from": after, "to": low})
-            return await self._push.log.read(after=low - 1, limit=self._batch)
-
     async def _log_pass(self) -> int:
         deliveries = self._push.deliveries
         position = await deliveries.fanout_position()
@@ -135,7 +124,8 @@ class FanOut:
             if not await deliveries.save_fanout_position(None, start):
                 return 0  # another fan-out started first; the next pass reads its position
             position = start
-        events = await self._read(position)
+        # After an outage longer than the retention period this reads on from what is left.
+        events = await self._push.log.read(after=position, limit=self._batch)
         if not events:
             self._observer.push_fanout(0)
             return 0
@@ -156,17 +146,17 @@ class FanOut:
             if endpoint is None:
                 await self._push.deliveries.advance_replay(replay.id, replay.position, replay.until, done=True)
                 continue
-            events = await self._read(replay.position)
-            in_range = [e for e in events if e.seq <= replay.until]
+            # The endpoint's types, read through the log's indexes where they serve them.
+            wanted, examined = await self._push.log.read_range(
+                replay.position, replay.until, self._batch, EventFilter(types=tuple(endpoint.event_types))
+            )
             now = self._push.clock.now()
-            wanted = [e for e in in_range if matches(endpoint.event_types, e.type)]
             queued = [_new_delivery(endpoint, e, now, replay.id) for e in wanted]
             if queued:
                 await self._push.deliveries.insert_many(queued)
-            done = len(in_range) < len(events) or len(events) < self._batch or not in_range
-            position = in_range[-1].seq if in_range else replay.until
-            await self._push.deliveries.advance_replay(replay.id, replay.position, position, done=done)
-            handled += len(in_range)
+            done = examined >= replay.until
+            await self._push.deliveries.advance_replay(replay.id, replay.position, examined, done=done)
+            handled += len(wanted)
         return handled
 
 
@@ -360,11 +350,8 @@ class DeliveryWorker:
                     await self._push.leases.release(_PROBE_LEASE + endpoint.id, self._owner)
 
     async def _event(self, seq: int) -> LoggedEvent | None:
-        try:
-            found = await self._push.log.read(after=seq - 1, limit=1)
-        except EventCursorExpired:
-            return None
-        return found[0] if found and found[0].seq == seq else None
+        found = await self._push.log.read(after=seq - 1, limit=1)
+        return found[0] if found and found[0].seq == seq else None  # else deleted by retention
 
     async def _post(self, delivery: EventDelivery, endpoint: EventEndpoint, body: bytes) -> AttemptResult:
         now = self._push.clock.now()

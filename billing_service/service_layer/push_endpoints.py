@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from billing_service.domain.common import AuditEvent
 from billing_service.domain.errors import ConcurrencyConflict, FailedPrecondition, InvalidArgument, NotFound
+from billing_service.domain.event_cursor import encode_cursor
 from billing_service.domain.event_signing import (
     MAX_OVERLAP,
     SecretSlot,
@@ -61,7 +62,6 @@ __all__ = [
     "create_endpoint",
     "creation_secret_id",
     "delete_endpoint",
-    "event_cursor",
     "get_endpoint",
     "list_deliveries",
     "list_endpoints",
@@ -102,11 +102,6 @@ def services(deps: Deps) -> PushServices:
 def creation_secret_id(endpoint_id: str) -> str:
     """The id of the secret an endpoint is created with (derived, so a retry finds it again)."""
     return "sk_" + endpoint_id.removeprefix("ep_")
-
-
-def event_cursor(seq: int, log_id: str) -> str:
-    """The cursor of event number ``seq``: 16 hex digits, a dash, the log's id."""
-    return f"{seq:016x}-{log_id}"
 
 
 @dataclass(frozen=True)
@@ -456,4 +451,4 @@ async def replay_events(deps: Deps, ctx: RequestContext, cmd: ReplayCommand) -> 
     await push.deliveries.add_replay(
         Replay(id=ctx.resource_id, endpoint_id=endpoint.id, after=after, until=until, position=after, created_at=now)
     )
-    return ReplayResult(first_cursor=event_cursor(first[0].seq, log_id), last_cursor=event_cursor(until, log_id))
+    return ReplayResult(first_cursor=encode_cursor(first[0].seq, log_id), last_cursor=encode_cursor(until, log_id))

@@ -1,8 +1,8 @@
-"""Ports of push delivery: endpoints, deliveries, the event log it reads, the HTTP sender, the key.
+"""Ports of push delivery: endpoints, deliveries, the HTTP sender, the key, leases.
 
-Adapters: ``MongoEventEndpoints`` and ``MongoEventDeliveries``
-(``adapters/mongo/event_delivery.py``), ``HttpxPushSender`` (``adapters/push_http.py``); the
-event log is the ``EventLog`` of the outbox (read by number, never changed here).
+Adapters: ``MongoEventEndpoints``, ``MongoEventDeliveries`` and ``MongoPushLeases``
+(``adapters/mongo/event_delivery.py``), ``HttpxPushSender`` (``adapters/push_sender.py``).
+Events are read by number from the ``EventLog`` port (``event_ports``), never changed here.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from typing import Any, Protocol
 
 from billing_service.domain.common import AuditEvent
 from billing_service.domain.push import DeliveryState, EventDelivery, EventEndpoint
+from billing_service.service_layer.event_ports import EventLog, LoggedEvent
 from billing_service.service_layer.ports import Clock, Page
 
 __all__ = [
     "AttemptResult",
     "EventDeliveries",
     "EventEndpoints",
-    "EventLogReader",
     "EventRenderer",
-    "LoggedEvent",
     "PushLeases",
     "PushSender",
     "PushServices",
@@ -31,61 +30,9 @@ __all__ = [
 ]
 
 
-class LoggedEvent(Protocol):
-    """What push delivery reads of an event in the log."""
-
-    @property
-    def seq(self) -> int:
-        """The event's number in the log (its position)."""
-        ...
-
-    @property
-    def id(self) -> str:
-        """``bev_...``."""
-        ...
-
-    @property
-    def type(self) -> str:
-        """``payment.succeeded``, ..."""
-        ...
-
-    @property
-    def sequence_time(self) -> datetime:
-        """When the event entered the log."""
-        ...
-
-
-class EventLogReader(Protocol):
-    """The part of the event log push delivery uses: read events by number."""
-
-    async def head(self) -> int:
-        """The number of the last event in the log (0 when empty)."""
-        ...
-
-    async def read(self, after: int, limit: int) -> Sequence[LoggedEvent]:
-        """Up to ``limit`` events numbered after ``after``, in number order.
-
-        Raises:
-            EventCursorExpired: Events after ``after`` were deleted by retention.
-        """
-        ...
-
-    async def position_at(self, time: datetime) -> int:
-        """The position just before the first event that entered the log at or after ``time``."""
-        ...
-
-    async def low_water(self) -> int:
-        """The first number not deleted by retention."""
-        ...
-
-    async def log_id(self) -> str:
-        """The log's id (part of every cursor)."""
-        ...
-
-
 #: Turns a logged event into the exact bytes POSTed: the ``BillingEvent`` as proto3 JSON
 #: (built by the gRPC layer, which owns the messages), given the log's id for its cursor.
-EventRenderer = Callable[[Any, str], bytes]
+EventRenderer = Callable[[LoggedEvent, str], bytes]
 
 
 @dataclass(frozen=True)
@@ -300,7 +247,7 @@ class PushServices:
 
     endpoints: EventEndpoints
     deliveries: EventDeliveries
-    log: EventLogReader
+    log: EventLog
     keys: SecretKeys
     leases: PushLeases
     clock: Clock

@@ -19,6 +19,7 @@ from billing_service.adapters.push_sender import HttpxPushSender
 from billing_service.domain.common import Processor
 from billing_service.domain.ids import new_id
 from billing_service.domain.push import RETRY_STEPS, RETRY_WINDOW, EventDelivery, delivery_id
+from billing_service.entrypoints.grpc_api.event_service import render_event as render
 from billing_service.entrypoints.push_delivery import PushDeliveryTasks
 from billing_service.service_layer import push_endpoints
 from billing_service.service_layer.clock import ManualClock
@@ -27,7 +28,7 @@ from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.push_delivery import DeliveryWorker, FanOut
 from billing_service.service_layer.push_ports import PushServices
 from tests.helpers import rid
-from tests.push_support import SECOND, T0, Receiver, advance_to, log_events, push_services, render
+from tests.push_support import SECOND, T0, Receiver, advance_to, log_events, push_services
 
 
 def _ctx(prefix: str) -> RequestContext:
@@ -222,7 +223,7 @@ async def test_dead_letter_after_three_days_then_replay(store: MongoBillingStore
         everything = await push_endpoints.replay_events(
             deps, _ctx("rpl"), push_endpoints.ReplayCommand(view.endpoint.id, all_events=True)
         )
-        assert everything.first_cursor == everything.last_cursor == f"{seq:016x}-7q4mxk2d"
+        assert everything.first_cursor == everything.last_cursor == f"{seq:016x}-{await store.events.log_id()}"
         assert await FanOut(push).run_pass() == 1
         assert await worker.run_once() == 1
         assert receiver.event_ids() == [row["event_id"]] * 2
@@ -317,3 +318,22 @@ async def test_the_background_tasks_of_serve_deliver_by_themselves(store: MongoB
         await tasks.stop(grace_seconds=1)
         await receiver.stop()
     assert await store.database["leases"].find_one({"_id": "event-fanout"}) is None  # released on stop
+
+
+async def test_a_delivery_whose_event_retention_deleted_is_dead_lettered_at_once(store: MongoBillingStore) -> None:
+    clock, push, deps = await _setup(store)
+    sender = HttpxPushSender()
+    try:
+        await _endpoint(deps, "http://127.0.0.1:9/never-called")
+        clock.advance(SECOND)
+        first, _ = await log_events(store.database, ["payment.created", "payment.failed"], at=clock.now())
+        await FanOut(push).run_pass()
+        # Retention's order: low_water first, then the delete (here of the first event only).
+        await store.database["event_meta"].update_one({"_id": "log"}, {"$max": {"low_water": first + 1}})
+        await store.database["event_log"].delete_one({"_id": first})
+        await _worker(push, sender).run_once()
+        rows = {r["seq"]: r for r in await _deliveries(store)}
+        assert (rows[first]["state"], rows[first]["last_error"]) == ("dead_lettered", "event_expired")
+        assert rows[first + 1]["last_error"] == "connection_failed"  # its event was there: really attempted
+    finally:
+        await sender.aclose()
