@@ -143,6 +143,10 @@ async def test_reconcile_check_reports_drift_and_changes_nothing(
         "MONGODB_URI": mongo_uri, "BILLING_MONGODB_DATABASE": database,
         "STRIPE_SECRET_KEY": STRIPE_KEY, "STRIPE_API_BASE": stripe_imitation.base_url,
     }  # fmt: skip
+    # The server's own background work (the event sequencer's lease renewals) must not
+    # blur what the command under test writes: stop it first.
+    if api.runtime.event_tasks is not None:
+        await api.runtime.event_tasks.stop()
     before = await fingerprint(mongo_client[database])
 
     checked = await asyncio.to_thread(run_cli, "reconcile", "--check", env=env)
