@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from billing.v1.billing_event_pb2 import BillingEvent
-from billing_client.push import SIGNATURE_HEADER, SignatureVerificationError, construct_event
+from billing_client.push import SIGNATURE_HEADER, SignatureVerificationError, construct_event, verify_signature
 from pymongo.asynchronous.database import AsyncDatabase
 
 from billing_service.adapters.mongo.event_delivery import (
@@ -77,6 +77,8 @@ class Received:
     attempt: int
     signatures: int
     event: BillingEvent | None = None
+    #: Which of the receiver's secrets verify the POST each on its own (their indexes).
+    verified_by: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -155,13 +157,21 @@ class Receiver:
             except (KeyError, SignatureVerificationError):
                 self.rejected += 1
                 return 400
-            signatures = headers[SIGNATURE_HEADER.lower()].count("v1=")
-            self.received.append(
-                Received(event.id, delivery, int(headers.get("billing-delivery-attempt", "0")), signatures, event)
-            )
+            header = headers[SIGNATURE_HEADER.lower()]
+            alone = frozenset(i for i, secret in enumerate(self.secrets) if _verifies(body, header, secret, now))
+            attempt = int(headers.get("billing-delivery-attempt", "0"))
+            self.received.append(Received(event.id, delivery, attempt, header.count("v1="), event, alone))
             return 200
         finally:
             self._inflight[delivery] -= 1
+
+
+def _verifies(body: bytes, header: str, secret: str, now: float | None) -> bool:
+    try:
+        verify_signature(body, header, [secret], now=now)
+    except SignatureVerificationError:
+        return False
+    return True
 
 
 def advance_to(clock: ManualClock, when: datetime | None) -> None:

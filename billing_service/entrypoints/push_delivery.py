@@ -89,9 +89,15 @@ class PushDeliveryTasks:
         """Stops the fan-out, lets attempts in flight finish for ``grace_seconds``, closes the sender."""
         for task in self._tasks:  # no new pass, no new attempt
             task.cancel()
+        # Bounded: a loop that swallowed its cancellation must not hold the shutdown forever.
+        stuck: set[asyncio.Task[None]] = set()
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=5.0)
+        for task in stuck:
+            log.error("push delivery loop did not stop when cancelled", extra={"task": task.get_name()})
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("push delivery loop failed", exc_info=task.exception())
         await self.worker.drain(grace_seconds)
         with contextlib.suppress(Exception):
             await self._push.leases.release(FANOUT_LEASE, self._owner)

@@ -201,6 +201,9 @@ class DeliveryWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._freed = asyncio.Event()
         self._probing: set[str] = set()
+        # Deliveries this worker is sending: never claimed again while their attempt runs, even
+        # if the claim ended under it (a stalled event loop, a clock moved by a test).
+        self._sending: set[str] = set()
 
     @property
     def in_flight(self) -> int:
@@ -231,8 +234,11 @@ class DeliveryWorker:
                 await asyncio.sleep(0)
                 continue
             self._freed.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that lands as the event is set, and this loop would outlive ``stop``.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._freed.wait(), poll_seconds)
+                async with asyncio.timeout(poll_seconds):
+                    await self._freed.wait()
 
     async def drain(self, grace_seconds: float) -> None:
         """Lets running attempts finish for ``grace_seconds``, then cancels the rest.
@@ -266,7 +272,7 @@ class DeliveryWorker:
             if endpoint is None:
                 await self._push.deliveries.drop(delivery)  # queued just as its endpoint was deleted
                 continue
-            if self._inflight[endpoint.id] >= self._per_endpoint:
+            if self._inflight[endpoint.id] >= self._per_endpoint or delivery.id in self._sending:
                 continue
             task = await self._start(delivery, endpoint, now)
             if task is not None:
@@ -305,13 +311,15 @@ class DeliveryWorker:
                 await self._push.leases.release(_PROBE_LEASE + endpoint.id, self._owner)
             return None  # another worker claimed it first
         self._inflight[endpoint.id] += 1
+        self._sending.add(delivery.id)
         task = asyncio.create_task(self._attempt(delivery, endpoint, probe), name=f"push-{delivery.id}")
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._done(t, endpoint.id))
+        task.add_done_callback(lambda t: self._done(t, endpoint.id, delivery.id))
         return task
 
-    def _done(self, task: asyncio.Task[None], endpoint_id: str) -> None:
+    def _done(self, task: asyncio.Task[None], endpoint_id: str, sent_id: str) -> None:
         self._tasks.discard(task)
+        self._sending.discard(sent_id)
         self._inflight[endpoint_id] -= 1
         if self._inflight[endpoint_id] <= 0:
             del self._inflight[endpoint_id]

@@ -2,17 +2,22 @@
 
 The service runs on a free port on the embedded store and is called through the generated
 client; the receiver verifies every POST with ``billing_client.push``. The sequencer, the
-fan-out and the worker are run one pass at a time here (``serve`` runs them as loops).
+fan-out and the worker are run one pass at a time here (``serve`` runs them as loops), except
+in the outage test, where ``serve``'s own background tasks deliver while the test only moves
+the manual clock: so the retry schedule and the endpoint's back-off pass in well under a
+second of waiting each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -22,7 +27,9 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from billing_service.adapters.push_sender import HttpxPushSender
+from billing_service.domain.push import ENDPOINT_BACKOFF_AFTER, RETRY_WINDOW
 from billing_service.entrypoints.grpc_api.event_service import render_event
+from billing_service.entrypoints.push_delivery import PushDeliveryTasks
 from billing_service.service_layer.clock import ManualClock
 from billing_service.service_layer.push_delivery import DeliveryWorker, FanOut
 from tests.e2e.conftest import Api, start_api, stop_api
@@ -82,8 +89,9 @@ async def _all_documents(api: Api) -> str:
 
 
 async def test_a_payment_reaches_the_endpoint_signed_and_no_secret_is_stored(
-    push_api: tuple[Api, Receiver],
+    push_api: tuple[Api, Receiver], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     api, receiver = push_api
     events = _stub(api)
     create = event_service_pb2.CreateEventEndpointRequest(
@@ -125,7 +133,8 @@ async def test_a_payment_reaches_the_endpoint_signed_and_no_secret_is_stored(
         assert [s.hint for s in got.secrets] == [rotated.secret[-4:], created.secret[-4:]]
         assert got.secrets[1].HasField("expire_time") and not got.secrets[0].HasField("expire_time")
 
-        receiver.secrets = [rotated.secret]
+        # The receiver accepts either while it deploys the new one: each verifies every POST alone.
+        receiver.secrets = [created.secret, rotated.secret]
         await events.UpdateEventEndpoint(event_service_pb2.UpdateEventEndpointRequest(
             request_id=rid(), endpoint=event_service_pb2.EventEndpoint(id=created.endpoint.id, event_types=["*"]),
             update_mask=FieldMask(paths=["event_types"])))  # fmt: skip
@@ -134,6 +143,7 @@ async def test_a_payment_reaches_the_endpoint_signed_and_no_secret_is_stored(
         assert receiver.rejected == 0
         later = receiver.received[2:]
         assert {r.signatures for r in later} == {2}  # the old and the new secret, during the overlap
+        assert {r.verified_by for r in later} == {frozenset({0, 1})}  # with the old alone, with the new alone
         assert {"customer.created", "payment_method.created", "payment.created", "payment.succeeded"} <= {
             r.event.type for r in later if r.event
         }
@@ -149,10 +159,15 @@ async def test_a_payment_reaches_the_endpoint_signed_and_no_secret_is_stored(
     finally:
         await sender.aclose()
 
+    # Neither secret in any document (endpoints, idempotency records, audit events, deliveries)
+    # nor in any log line of the service, its arguments included.
     stored = await _all_documents(api)
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__!r}" for r in caplog.records)
+    assert caplog.records  # the service did log while it ran
     for secret in (created.secret, rotated.secret):
         assert secret not in stored and secret[6:] not in stored
-    assert "whsec_" not in stored
+        assert secret[6:] not in logged
+    assert "whsec_" not in stored and "whsec_" not in logged
 
 
 async def test_endpoint_rpcs_check_their_input_and_need_events_manage(push_api: tuple[Api, Receiver]) -> None:
@@ -240,3 +255,97 @@ async def test_dead_letters_listed_and_replayed_from_the_shell(mongo_uri: str) -
         await sender.aclose()
         await receiver.stop()
         await stop_api(api)
+
+
+async def test_an_endpoint_that_fails_times_out_and_recovers_gets_every_event_once_it_is_back(
+    push_api: tuple[Api, Receiver],
+) -> None:
+    """500s, then answers after the sender's timeout, then 200s: every event arrives once, by id."""
+    api, receiver = push_api
+    push = api.runtime.deps.push
+    assert push is not None
+    db = api.runtime.store.database
+    started_at = api.clock.now()
+    created = await _stub(api).CreateEventEndpoint(
+        event_service_pb2.CreateEventEndpointRequest(request_id=rid(), url=receiver.url, event_types=["*"])
+    )
+    receiver.secrets = [created.secret]
+    receiver.mode, receiver.hang_seconds = "fail", 0.6
+    # serve's tasks, with an attempt timeout shorter than the receiver's hang.
+    tasks = PushDeliveryTasks(
+        push, HttpxPushSender(timeout_seconds=0.3), render_event, owner="replica-a", poll_seconds=0.02,
+        observer=api.runtime.metrics,
+    )  # fmt: skip
+
+    async def until(done: Callable[[], Awaitable[bool]], step: timedelta) -> None:
+        """Waits for ``done``, moving the clock by ``step`` whenever no attempt is running."""
+        async with asyncio.timeout(30):
+            while not await done():
+                await asyncio.sleep(0.02)
+                if not tasks.worker.in_flight:  # a running attempt's claim must not end under it
+                    api.clock.advance(step)
+
+    async def logged_ids() -> set[str]:
+        return {d["event_id"] async for d in db["event_log"].find({}, {"event_id": 1})}
+
+    async def errors(name: str) -> int:
+        return await db["event_deliveries"].count_documents({"last_error": name})
+
+    def attempts(outcome: str) -> float:
+        value = api.runtime.metrics.registry.get_sample_value(
+            "billing_event_delivery_attempts_total", {"outcome": outcome}
+        )
+        return value or 0.0
+
+    tasks.start()
+    try:
+        # Down: every event of these payments is queued and the endpoint answers 500.
+        async with asyncio.timeout(30):
+            for _ in range(3):
+                await _pay(api)
+
+        async def all_queued_and_backing_off() -> bool:
+            expected = await logged_ids()
+            queued = await db["event_deliveries"].count_documents({})
+            empty = await db["event_outbox"].count_documents({}) == 0
+            return empty and queued == len(expected) and receiver.requests >= ENDPOINT_BACKOFF_AFTER
+
+        await until(all_queued_and_backing_off, timedelta(0))
+        assert receiver.received == [] and await errors("http_status") > 0
+
+        # Hanging: it accepts the connection and answers after the sender gave up.
+        receiver.mode = "hang"
+        failed = receiver.requests
+
+        async def timed_out_twice() -> bool:
+            return receiver.requests >= failed + 2 and await errors("timeout") >= 2
+
+        await until(timed_out_twice, timedelta(minutes=1))
+        assert receiver.received == []
+
+        # Back: the probe succeeds and the whole backlog follows.
+        receiver.mode = "ok"
+        expected = await logged_ids()
+
+        async def everything_delivered() -> bool:
+            pending = await db["event_deliveries"].count_documents({"state": {"$ne": "succeeded"}})
+            return pending == 0 and {r.event_id for r in receiver.received} == expected
+
+        await until(everything_delivered, timedelta(minutes=1))
+    finally:
+        await tasks.stop(grace_seconds=2)
+
+    # Every event of the outage, by id, none missing and none twice.
+    assert len(expected) >= 4 * 3  # customer, payment method, payment created and succeeded
+    counts = Counter(r.event_id for r in receiver.received)
+    assert set(counts) == expected and max(counts.values()) == 1
+    assert receiver.rejected == 0
+    assert {r.event.id for r in receiver.received if r.event} == expected  # each body is its event
+    assert attempts("http_status") >= ENDPOINT_BACKOFF_AFTER and attempts("timeout") >= 2
+    assert attempts("succeeded") == len(expected)
+    # Retried, not dead-lettered: the outage was well inside the 3-day window.
+    assert api.clock.now() - started_at < RETRY_WINDOW
+    assert await db["event_deliveries"].count_documents({"state": "dead_lettered"}) == 0
+    assert max(r.attempt for r in receiver.received) > 1  # some were delivered on a retry
+    endpoint = await push.endpoints.get(created.endpoint.id)
+    assert endpoint is not None and endpoint.consecutive_failures == 0

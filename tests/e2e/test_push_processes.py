@@ -68,3 +68,7 @@ async def test_two_replicas_deliver_every_event_once_signed(
                 assert await asyncio.to_thread(proc.stop) == 0
         await mongo_client.drop_database(database)
         await mongo_client.drop_database(f"{database}_fake_processor")
+    # Neither replica wrote the secret in a log line, shutdown included.
+    output = "".join(first.output + second.output)
+    assert "billing gRPC API on" in output
+    assert created.secret[6:] not in output and "whsec_" not in output
