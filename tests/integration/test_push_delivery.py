@@ -337,3 +337,16 @@ async def test_a_delivery_whose_event_retention_deleted_is_dead_lettered_at_once
         assert rows[first + 1]["last_error"] == "connection_failed"  # its event was there: really attempted
     finally:
         await sender.aclose()
+
+
+async def test_stopping_ends_the_loops_even_as_an_attempt_frees_a_slot(store: MongoBillingStore) -> None:
+    # On Python 3.11 asyncio.wait_for loses a cancellation that lands as its event is set: the
+    # worker's loop would go on polling after serve stopped it.
+    _, push, _ = await _setup(store)
+    tasks = PushDeliveryTasks(push, HttpxPushSender(), render, owner="replica-a", poll_seconds=5)
+    tasks.start()
+    await asyncio.sleep(0.2)  # both loops idle: the worker waits for a free slot or its poll
+    tasks.worker._freed.set()  # an attempt finishing just as serve stops
+    async with asyncio.timeout(10):
+        await tasks.stop(grace_seconds=0)
+    assert all(task.done() for task in tasks._tasks)
