@@ -6,6 +6,8 @@ Nothing here reads the environment at import time. Secrets are wrapped in
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from collections import Counter
@@ -99,6 +101,10 @@ class Settings:
     fake_state: str = "store"
     events_retention_days: float = 30.0
     events_ring_size: int = 10_000
+    events_secret_key: Secret = Secret("")
+    events_push: bool = True
+    events_delivery_timeout_seconds: float = 10.0
+    events_delivery_concurrency: int = 16
 
     @property
     def stripe_mode(self) -> str:
@@ -116,6 +122,30 @@ class Settings:
     def live(self) -> bool:
         """True when real money can move."""
         return self.stripe_mode == "live" or (bool(self.paypal_client_id) and self.paypal_environment == "live")
+
+    @property
+    def events_key(self) -> bytes:
+        """``BILLING_EVENTS_SECRET_KEY`` decoded (empty when unset).
+
+        Raises:
+            ConfigError: Not base64, or shorter than 32 bytes (the message never shows it).
+        """
+        raw = self.events_secret_key.value
+        if not raw:
+            return b""
+        try:
+            key = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_" if "-" in raw or "_" in raw else None,
+                                   validate=True)  # fmt: skip
+        except (ValueError, binascii.Error):
+            raise ConfigError("BILLING_EVENTS_SECRET_KEY must be base64 (e.g. openssl rand -base64 32)") from None
+        if len(key) < 32:
+            raise ConfigError("BILLING_EVENTS_SECRET_KEY must decode to at least 32 bytes (openssl rand -base64 32)")
+        return key
+
+    @property
+    def push_allows_http(self) -> bool:
+        """Plain http push endpoints are accepted only outside production and live mode."""
+        return not self.live and self.environment != "production"
 
     @property
     def enabled_processors(self) -> list[Processor]:
@@ -164,6 +194,19 @@ class Settings:
             raise ConfigError("BILLING_IDEMPOTENCY_TTL_HOURS must be at least 24")
         self._validate_webhooks()
         self._validate_auth()
+        self._validate_events()
+
+    def _validate_events(self) -> None:
+        """Refuses push delivery settings that are unsafe or cannot work."""
+        _ = self.events_key  # validates the key's encoding and length
+        if self.live and self.events_push and not self.events_secret_key:
+            raise ConfigError(
+                "live mode with push delivery requires BILLING_EVENTS_SECRET_KEY (or BILLING_EVENTS_PUSH=false)"
+            )
+        if not 0 < self.events_delivery_timeout_seconds <= 25:
+            raise ConfigError("BILLING_EVENTS_DELIVERY_TIMEOUT_SECONDS must be between 0 and 25 (a claim lasts 30 s)")
+        if self.events_delivery_concurrency < 1:
+            raise ConfigError("BILLING_EVENTS_DELIVERY_CONCURRENCY must be at least 1")
 
     def _validate_webhooks(self) -> None:
         """Refuses webhook sidecar settings that cannot work."""
@@ -282,6 +325,10 @@ class Settings:
             events_retention_days=number("BILLING_EVENTS_RETENTION_DAYS", 30),
             events_ring_size=int(number("BILLING_EVENTS_RING_SIZE", 10_000)),
             fake_state=get("BILLING_FAKE_STATE", "store").lower(),
+            events_secret_key=Secret(get("BILLING_EVENTS_SECRET_KEY")),
+            events_push=flag("BILLING_EVENTS_PUSH", True),
+            events_delivery_timeout_seconds=number("BILLING_EVENTS_DELIVERY_TIMEOUT_SECONDS", 10),
+            events_delivery_concurrency=int(number("BILLING_EVENTS_DELIVERY_CONCURRENCY", 16)),
         )
         settings.validate()
         return settings
