@@ -23,7 +23,7 @@ from benchmarks import harness, report, scenarios
 from benchmarks.harness import ROOT, Result
 from billing_service.adapters.mongo.embedded import EmbeddedMongo
 
-ALL = ("read", "write", "webhook", "scaling")
+ALL = ("read", "write", "webhook", "applied", "scaling")
 
 
 def webhook_available() -> bool:
@@ -61,6 +61,11 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                     continue
                 webhook = importlib.import_module("benchmarks.webhook")
                 results += await webhook.webhook_path(cfg, mongo.uri)
+            elif name == "applied":
+                from benchmarks import applied
+
+                baseline = Path(args.baseline_root).resolve() if args.baseline_root else None
+                results += await applied.applied_path(cfg, baseline_root=baseline, events=args.events)
             print(f"   done in {time.monotonic() - t0:.0f} s", flush=True)
     finally:
         await mongo.astop()
@@ -73,6 +78,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(ALL)}")
     parser.add_argument("--profile", default="", help="directory for pyinstrument profiles of the service")
+    parser.add_argument("--baseline-root", default="", help="a checkout of earlier code run beside this one")
+    parser.add_argument("--events", type=int, default=1000, help="events per fully-applied webhook point")
     parser.add_argument("--json", default=str(ROOT / "benchmarks/results/latest.json"))
     parser.add_argument("--chart", default=str(ROOT / "benchmarks/results/latest.png"))
     args = parser.parse_args()

@@ -46,6 +46,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from bson import Binary
 
@@ -162,12 +163,27 @@ class HttpConnections:
 
 
 class Sidecar:
-    """``billing-service webhooks serve`` as a child process (optionally under pyinstrument)."""
+    """``billing-service webhooks serve`` as a child process (optionally under pyinstrument).
 
-    def __init__(self, mongo_uri: str, database: str, *, workers: int, profile: str = "") -> None:
+    Args:
+        extra_env: More environment (a processor's key and API base, worker settings).
+        root: The checkout whose ``billing_service`` runs (another git worktree, for a
+            baseline of earlier code measured in the same run); this one by default.
+    """
+
+    def __init__(
+        self,
+        mongo_uri: str,
+        database: str,
+        *,
+        workers: int,
+        profile: str = "",
+        extra_env: dict[str, str] | None = None,
+        root: Path = ROOT,
+    ) -> None:
         env = {
             **os.environ,
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": str(root),
             "MONGODB_URI": mongo_uri,
             "BILLING_MONGODB_DATABASE": database,
             "STRIPE_WEBHOOK_SECRET": SECRET,
@@ -175,11 +191,12 @@ class Sidecar:
             "BILLING_WEBHOOK_WORKERS": str(workers),
             "BILLING_WEBHOOK_METRICS_PORT": "0",
             "BILLING_LOG_LEVEL": "ERROR",  # the probe's forged delivery would log a warning
+            **(extra_env or {}),
         }
         prefix = ["-m", "pyinstrument", "-i", "0.0005", "-r", "text", "-o", profile] if profile else []
         self.proc = subprocess.Popen(
             [sys.executable, *prefix, "-m", "billing_service", "webhooks", "serve"],
-            cwd=ROOT,
+            cwd=root,
             env=env,
             stdout=subprocess.PIPE,
             stderr=None,

@@ -69,9 +69,11 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
         health_interval=settings.health_interval_seconds,
         interceptors=interceptors,
     )
+    from billing_service.entrypoints.janitor import JanitorLoop
     from billing_service.entrypoints.reconciler import ReconcilerLoop
 
     reconciler = ReconcilerLoop(runtime, settings.reconcile_interval_seconds)
+    janitor = JanitorLoop(runtime, settings.janitor_interval_seconds)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -80,6 +82,7 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
         port = await server.start(credentials)
         sampler.start()
         reconciler.start()
+        janitor.start()
         host = settings.grpc_address.rsplit(":", 1)[0]
         mode = "live" if settings.live else "test"
         print(
@@ -101,6 +104,7 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
     finally:
         # Each step is bounded so one stuck dependency cannot keep the process from exiting.
         await _bounded("reconciler", reconciler.stop())
+        await _bounded("janitor", janitor.stop())
         await _bounded("subscription sampler", sampler.stop())
         if metrics_server is not None:
             metrics_server.close()

@@ -25,6 +25,8 @@ AUTH_MODES = ("none", "token", "mtls", "mtls+token", "any")
 CALLER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PERMISSION = re.compile(r"^[a-z]+(:[a-z]+)?$")
 MIN_TOKEN_LENGTH = 32
+#: Finished webhook events are kept at least this long (Stripe's Events API reaches back 30 days).
+MIN_WEBHOOK_RETENTION_DAYS = 31
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class Settings:
     paypal_cert_ca_file: Path | None = None
     metrics_port: int = 0
     reconcile_interval_seconds: float = 300.0
+    janitor_interval_seconds: float = 300.0
+    webhook_retention_days: float = 35.0
     webhook_metrics_port: int = 0
     auth_mode: str = "none"
     auth_tokens: tuple[tuple[str, Secret], ...] = ()
@@ -158,6 +162,12 @@ class Settings:
             raise ConfigError("BILLING_WEBHOOK_MAX_ATTEMPTS must be at least 1")
         if self.webhook_lease_seconds < 1 or self.webhook_poll_seconds <= 0:
             raise ConfigError("BILLING_WEBHOOK_LEASE_SECONDS and BILLING_WEBHOOK_POLL_SECONDS must be positive")
+        # A purged event's id no longer blocks a redelivery, so the inbox keeps finished events
+        # longer than Stripe keeps events for backfill (30 days) and any processor retries.
+        if self.webhook_retention_days < MIN_WEBHOOK_RETENTION_DAYS:
+            raise ConfigError(f"BILLING_WEBHOOK_RETENTION_DAYS must be at least {MIN_WEBHOOK_RETENTION_DAYS}")
+        if self.janitor_interval_seconds < 0:
+            raise ConfigError("BILLING_JANITOR_INTERVAL_SECONDS must not be negative")
         if not 0 < self.webhook_retry_base_seconds <= self.webhook_retry_max_seconds:
             raise ConfigError("BILLING_WEBHOOK_RETRY_BASE_SECONDS must be positive and at most ..._MAX_SECONDS")
         if not 0 < self.stripe_webhook_tolerance_seconds <= 3600:
@@ -251,6 +261,8 @@ class Settings:
             paypal_cert_ca_file=Path(get("PAYPAL_CERT_CA_FILE")) if get("PAYPAL_CERT_CA_FILE") else None,
             metrics_port=int(number("BILLING_METRICS_PORT", 0)),
             reconcile_interval_seconds=number("BILLING_RECONCILE_INTERVAL_SECONDS", 300),
+            janitor_interval_seconds=number("BILLING_JANITOR_INTERVAL_SECONDS", 300),
+            webhook_retention_days=number("BILLING_WEBHOOK_RETENTION_DAYS", 35),
             webhook_metrics_port=int(number("BILLING_WEBHOOK_METRICS_PORT", 0)),
             auth_mode=get("BILLING_AUTH_MODE", "none").lower(),
             auth_tokens=parse_auth_tokens(get("BILLING_AUTH_TOKENS")),

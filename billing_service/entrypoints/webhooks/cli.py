@@ -16,7 +16,7 @@ import logging
 import signal
 import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from billing_service.config import ConfigError, Settings
@@ -85,7 +85,11 @@ async def _build(settings: Settings, *, mongodb_uri: str | None = None) -> _Buil
     from billing_service.bootstrap import bootstrap
 
     runtime = await bootstrap(settings, mongodb_uri=mongodb_uri)
-    inbox = MongoWebhookInbox(runtime.store.database.client, settings.mongodb_database)
+    inbox = MongoWebhookInbox(
+        runtime.store.database.client,
+        settings.mongodb_database,
+        retention=timedelta(days=settings.webhook_retention_days),
+    )
     try:
         await inbox.ensure_indexes()
     except Exception:
