@@ -23,7 +23,7 @@ from benchmarks import harness, report, scenarios
 from benchmarks.harness import ROOT, Result
 from billing_service.adapters.mongo.embedded import EmbeddedMongo
 
-ALL = ("read", "write", "webhook", "applied", "scaling")
+ALL = ("read", "write", "webhook", "applied", "history", "scaling")
 
 
 def webhook_available() -> bool:
@@ -66,6 +66,10 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
 
                 baseline = Path(args.baseline_root).resolve() if args.baseline_root else None
                 results += await applied.applied_path(cfg, baseline_root=baseline, events=args.events)
+            elif name == "history":
+                from benchmarks import history
+
+                results += await history.history_path(cfg, payments=args.history_payments, events=args.history_events)
             print(f"   done in {time.monotonic() - t0:.0f} s", flush=True)
     finally:
         await mongo.astop()
@@ -80,6 +84,8 @@ def main() -> int:
     parser.add_argument("--profile", default="", help="directory for pyinstrument profiles of the service")
     parser.add_argument("--baseline-root", default="", help="a checkout of earlier code run beside this one")
     parser.add_argument("--events", type=int, default=1000, help="events per fully-applied webhook point")
+    parser.add_argument("--history-payments", type=int, default=50_000, help="earlier payments (history)")
+    parser.add_argument("--history-events", type=int, default=20_000, help="earlier webhook events (history)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks/results/latest.json"))
     parser.add_argument("--chart", default=str(ROOT / "benchmarks/results/latest.png"))
     args = parser.parse_args()

@@ -173,9 +173,11 @@ class MongoWebhookInbox:
             try:
                 await self._coll.insert_one(doc)
             except DuplicateKeyError:
-                await self._coll.update_one(
-                    {"processor": processor.value, "event_id": event_id}, {"$inc": {"deliveries": 1}}
-                )
+                bumped = await self._coll.update_one({"_id": doc["_id"]}, {"$inc": {"deliveries": 1}})
+                if bumped.matched_count == 0:  # stored before ids were derived
+                    await self._coll.update_one(
+                        {"processor": processor.value, "event_id": event_id}, {"$inc": {"deliveries": 1}}
+                    )
                 return False
         if self._listeners:
             event = _event(doc)
@@ -303,14 +305,15 @@ class MongoWebhookInbox:
 
     async def replay(self, processor: Processor | None, event_id: str, *, now: datetime) -> bool:
         """Makes one event pending again with a fresh attempt budget."""
-        # One equality query per processor: the unique (processor, event_id) index serves it.
         processors = [processor] if processor is not None else list(Processor)
         matched = 0
         async with _unavailable("replay"):
             for each in processors:
-                result = await self._coll.update_many(
-                    {"processor": each.value, "event_id": event_id}, self._replayed(now)
-                )
+                result = await self._coll.update_one({"_id": inbox_id(each, event_id)}, self._replayed(now))
+                if result.matched_count == 0:  # stored before ids were derived
+                    result = await self._coll.update_one(
+                        {"processor": each.value, "event_id": event_id}, self._replayed(now)
+                    )
                 matched += result.matched_count
         return matched > 0
 
@@ -330,7 +333,9 @@ class MongoWebhookInbox:
     async def get(self, processor: Processor, event_id: str) -> InboxEvent | None:
         """Loads one event by its processor's id."""
         async with _unavailable("get"):
-            doc = await self._coll.find_one({"processor": processor.value, "event_id": event_id})
+            doc = await self._coll.find_one({"_id": inbox_id(processor, event_id)})
+            if doc is None:  # stored before ids were derived, or unknown
+                doc = await self._coll.find_one({"processor": processor.value, "event_id": event_id})
         return None if doc is None else _event(doc)
 
     async def stats(self, *, now: datetime) -> InboxStats:

@@ -95,14 +95,19 @@ _INDEXES: Final[Mapping[str, list[IndexModel]]] = {
             partialFilterExpression=_NON_EMPTY,
         ),
     ],
+    # Reconciliation and the subscription gauges find work by status: indexed, so their cost
+    # follows what is open, not everything ever stored.
+    "plans": [IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id")],
     "refunds": [
         IndexModel([("payment_id", ASCENDING)], name="payment_id"),
+        IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id"),
         # One record per processor refund, even when a refund made outside the service is
         # mirrored from two events (refund.created and charge.refunded) at once.
         IndexModel(_BY_PROCESSOR_ID, name="processor_id_unique", unique=True, partialFilterExpression=_NON_EMPTY),
     ],
     "subscriptions": [
         IndexModel([("customer_id", ASCENDING)], name="customer_id"),
+        IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id"),
         IndexModel(
             _BY_PROCESSOR_ID,
             name="processor_id",
