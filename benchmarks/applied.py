@@ -41,6 +41,7 @@ from billing.v1 import common_pb2
 from benchmarks.harness import ROOT, WATCH, Child, Result, cpu_seconds, percentile
 from benchmarks.scenarios import Config
 from benchmarks.webhook import SECRET, HttpConnections, Sidecar
+from billing_service.adapters.mongo.inbox import inbox_id
 from billing_service.adapters.mongo.store import MongoBillingStore
 from billing_service.domain.common import Processor
 from billing_service.domain.payments import Payment
@@ -235,10 +236,10 @@ async def applied_point(
         drained = await _drain(store, drain_timeout)
         elapsed = time.perf_counter() - t0
         cpu = {name: round((cpu_seconds(pid) - cpu_before[name]) / elapsed, 2) for name, pid in watched.items()}
-        ids = [maker.event_id(point, i) for i in range(events)]
+        ids = [inbox_id(Processor.STRIPE, maker.event_id(point, i)) for i in range(events)]
         docs = (
             await store.database["webhook_events"]
-            .find({"event_id": {"$in": ids}}, projection={"status": 1, "processed_at": 1})
+            .find({"_id": {"$in": ids}}, projection={"status": 1, "processed_at": 1})
             .to_list()
         )
     finally:

@@ -31,6 +31,7 @@ from billing.v1 import billing_service_pb2_grpc as pb_grpc
 
 from benchmarks.harness import WATCH, Result, closed_loop
 from benchmarks.scenarios import Config, channel, create_request, seed, start_service
+from billing_service.adapters.mongo.embedded import EmbeddedMongo
 from billing_service.adapters.mongo.inbox import MongoWebhookInbox, inbox_id
 from billing_service.adapters.mongo.janitor import MongoJanitor
 from billing_service.adapters.mongo.store import MongoBillingStore, idempotency_key
@@ -145,7 +146,7 @@ class PaymentHistory:
                     counts[name] = counts.get(name, 0) + len(docs)
                     docs.clear()
 
-        customers = max(payments // _PER_CUSTOMER, 1)
+        customers = max(-(-payments // _PER_CUSTOMER), 1)
         times = list(_spread(payments, days, now))
         for c in range(customers):
             first = times[c * _PER_CUSTOMER] - timedelta(minutes=1)
@@ -211,79 +212,114 @@ async def _create_payment_point(cfg: Config, mongo_uri: str, database: str, c: i
     return result
 
 
-async def history_path(cfg: Config, *, payments: int = 50_000, events: int = 20_000, c: int = 16) -> list[Result]:
-    """CreatePayment and fully-applied webhooks, on an empty store and after history."""
+class _Store:
+    """An embedded store of its own, watched as ``mongo`` while one of its points runs."""
+
+    def __init__(self) -> None:
+        self.server = EmbeddedMongo(":memory:")
+
+    async def __aenter__(self) -> _Store:
+        await self.server.start()
+        self.uri = self.server.uri
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.astop()
+
+    def watch(self) -> None:
+        WATCH["mongo"] = self.server._proc.pid if self.server._proc else 0
+
+
+async def _seed_payments(store: _Store, database: str, payments: int) -> Doc:
+    """History in ``database``: templates through the service, copies, then one janitor pass."""
+    t0 = time.monotonic()
+    db_store = MongoBillingStore.connect(store.uri, database)
+    try:
+        service = start_service(store.uri, database)  # creates the indexes, writes the templates
+        try:
+            ch = channel(int(service.info))
+            customer_id, method_id, [payment_id] = await seed(pb_grpc.BillingServiceStub(ch), 1)
+            await ch.close(None)
+        finally:
+            service.stop()
+            WATCH.pop("server", None)
+        templates = PaymentHistory(db_store, customer_id, method_id, payment_id)
+        await templates.load()
+        counts = await templates.write(payments - 1, days=50, now=datetime.now(UTC))
+        seeded_in = time.monotonic() - t0
+        t1 = time.monotonic()
+        inbox = MongoWebhookInbox(db_store.database.client, database)
+        janitor = MongoJanitor(db_store.database.client, database, inbox)
+        await janitor.ensure_indexes()
+        swept = await janitor.sweep_once(now=datetime.now(UTC))
+        left = await db_store.database["idempotency"].count_documents({})
+    finally:
+        await db_store.aclose()
+    info: Doc = {
+        "seeded_documents": counts, "seed_seconds": round(seeded_in, 1),
+        "janitor_removed": swept.idempotency_records, "janitor_seconds": round(time.monotonic() - t1, 1),
+        "idempotency_records_left": left,
+    }  # fmt: skip
+    print(f"   seeded {payments} payments in {seeded_in:.0f} s: {info}", flush=True)
+    return info
+
+
+async def history_path(
+    cfg: Config, *, payments: int = 50_000, events: int = 20_000, c: int = 16, applied_events: int = 1000
+) -> list[Result]:
+    """CreatePayment and fully-applied webhooks, on an empty store and after history.
+
+    The empty and the seeded store run side by side and their points alternate (empty,
+    history, empty, history), each point at least 8 s, so that a slow moment of this
+    shared machine does not land on one side only; the ratio is of the sums.
+    """
     from benchmarks import applied
-    from benchmarks.webhook import fresh_store
 
     results: list[Result] = []
     database = "bench_history"
+    point_cfg = Config(seconds=max(cfg.seconds, 8.0), warmup=cfg.warmup, levels=cfg.levels)
     shared_mongo = WATCH.pop("mongo", None)
     try:
-        async with fresh_store() as uri:
-            empty = await _create_payment_point(cfg, uri, database, c, 0)
-            empty.extra.update(store="fresh", history_payments=0)
-            results.append(empty)
-        async with fresh_store() as uri:
-            store = MongoBillingStore.connect(uri, database)
-            try:
-                t0 = time.monotonic()
-                service = start_service(uri, database)  # creates the indexes, writes the templates
-                try:
-                    ch = channel(int(service.info))
-                    customer_id, method_id, [payment_id] = await seed(pb_grpc.BillingServiceStub(ch), 1)
-                    await ch.close(None)
-                finally:
-                    service.stop()
-                    WATCH.pop("server", None)
-                templates = PaymentHistory(store, customer_id, method_id, payment_id)
-                await templates.load()
-                now = datetime.now(UTC)
-                counts = await templates.write(payments - 1, days=50, now=now)
-                seeded_in = time.monotonic() - t0
-                t1 = time.monotonic()
-                inbox = MongoWebhookInbox(store.database.client, database)
-                janitor = MongoJanitor(store.database.client, database, inbox)
-                await janitor.ensure_indexes()
-                swept = await janitor.sweep_once(now=datetime.now(UTC))
-                swept_in = time.monotonic() - t1
-                print(
-                    f"   seeded {payments} payments ({counts}) in {seeded_in:.0f} s; janitor removed "
-                    f"{swept.idempotency_records} expired idempotency records in {swept_in:.1f} s",
-                    flush=True,
-                )
-            finally:
-                await store.aclose()
-            after = await _create_payment_point(cfg, uri, database, c, payments)
-            after.extra.update(
-                store=f"after {payments} payments", history_payments=payments, seeded_documents=counts,
-                janitor_removed=swept.idempotency_records, janitor_seconds=round(swept_in, 1),
-            )  # fmt: skip
-            results.append(after)
-        print(f"   create_payment: empty {empty.rps}/s, after history {after.rps}/s", flush=True)
+        async with _Store() as empty, _Store() as seeded:
+            info = await _seed_payments(seeded, database, payments)
+            for _round in range(2):
+                for store, history in ((empty, 0), (seeded, payments)):
+                    store.watch()
+                    result = await _create_payment_point(point_cfg, store.uri, database, c, history)
+                    result.extra.update(
+                        store="fresh" if not history else f"after {payments} payments", history_payments=history
+                    )
+                    if history:
+                        result.extra.update(info)
+                    results.append(result)
+        base = sum(r.rps for r in results if r.path == "create_payment")
+        after = sum(r.rps for r in results if r.path == "create_payment_history")
+        print(f"   create_payment: empty {base / 2:.1f}/s, after history {after / 2:.1f}/s", flush=True)
 
         imitation = applied.Imitation()
         try:
-            for history in (0, events):
-                async with fresh_store() as uri:
-                    seeded = await applied.seed_payments(uri, applied.DATABASE, imitation.base_url)
-                    if history:
-                        store = MongoBillingStore.connect(uri, applied.DATABASE)
-                        inbox = MongoWebhookInbox(store.database.client, applied.DATABASE)
-                        await inbox.ensure_indexes()
-                        t0 = time.monotonic()
-                        written = await seed_inbox_history(inbox, history, days=20, now=datetime.now(UTC))
-                        print(
-                            f"   seeded {written} processed webhook events in {time.monotonic() - t0:.0f} s", flush=True
-                        )
-                        await store.aclose()
-                    result = await applied.applied_point(
-                        cfg, uri, imitation.base_url, seeded, c, path="applied" if not history else "applied_history",
-                        history=history,
-                    )  # fmt: skip
-                result.scenario = "history"
-                results.append(result)
-                print(f"   applied after {history} events: {result.extra['applied_per_second']}/s", flush=True)
+            async with _Store() as empty, _Store() as seeded:
+                made = {}
+                for store in (empty, seeded):
+                    made[id(store)] = await applied.seed_payments(store.uri, applied.DATABASE, imitation.base_url)
+                inbox_store = MongoBillingStore.connect(seeded.uri, applied.DATABASE)
+                inbox = MongoWebhookInbox(inbox_store.database.client, applied.DATABASE)
+                await inbox.ensure_indexes()
+                t0 = time.monotonic()
+                written = await seed_inbox_history(inbox, events, days=20, now=datetime.now(UTC))
+                await inbox_store.aclose()
+                print(f"   seeded {written} processed webhook events in {time.monotonic() - t0:.0f} s", flush=True)
+                for _round in range(2):
+                    for store, history in ((empty, 0), (seeded, events)):
+                        store.watch()
+                        result = await applied.applied_point(
+                            cfg, store.uri, imitation.base_url, made[id(store)], c,
+                            path="applied" if not history else "applied_history", history=history,
+                            events=applied_events,
+                        )  # fmt: skip
+                        result.scenario = "history"
+                        results.append(result)
+                        print(f"   applied after {history} events: {result.extra['applied_per_second']}/s", flush=True)
         finally:
             imitation.stop()
     finally:

@@ -1,9 +1,11 @@
 """``python -m benchmarks.run``: starts everything on loopback, measures, reports.
 
-    python -m benchmarks.run [--seconds 4] [--warmup 1] [--only read,write,webhook,scaling]
-                             [--profile DIR] [--chart docs/img/benchmarks.png]
+    python -m benchmarks.run [--seconds 4] [--warmup 1] [--profile DIR] [--chart docs/img/benchmarks.png]
+                             [--only read,write,webhook,applied,history,scaling,commands]
+                             [--events 1000] [--history-payments 50000] [--history-events 20000]
+                             [--baseline-root /path/to/a/checkout/of/main]
 
-Prints a table (with ratios and the issue's targets), writes
+Prints a table (with ratios, store commands per mutating RPC and the issues' targets), writes
 ``benchmarks/results/latest.json`` and a PNG chart (``benchmarks/results/latest.png``
 unless ``--chart`` says otherwise). ``--profile DIR`` runs the service children under
 pyinstrument and writes one profile per scenario (figures are then lower: sampling costs).
@@ -23,7 +25,7 @@ from benchmarks import harness, report, scenarios
 from benchmarks.harness import ROOT, Result
 from billing_service.adapters.mongo.embedded import EmbeddedMongo
 
-ALL = ("read", "write", "webhook", "applied", "history", "scaling")
+ALL = ("read", "write", "webhook", "applied", "history", "scaling", "commands")
 
 
 def webhook_available() -> bool:
@@ -34,13 +36,25 @@ def webhook_available() -> bool:
     )
 
 
-async def main_async(args: argparse.Namespace) -> list[Result]:
+async def count_commands(mongo_uri: str) -> dict[str, dict[str, int]]:
+    """Store commands of each mutating RPC: a command listener around the real gRPC server."""
+    from benchmarks.commands import register
+    from benchmarks.workload import Workload
+
+    recorder = register()  # last step: the listener sees only the clients created from here on
+    async with Workload(mongo_uri, "bench_commands", recorder) as workload:
+        counts = await workload.mutating_rpcs()
+    return counts.as_dict()
+
+
+async def main_async(args: argparse.Namespace) -> tuple[list[Result], dict[str, dict[str, int]]]:
     only = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else ALL
     profile_dir = Path(args.profile).resolve() if args.profile else None
     if profile_dir:
         profile_dir.mkdir(parents=True, exist_ok=True)
     cfg = scenarios.Config(seconds=args.seconds, warmup=args.warmup, profile_dir=profile_dir)
     results: list[Result] = []
+    commands: dict[str, dict[str, int]] = {}
     mongo = EmbeddedMongo(":memory:")
     await mongo.start()
     try:
@@ -69,11 +83,15 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
             elif name == "history":
                 from benchmarks import history
 
-                results += await history.history_path(cfg, payments=args.history_payments, events=args.history_events)
+                results += await history.history_path(
+                    cfg, payments=args.history_payments, events=args.history_events, applied_events=args.events
+                )
+            elif name == "commands":
+                commands = await count_commands(mongo.uri)
             print(f"   done in {time.monotonic() - t0:.0f} s", flush=True)
     finally:
         await mongo.astop()
-    return results
+    return results, commands
 
 
 def main() -> int:
@@ -90,12 +108,12 @@ def main() -> int:
     parser.add_argument("--chart", default=str(ROOT / "benchmarks/results/latest.png"))
     args = parser.parse_args()
     started = time.monotonic()
-    results = asyncio.run(main_async(args))
+    results, commands = asyncio.run(main_async(args))
     print()
-    print(report.table(results))
+    print(report.table(results, commands))
     meta = {"cpus": os.cpu_count(), "seconds_per_point": args.seconds, "warmup": args.warmup,
             "profiled": bool(args.profile), "argv": sys.argv[1:]}  # fmt: skip
-    report.write_json(results, Path(args.json), meta)
+    report.write_json(results, Path(args.json), meta, commands)
     report.chart(results, Path(args.chart))
     print(f"\nwrote {args.json} and {args.chart} in {time.monotonic() - started:.0f} s")
     return 0
