@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -193,18 +194,23 @@ async def _send(port: int, c: int, events: int, maker: EventMaker, point: str) -
     return latencies, errors, started.timestamp()
 
 
-async def _drain(store: MongoBillingStore, timeout: float) -> bool:
-    """Waits until no event is pending or processing (indexed equality counts only)."""
+async def _drain(store: MongoBillingStore, ids: list[str], timeout: float) -> bool:
+    """Waits until every event in ``ids`` is finished.
+
+    Polls by ``_id`` only (the last few sent, then all of them): a count by status would
+    read the whole backlog on every poll and take store time from the workers measured.
+    """
     coll = store.database["webhook_events"]
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        waiting = 0
-        for status in ("pending", "processing"):
-            waiting += await coll.count_documents({"status": status})
-        if waiting == 0:
-            return True
-        await asyncio.sleep(0.2)
-    return False
+    for probe in (ids[-16:], ids):
+        while True:
+            docs = await coll.find({"_id": {"$in": probe}}, projection={"status": 1}).to_list()
+            if len(docs) == len(probe) and all(d["status"] in _DONE for d in docs):
+                break
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.25)
+    return True
 
 
 async def applied_point(
@@ -224,19 +230,20 @@ async def applied_point(
     maker = EventMaker(payments)
     point = f"{path}{c}"
     store = MongoBillingStore.connect(mongo_uri, DATABASE)
-    workers = int(__import__("os").environ.get("BENCH_WORKERS", "4"))
-    sidecar = Sidecar(mongo_uri, DATABASE, workers=workers, extra_env=sidecar_env(api_base), root=root)
+    # The sidecar's own default worker count (BILLING_WEBHOOK_WORKERS unset), whichever code runs.
+    env = {k: v for k, v in os.environ.items() if k != "BILLING_WEBHOOK_WORKERS"}
+    sidecar = Sidecar(mongo_uri, DATABASE, workers=-1, extra_env=sidecar_env(api_base), root=root, base_env=env)
     WATCH["sidecar"] = sidecar.proc.pid
     try:
-        watched = {"client": __import__("os").getpid(), **WATCH}
+        watched = {"client": os.getpid(), **WATCH}
         cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
         t0 = time.perf_counter()
         latencies, errors, started = await _send(sidecar.port, c, events, maker, point)
         acked_in = time.perf_counter() - t0
-        drained = await _drain(store, drain_timeout)
+        ids = [inbox_id(Processor.STRIPE, maker.event_id(point, i)) for i in range(events)]
+        drained = await _drain(store, ids, drain_timeout)
         elapsed = time.perf_counter() - t0
         cpu = {name: round((cpu_seconds(pid) - cpu_before[name]) / elapsed, 2) for name, pid in watched.items()}
-        ids = [inbox_id(Processor.STRIPE, maker.event_id(point, i)) for i in range(events)]
         docs = (
             await store.database["webhook_events"]
             .find({"_id": {"$in": ids}}, projection={"status": 1, "processed_at": 1})

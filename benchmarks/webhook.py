@@ -166,6 +166,7 @@ class Sidecar:
     """``billing-service webhooks serve`` as a child process (optionally under pyinstrument).
 
     Args:
+        workers: ``BILLING_WEBHOOK_WORKERS`` (-1: leave it unset, the sidecar's default).
         extra_env: More environment (a processor's key and API base, worker settings).
         root: The checkout whose ``billing_service`` runs (another git worktree, for a
             baseline of earlier code measured in the same run); this one by default.
@@ -180,15 +181,16 @@ class Sidecar:
         profile: str = "",
         extra_env: dict[str, str] | None = None,
         root: Path = ROOT,
+        base_env: dict[str, str] | None = None,
     ) -> None:
         env = {
-            **os.environ,
+            **(os.environ if base_env is None else base_env),
             "PYTHONPATH": str(root),
             "MONGODB_URI": mongo_uri,
             "BILLING_MONGODB_DATABASE": database,
             "STRIPE_WEBHOOK_SECRET": SECRET,
             "BILLING_WEBHOOK_ADDRESS": "127.0.0.1:0",
-            "BILLING_WEBHOOK_WORKERS": str(workers),
+            **({"BILLING_WEBHOOK_WORKERS": str(workers)} if workers >= 0 else {}),
             "BILLING_WEBHOOK_METRICS_PORT": "0",
             "BILLING_LOG_LEVEL": "ERROR",  # the probe's forged delivery would log a warning
             **(extra_env or {}),

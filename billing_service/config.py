@@ -73,7 +73,7 @@ class Settings:
     log_level: str = "INFO"
     webhook_address: str = "127.0.0.1:8081"
     webhook_max_body_bytes: int = 512 * 1024
-    webhook_workers: int = 4
+    webhook_workers: int = 16
     webhook_max_attempts: int = 8
     webhook_lease_seconds: float = 60.0
     webhook_retry_base_seconds: float = 2.0
@@ -251,7 +251,7 @@ class Settings:
             log_level=get("BILLING_LOG_LEVEL", "INFO").upper(),
             webhook_address=get("BILLING_WEBHOOK_ADDRESS", "127.0.0.1:8081"),
             webhook_max_body_bytes=int(number("BILLING_WEBHOOK_MAX_BODY_BYTES", 512 * 1024)),
-            webhook_workers=int(number("BILLING_WEBHOOK_WORKERS", 4)),
+            webhook_workers=int(number("BILLING_WEBHOOK_WORKERS", 16)),
             webhook_max_attempts=int(number("BILLING_WEBHOOK_MAX_ATTEMPTS", 8)),
             webhook_lease_seconds=number("BILLING_WEBHOOK_LEASE_SECONDS", 60),
             webhook_retry_base_seconds=number("BILLING_WEBHOOK_RETRY_BASE_SECONDS", 2),

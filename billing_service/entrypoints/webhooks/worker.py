@@ -65,7 +65,7 @@ class WorkerSettings:
         poll_seconds: Interval of the claim query (events stored here need none).
     """
 
-    workers: int = 4
+    workers: int = 16
     lease_seconds: float = 60.0
     max_attempts: int = 8
     retry_base_seconds: float = 2.0
