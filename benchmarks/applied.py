@@ -42,7 +42,6 @@ from billing.v1 import common_pb2
 from benchmarks.harness import ROOT, WATCH, Child, Result, cpu_seconds, percentile
 from benchmarks.scenarios import Config
 from benchmarks.webhook import SECRET, HttpConnections, Sidecar
-from billing_service.adapters.mongo.inbox import inbox_id
 from billing_service.adapters.mongo.store import MongoBillingStore
 from billing_service.domain.common import Processor
 from billing_service.domain.payments import Payment
@@ -194,17 +193,22 @@ async def _send(port: int, c: int, events: int, maker: EventMaker, point: str) -
     return latencies, errors, started.timestamp()
 
 
+def _by_event_id(event_ids: list[str]) -> dict[str, Any]:
+    return {"processor": Processor.STRIPE.value, "event_id": {"$in": event_ids}}
+
+
 async def _drain(store: MongoBillingStore, ids: list[str], timeout: float) -> bool:
     """Waits until every event in ``ids`` is finished.
 
-    Polls by ``_id`` only (the last few sent, then all of them): a count by status would
-    read the whole backlog on every poll and take store time from the workers measured.
+    Polls by event id only (the last few sent, then all of them), through the unique
+    (processor, event_id) index every version of the inbox has: a count by status would read
+    the whole backlog on every poll and take store time from the workers measured.
     """
     coll = store.database["webhook_events"]
     deadline = time.monotonic() + timeout
     for probe in (ids[-16:], ids):
         while True:
-            docs = await coll.find({"_id": {"$in": probe}}, projection={"status": 1}).to_list()
+            docs = await coll.find(_by_event_id(probe), projection={"status": 1}).to_list()
             if len(docs) == len(probe) and all(d["status"] in _DONE for d in docs):
                 break
             if time.monotonic() > deadline:
@@ -240,13 +244,13 @@ async def applied_point(
         t0 = time.perf_counter()
         latencies, errors, started = await _send(sidecar.port, c, events, maker, point)
         acked_in = time.perf_counter() - t0
-        ids = [inbox_id(Processor.STRIPE, maker.event_id(point, i)) for i in range(events)]
+        ids = [maker.event_id(point, i) for i in range(events)]
         drained = await _drain(store, ids, drain_timeout)
         elapsed = time.perf_counter() - t0
         cpu = {name: round((cpu_seconds(pid) - cpu_before[name]) / elapsed, 2) for name, pid in watched.items()}
         docs = (
             await store.database["webhook_events"]
-            .find({"_id": {"$in": ids}}, projection={"status": 1, "processed_at": 1})
+            .find(_by_event_id(ids), projection={"status": 1, "processed_at": 1})
             .to_list()
         )
     finally:
