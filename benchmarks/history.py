@@ -25,11 +25,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from billing.v1 import billing_service_pb2_grpc as pb_grpc
 
-from benchmarks.harness import WATCH, Result, closed_loop
+from benchmarks.harness import ROOT, WATCH, Result, closed_loop
 from benchmarks.scenarios import Config, channel, create_request, seed, start_service
 from billing_service.adapters.mongo.embedded import EmbeddedMongo
 from billing_service.adapters.mongo.inbox import MongoWebhookInbox, inbox_id
@@ -193,8 +194,10 @@ async def seed_inbox_history(inbox: MongoWebhookInbox, events: int, *, days: flo
     return written
 
 
-async def _create_payment_point(cfg: Config, mongo_uri: str, database: str, c: int, history: int) -> Result:
-    service = start_service(mongo_uri, database)
+async def _create_payment_point(
+    cfg: Config, mongo_uri: str, database: str, c: int, history: int, *, root: Path = ROOT
+) -> Result:
+    service = start_service(mongo_uri, database, root=root)
     try:
         ch = channel(int(service.info))
         stub = pb_grpc.BillingServiceStub(ch)

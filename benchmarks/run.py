@@ -19,6 +19,7 @@ import importlib.util
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from benchmarks import harness, report, scenarios
@@ -63,35 +64,47 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Result], dict[str, 
             print(f"== {name}", flush=True)
             harness.WATCH.clear()
             harness.WATCH["mongo"] = mongo._proc.pid if mongo._proc else 0
-            if name == "read":
-                results += await scenarios.read_path(cfg, mongo.uri)
-            elif name == "write":
-                results += await scenarios.write_path(cfg, mongo.uri)
-            elif name == "scaling":
-                results += await scenarios.scaling(cfg, mongo.uri)
-            elif name == "webhook":
-                if not webhook_available():
-                    print("   webhook scenario not available yet: skipped", flush=True)
-                    continue
-                webhook = importlib.import_module("benchmarks.webhook")
-                results += await webhook.webhook_path(cfg, mongo.uri)
-            elif name == "applied":
-                from benchmarks import applied
-
-                baseline = Path(args.baseline_root).resolve() if args.baseline_root else None
-                results += await applied.applied_path(cfg, baseline_root=baseline, events=args.events)
-            elif name == "history":
-                from benchmarks import history
-
-                results += await history.history_path(
-                    cfg, payments=args.history_payments, events=args.history_events, applied_events=args.events
-                )
-            elif name == "commands":
-                commands = await count_commands(mongo.uri)
+            try:
+                commands = await _scenario(name, args, cfg, mongo.uri, results) or commands
+            except Exception as exc:  # report what the other scenarios measured
+                traceback.print_exc()
+                print(f"   {name} failed: {exc!r}", flush=True)
             print(f"   done in {time.monotonic() - t0:.0f} s", flush=True)
     finally:
         await mongo.astop()
     return results, commands
+
+
+async def _scenario(
+    name: str, args: argparse.Namespace, cfg: scenarios.Config, mongo_uri: str, results: list[Result]
+) -> dict[str, dict[str, int]] | None:
+    """Runs one scenario, appending its rows; returns the command counts of ``commands``."""
+    if name == "read":
+        results += await scenarios.read_path(cfg, mongo_uri)
+    elif name == "write":
+        results += await scenarios.write_path(cfg, mongo_uri)
+    elif name == "scaling":
+        results += await scenarios.scaling(cfg, mongo_uri)
+    elif name == "webhook":
+        if not webhook_available():
+            print("   webhook scenario not available yet: skipped", flush=True)
+            return None
+        webhook = importlib.import_module("benchmarks.webhook")
+        results += await webhook.webhook_path(cfg, mongo_uri)
+    elif name == "applied":
+        from benchmarks import applied
+
+        baseline = Path(args.baseline_root).resolve() if args.baseline_root else None
+        results += await applied.applied_path(cfg, baseline_root=baseline, events=args.events)
+    elif name == "history":
+        from benchmarks import history
+
+        results += await history.history_path(
+            cfg, payments=args.history_payments, events=args.history_events, applied_events=args.events
+        )
+    elif name == "commands":
+        return await count_commands(mongo_uri)
+    return None
 
 
 def main() -> int:
