@@ -9,9 +9,11 @@ child process of its own, ``benchmarks/stripe_child.py``). Each point:
 2. POSTs ``events`` signed ``payment_intent.succeeded`` events about those payments (a
    fresh event id each, rotating over the payments) from ``c`` keep-alive connections,
    closed loop, as fast as the sidecar acknowledges them;
-3. waits until the inbox has no waiting event left.
+3. waits until every one of them is finished (polled by event id).
 
-Each event is then verified, stored, claimed by a worker, re-fetched from the imitation
+The sidecar runs with its default worker settings (``BILLING_WEBHOOK_WORKERS`` unset), from
+this checkout or from another (``--baseline-root``, earlier code in the same run). Each
+event is verified, stored, claimed by a worker, re-fetched from the imitation
 (``GET /v1/payment_intents/<id>``), converged onto our payment (which already agrees,
 as for the many events a busy account sends about a payment that is already settled)
 and completed. Reported per point: the acknowledgement rate and latency (the HTTP
@@ -284,12 +286,6 @@ async def applied_point(
             "store": "fresh" if not history else f"after {history} earlier events",
         },
     )
-
-
-def applied_rate(result: Result) -> float:
-    """The fully-applied events per second of an ``applied`` point."""
-    value: Any = result.extra.get("applied_per_second", 0.0)
-    return float(value)
 
 
 async def applied_path(cfg: Config, *, baseline_root: Path | None = None, events: int = 1000) -> list[Result]:

@@ -2,18 +2,20 @@
 
 * **CreatePayment** (fake processor, c=16) on a fresh store, and on a fresh store holding
   ``payments`` earlier payments (default 50,000: 1,000 customers with a card each, 50
-  payments per customer, created over the last 50 days) with their audit events and the
-  idempotency records their requests left; records older than the idempotency TTL are
+  payments per customer, created evenly over the last 50 days) with their audit events and
+  the idempotency records their requests left; records older than the idempotency TTL are
   expired, and one janitor pass (timed, reported) removes them before measuring, as the
   janitor would have.
 * **Webhooks fully applied** (``benchmarks/applied.py``, c=16) on a fresh store, and after
   ``events`` earlier webhook events (default 20,000) processed over the last 20 days and
   still inside the inbox retention.
 
-History is seeded quickly but as the service writes it: one of each document is first
-written by the service itself (a payment through the real gRPC server, an event through
-the real inbox adapter), and the rest are copies of those documents with their own ids,
-keys, owners and times, inserted in batches.
+The empty and the seeded store run side by side and their points alternate (empty,
+history, empty, history), so that a busy moment of this shared machine does not fall on one
+side only. History is seeded quickly but as the service writes it: one of each document is
+first written by the service itself (a payment through the real gRPC server, an event
+through the real inbox adapter), and the rest are copies of those documents with their own
+ids, keys, owners and times, inserted in batches.
 """
 
 from __future__ import annotations

@@ -282,7 +282,9 @@ async def _sidecar_point(cfg: Config, path: str, workers: int, c: int, signer: S
             else:
                 raise AssertionError("the sidecar accepted a forged signature")
             await probe.aclose()
-            return await _http_point(cfg, path, sidecar.port, c, signer)
+            result = await _http_point(cfg, path, sidecar.port, c, signer)
+            result.extra["store"] = "fresh"
+            return result
         finally:
             sidecar.stop()
             WATCH.pop("sidecar", None)
@@ -320,7 +322,9 @@ async def _floor_point(cfg: Config, c: int) -> Result:
         try:
             floor = StoreFloor(store, "bench_webhook")
             await floor.inbox.ensure_indexes()
-            return await closed_loop("webhook", "store_floor", c, floor.op(c), seconds=cfg.seconds, warmup=cfg.warmup)
+            result = await closed_loop("webhook", "store_floor", c, floor.op(c), seconds=cfg.seconds, warmup=cfg.warmup)
+            result.extra["store"] = "fresh"
+            return result
         finally:
             await store.aclose()
 
@@ -340,6 +344,7 @@ async def webhook_path(cfg: Config, mongo_uri: str) -> list[Result]:
             results.append(await _sidecar_point(cfg, "sidecar", 0, c, signer))
             WATCH["bare"] = bare.proc.pid
             results.append(await _http_point(cfg, "bare_endpoint", int(bare.info), c, signer))
+            results[-1].extra["store"] = "none"
             WATCH.pop("bare", None)
             results.append(await _floor_point(cfg, c))
             results.append(await _sidecar_point(cfg, "sidecar_workers", 4, c, signer))
