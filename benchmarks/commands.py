@@ -59,6 +59,33 @@ class Command:
                 yield "insert", dict(doc), {}
 
 
+def split_bulk_write(body: Mapping[str, Any], label: str) -> list[Command]:
+    """A client ``bulkWrite`` (MongoDB 8.0; one per transaction) as one pseudo-command per operation.
+
+    Each operation becomes the classic command it stands for (``insert``/``update``/
+    ``delete`` on its own collection, from ``nsInfo``), so the plan and shard-key checks
+    read every statement whichever way the store module sent it.
+    """
+    namespaces = [str(ns.get("ns", "")).split(".", 1)[-1] for ns in body.get("nsInfo") or []]
+    out: list[Command] = []
+    for op in body.get("ops") or []:
+        for kind in ("insert", "update", "delete"):
+            if kind in op:
+                collection = namespaces[int(op[kind])] if int(op[kind]) < len(namespaces) else ""
+                break
+        else:
+            continue
+        if kind == "insert":
+            part: dict[str, Any] = {"documents": [op.get("document") or {}]}
+        elif kind == "update":
+            stmt = {"q": op.get("filter") or {}, "u": op.get("updateMods"), "multi": op.get("multi", False)}
+            part = {"updates": [stmt]}
+        else:
+            part = {"deletes": [{"q": op.get("filter") or {}, "limit": 0 if op.get("multi") else 1}]}
+        out.append(Command(kind, collection, {kind: collection, **part, "bulkWrite": True}, label))
+    return out
+
+
 class CommandRecorder(monitoring.CommandListener):
     """Records the commands sent while :meth:`recording` is active (register it before clients)."""
 
@@ -68,6 +95,9 @@ class CommandRecorder(monitoring.CommandListener):
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if self._label is None or event.command_name in IGNORED:
+            return
+        if event.command_name == "bulkWrite":
+            self.commands.extend(split_bulk_write(event.command, self._label))
             return
         target = event.command.get(event.command_name)
         collection = target if isinstance(target, str) else ""

@@ -141,10 +141,16 @@ def table(results: Sequence[Result], commands: dict[str, dict[str, int]] | None 
         rest = ", ".join(f"{k}={v}" for k, v in row.items() if k not in ("scenario", "path", "concurrency"))
         lines.append(f"ratio {row['scenario']}/{row['path']} c={row['concurrency']}: {rest}")
     if commands:
-        lines += ["", "store commands per mutating RPC (fake processor):"]
+        lines += ["", "store commands per mutating RPC (fake processor; tests/e2e/test_round_trips.py):"]
+        lines.append(f"  {'RPC':<24} {'before':>6} {'now':>4} {'budget':>6}")
         for rpc, counts in commands.items():
-            parts = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()) if name != "total")
-            lines.append(f"  {rpc:<24} {counts['total']:>3}  ({parts})")
+            parts = ", ".join(
+                f"{n} {name}" for name, n in sorted(counts.items()) if name not in ("total", "before", "budget")
+            )
+            lines.append(
+                f"  {rpc:<24} {counts.get('before', '?'):>6} {counts['total']:>4} {counts.get('budget', '?'):>6}"
+                f"  ({parts})"
+            )
     lines.append("")
     for t in targets(results, commands):
         lines.append(f"target {t['target']}: {t['value']} -> {'MET' if t['met'] else 'NOT MET'}")

@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -26,7 +28,7 @@ from benchmarks import harness, report, scenarios
 from benchmarks.harness import ROOT, Result
 from billing_service.adapters.mongo.embedded import EmbeddedMongo
 
-ALL = ("read", "write", "webhook", "applied", "history", "scaling", "commands")
+ALL = ("read", "write", "webhook", "applied", "history", "scaling", "commands", "events")
 
 
 def webhook_available() -> bool:
@@ -38,14 +40,31 @@ def webhook_available() -> bool:
 
 
 async def count_commands(mongo_uri: str) -> dict[str, dict[str, int]]:
-    """Store commands of each mutating RPC: a command listener around the real gRPC server."""
-    from benchmarks.commands import register
-    from benchmarks.workload import Workload
+    """Store commands of each mutating RPC, as ``tests/e2e/test_round_trips.py`` counts them.
 
-    recorder = register()  # last step: the listener sees only the clients created from here on
-    async with Workload(mongo_uri, "bench_commands", recorder) as workload:
-        counts = await workload.mutating_rpcs()
-    return counts.as_dict()
+    The test is the one source of these counts (its command listener around the real
+    gRPC server, its budgets and the figures from before); this runs it and reads its table.
+    """
+    del mongo_uri  # the test starts its own store
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "round_trips.json"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            "tests/e2e/test_round_trips.py::test_store_commands_per_mutating_rpc",
+            cwd=ROOT, env={**os.environ, "BILLING_ROUND_TRIPS_JSON": str(out)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await proc.communicate()
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"tests/e2e/test_round_trips.py failed:\n{output.decode(errors='replace')[-2000:]}")
+        table = json.loads(out.read_text())
+    counts: dict[str, dict[str, int]] = {}
+    for rpc, row in table.items():
+        by_name: dict[str, int] = {}
+        for name in row["commands"]:
+            by_name[name] = by_name.get(name, 0) + 1
+        counts[rpc] = {"total": row["total"], "before": row["before"], "budget": row["budget"], **by_name}
+    return counts
 
 
 async def main_async(args: argparse.Namespace) -> tuple[list[Result], dict[str, dict[str, int]]]:
@@ -85,6 +104,8 @@ async def _scenario(
         results += await scenarios.write_path(cfg, mongo_uri)
     elif name == "scaling":
         results += await scenarios.scaling(cfg, mongo_uri)
+    elif name == "events":
+        results += await importlib.import_module("benchmarks.events").events_path(cfg, mongo_uri)
     elif name == "webhook":
         if not webhook_available():
             print("   webhook scenario not available yet: skipped", flush=True)

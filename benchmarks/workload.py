@@ -57,7 +57,7 @@ class Workload:
         from billing_service.entrypoints.grpc_api.server import GrpcServer
 
         self.runtime = await bootstrap(
-            Settings(mongodb_database=self.database, log_level="WARNING"), mongodb_uri=self.uri
+            Settings(mongodb_database=self.database, log_level="WARNING", fake_state="memory"), mongodb_uri=self.uri
         )
         self.server = GrpcServer(
             self.runtime.deps, self.runtime.idempotency, address="127.0.0.1:0", reflection_enabled=False,
@@ -159,6 +159,7 @@ class Workload:
         await self.mutating_rpcs()
         await self.reads()
         await self.webhooks()
+        await self.events()
         await self.background()
 
     async def reads(self) -> None:
@@ -184,7 +185,6 @@ class Workload:
             ("ListPayments (customer, status)", b.ListPayments,
              pb.ListPaymentsRequest(customer_id=customer, status=succeeded, page_size=1)),
             ("ListPayments (status)", b.ListPayments, pb.ListPaymentsRequest(status=succeeded, page_size=1)),
-            ("ListRefunds (all)", b.ListRefunds, pb.ListRefundsRequest(page_size=1)),
             ("ListAuditEvents", b.ListAuditEvents, pb.ListAuditEventsRequest(resource_id=ids["payment"], page_size=1)),
             ("ListDisputes", b.ListDisputes, pb.ListDisputesRequest(page_size=1)),
             ("ListPlans", s.ListPlans, spb.ListPlansRequest(page_size=1)),
@@ -198,7 +198,6 @@ class Workload:
 
     async def webhooks(self) -> None:
         """The webhook use cases (fake processor) and the inbox verbs the sidecar uses."""
-        from billing_service.adapters.mongo.inbox import MongoWebhookInbox
         from billing_service.domain.common import Processor
         from billing_service.domain.payments import Payment, Refund
         from billing_service.domain.subscriptions import Subscription
@@ -220,8 +219,7 @@ class Workload:
         await self.step("webhook: converge subscription", wh.converge_subscription(deps, ctx, fake, sub.processor_id))
         await self.step("webhook: orphan", wh.converge_payment(deps, ctx, fake, "ch_unknown", payment_id="pay_unknown"))
 
-        inbox = MongoWebhookInbox(store.database.client, self.database)
-        await inbox.ensure_indexes()
+        inbox = self.runtime.inbox
         now = datetime.now(UTC)
         event_id = f"evt_{rid()}"
         await self.step("inbox: insert", inbox.insert(Processor.STRIPE, event_id, "charge.refunded", b"{}", now=now))
@@ -243,19 +241,49 @@ class Workload:
         await self.step("inbox: get", inbox.get(Processor.STRIPE, event_id))
         await self.step("inbox: stats", inbox.stats(now=now))
 
+    async def events(self) -> None:
+        """The event log: a sequencer pass, ListEvents by each filter, a consumer's ack, retention."""
+        from billing.v1 import event_service_pb2 as epb
+        from billing.v1 import event_service_pb2_grpc as epb_grpc
+
+        log = self.runtime.store.events
+        await self.step("events: sequencer pass", log.sequence_pass())
+        stub = epb_grpc.EventServiceStub(self.channel)
+        ids = self.ids
+        filters = [
+            ("ListEvents", ""),
+            ("ListEvents (resource)", f'resource_id = "{ids["payment"]}"'),
+            ("ListEvents (customer)", f'customer_id = "{ids["customer"]}"'),
+            ("ListEvents (type)", 'type = "payment.succeeded"'),
+        ]
+        page = None
+        for label, text in filters:
+            request = epb.ListEventsRequest(page_size=2, filter=text)
+            page = await self.step(label, stub.ListEvents(request))
+            if label == "ListEvents" and page.next_page_token:
+                request.page_token = page.next_page_token
+                await self.step("ListEvents (page 2)", stub.ListEvents(request))
+        first = await stub.ListEvents(epb.ListEventsRequest(page_size=1))
+        if first.events:
+            ack = epb.AckEventsRequest(request_id=rid(), consumer_id="workload", cursor=first.events[0].cursor)
+            await self.step("AckEvents", stub.AckEvents(ack))
+            await self.step(
+                "GetEventConsumer", stub.GetEventConsumer(epb.GetEventConsumerRequest(consumer_id="workload"))
+            )
+        later = datetime.now(UTC) + timedelta(days=400)
+        await self.step("events: retention", log.apply_retention(later, timedelta(days=30)))
+
     async def background(self) -> None:
         """The janitor (leased), a reconciliation pass and the subscription gauges."""
-        from billing_service.adapters.mongo.inbox import MongoWebhookInbox
+        from billing_service.adapters.mongo.counts import subscription_counter
         from billing_service.adapters.mongo.janitor import MongoJanitor
-        from billing_service.observability.metrics import mongo_subscription_counter
         from billing_service.service_layer.reconcile import reconcile_once
 
         store = self.runtime.store
-        inbox = MongoWebhookInbox(store.database.client, self.database)
-        janitor = MongoJanitor(store.database.client, self.database, inbox)
+        janitor = MongoJanitor(store.database.client, self.database, self.runtime.inbox)
         await janitor.ensure_indexes()
         later = datetime.now(UTC) + timedelta(days=60)
         await self.step("janitor: sweep", janitor.sweep_with_lease(owner="w", now=later, lease_seconds=60))
         await self.step("reconcile: pass", reconcile_once(self.runtime.deps, stale_after=timedelta(0)))
-        count = mongo_subscription_counter(store.database)
+        count = subscription_counter(store)
         await self.step("metrics: subscriptions by status", count("active"))

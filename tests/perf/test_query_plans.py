@@ -22,16 +22,18 @@ DOCUMENTED_SCANS: dict[tuple[str, str, frozenset[str], frozenset[str]], str] = {
     ("customers", "find", frozenset({"_id"}), frozenset({"_id"})): "ListCustomers without a filter, page 2",
     ("payments", "find", frozenset(), frozenset({"_id"})): "ListPayments without a filter (admin)",
     ("payments", "find", frozenset({"_id"}), frozenset({"_id"})): "ListPayments without a filter, page 2",
-    ("refunds", "find", frozenset(), frozenset({"_id"})): "ListRefunds without a filter (admin)",
-    ("refunds", "find", frozenset({"_id"}), frozenset({"_id"})): "ListRefunds without a filter, page 2",
     ("disputes", "find", frozenset(), frozenset({"_id"})): "ListDisputes without a filter",
-    ("leases", "findAndModify", frozenset({"_id", "$or"}), frozenset()): "lease acquire: one document per job",
+    ("event_log", "find", frozenset(), frozenset({"_id"})): "the log's head (its highest number)",
+    ("event_log", "find", frozenset({"_id"}), frozenset({"_id"})): "events by number range",
+    ("event_log", "delete", frozenset({"_id"}), frozenset()): "retention by number range",
+    ("plans", "find", frozenset({"processor_refs.fake"}), frozenset({"_id"})): "a plan by its processor price id",
 }
 WHY = """Newest-first lists with no filter walk the _id index on MongoDB (IXSCAN of _id_, backward,
-stopping at the page size); SecantusDB cannot walk its virtual _id index and sorts the whole
-collection in memory, so on the embedded store their cost grows with the collection. Lease
-acquisition filters on _id under a top-level $or, which SecantusDB scans (the leases
-collection holds one document per job name); MongoDB uses the _id index."""
+stopping at the page size), and so do the event log's reads and deletes by number range
+(its _id is the event's number); SecantusDB cannot walk its virtual _id index and sorts the whole
+collection in memory, so on the embedded store their cost grows with the collection. A plan
+found by its processor price id (UpdateSubscription, a price the processor reports) scans the
+plan catalog, which holds one small document per plan the business sells."""
 
 
 def _stages(plan: Any, out: list[str]) -> list[str]:

@@ -27,10 +27,11 @@ SHARD_KEYS: dict[str, tuple[str, str]] = {
     "disputes": ("_id", "{_id: hashed}"),
     "audit_events": ("resource_id", "{resource_id: hashed}"),
     "idempotency": ("_id", "{_id: hashed}"),
+    "fences": ("_id", "{_id: hashed}"),
     "webhook_events": ("_id", "{_id: hashed}"),
 }
 #: Small collections that stay on the primary shard.
-UNSHARDED = frozenset({"plans", "meta", "leases"})
+UNSHARDED = frozenset({"plans", "meta", "leases", "event_outbox", "event_log", "event_meta", "event_consumers"})
 
 _ID_RANGE = frozenset({"_id"})  # a page-2 cursor: a range on _id, never one shard when hashed
 
@@ -51,8 +52,9 @@ SCATTER_GATHER: dict[tuple[str, str, frozenset[str]], str] = {
     ("payments", "find", frozenset({"status"})): "payments by status",
     ("payments", "find", frozenset({"status", "_id"})): "payments by status",
     ("payments", "find", frozenset({"processor", "processor_id"})): "by processor id",
-    ("refunds", "find", frozenset()): "list all refunds",
-    ("refunds", "find", _ID_RANGE): "list all refunds",
+    ("payments", "find", frozenset({"lookup_after"})): "reconciliation sweeps",
+    ("refunds", "find", frozenset({"lookup_after"})): "reconciliation sweeps",
+    ("subscriptions", "find", frozenset({"status", "current_period_end"})): "reconciliation sweeps",
     ("refunds", "find", frozenset({"payment_id"})): "a payment's refunds",
     ("refunds", "find", frozenset({"status"})): "refunds by status",
     ("refunds", "find", frozenset({"processor", "processor_id"})): "by processor id",
@@ -65,6 +67,7 @@ SCATTER_GATHER: dict[tuple[str, str, frozenset[str]], str] = {
     ("invoices", "find", frozenset({"processor", "processor_id"})): "by processor id",
     ("disputes", "find", frozenset()): "list all disputes",
     ("idempotency", "find", frozenset({"expires_at"})): "janitor sweeps",
+    ("fences", "find", frozenset({"expires_at"})): "janitor sweeps",
     ("webhook_events", "find", frozenset({"status", "available_at"})): "inbox claim query",
     ("webhook_events", "find", frozenset({"status"})): "inbox stats and replay",
     ("webhook_events", "aggregate", frozenset({"status"})): "inbox stats and replay",

@@ -6,7 +6,7 @@ Three kinds of documents outlive their use:
   (``purge_at``, set when the event finished; ``BILLING_WEBHOOK_RETENTION_DAYS``);
 * **idempotency records** past ``expires_at`` (at least ``BILLING_IDEMPOTENCY_TTL_HOURS``
   after the request; a record past it is already treated as absent);
-* **leases** not renewed for a day (a job or resource nobody holds any more).
+* **leases** not renewed for a day (a job nobody holds any more), unless they keep state.
 
 On a MongoDB server the TTL monitor removes the first two as well (TTL indexes on
 ``purge_at`` and ``expires_at``). The janitor sweeps anyway, on any server: it bounds the
@@ -30,6 +30,7 @@ from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
+from billing_service.adapters.mongo.idempotency import FENCES, IDEMPOTENCY
 from billing_service.adapters.mongo.inbox import MongoWebhookInbox
 from billing_service.adapters.mongo.leases import MongoLeases
 from billing_service.domain.errors import StoreUnavailable
@@ -39,7 +40,6 @@ __all__ = ["LEASE_NAME", "MongoJanitor", "SweepReport", "sweep_expired_idempoten
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "janitor"
-_IDEMPOTENCY = "idempotency"
 _LEASES = "leases"
 _LEASE_GRACE = timedelta(days=1)
 
@@ -61,15 +61,24 @@ class SweepReport:
         return self.webhook_events + self.idempotency_records + self.leases
 
 
-async def _sweep(coll: AsyncCollection[Doc], field: str, cutoff: datetime, *, batch: int, max_batches: int) -> int:
-    """Deletes documents whose ``field`` is at or before ``cutoff``, ``batch`` ids at a time."""
+async def _sweep(
+    coll: AsyncCollection[Doc],
+    field: str,
+    cutoff: datetime,
+    *,
+    batch: int,
+    max_batches: int,
+    unless: Doc | None = None,
+) -> int:
+    """Deletes documents whose ``field`` is at or before ``cutoff`` (and match ``unless``), ``batch`` ids at a time."""
+    due = {field: {"$lte": cutoff}, **(unless or {})}
     removed = 0
     for _ in range(max_batches):
-        cursor = coll.find({field: {"$lte": cutoff}}, projection={"_id": 1}, limit=batch)
+        cursor = coll.find(due, projection={"_id": 1}, limit=batch)
         ids = [doc["_id"] for doc in await cursor.to_list()]
         if not ids:
             break
-        result = await coll.delete_many({"_id": {"$in": ids}, field: {"$lte": cutoff}})
+        result = await coll.delete_many({"_id": {"$in": ids}, **due})
         removed += result.deleted_count
         if len(ids) < batch:
             break
@@ -79,13 +88,16 @@ async def _sweep(coll: AsyncCollection[Doc], field: str, cutoff: datetime, *, ba
 async def sweep_expired_idempotency(
     client: AsyncMongoClient[Doc], database: str, *, now: datetime, batch: int = 500, max_batches: int = 100
 ) -> int:
-    """Deletes idempotency records past ``expires_at`` (by its TTL index); returns how many.
+    """Deletes idempotency records and release fences past ``expires_at`` (TTL-indexed); returns how many.
 
-    A record past its expiry is already treated as absent by ``idempotency_begin``, so
-    removing it changes no answer.
+    A record past its expiry is already treated as absent by a new claim (its upsert
+    replaces it), so removing it changes no answer; likewise an expired fence.
     """
     try:
-        return await _sweep(client[database][_IDEMPOTENCY], "expires_at", now, batch=batch, max_batches=max_batches)
+        removed = 0
+        for name in (IDEMPOTENCY, FENCES):
+            removed += await _sweep(client[database][name], "expires_at", now, batch=batch, max_batches=max_batches)
+        return removed
     except PyMongoError as exc:
         raise StoreUnavailable(f"idempotency sweep failed: {type(exc).__name__}") from exc
 
@@ -116,6 +128,7 @@ class MongoJanitor:
         self._leases = MongoLeases(client, database)
         self._batch = batch
         self._max_batches = max_batches
+        self._indexed = False
 
     async def ensure_indexes(self) -> None:
         """The index the lease sweep reads by (the other two collections bring theirs)."""
@@ -125,6 +138,7 @@ class MongoJanitor:
             )
         except PyMongoError as exc:
             raise StoreUnavailable(f"janitor indexes: {type(exc).__name__}") from exc
+        self._indexed = True
 
     async def sweep_once(self, *, now: datetime) -> SweepReport:
         """Removes what is due now, whoever else is sweeping."""
@@ -139,6 +153,9 @@ class MongoJanitor:
             report.leases = await _sweep(
                 self._client[self._database][_LEASES], "until", now - _LEASE_GRACE,
                 batch=self._batch, max_batches=self._max_batches,
+                # A lease that keeps state (the reconciler's cursors) is kept: losing the
+                # cursors would restart its sweeps and event feed from the beginning.
+                unless={"state": {"$exists": False}},
             )  # fmt: skip
         except PyMongoError as exc:
             raise StoreUnavailable(f"lease sweep failed: {type(exc).__name__}") from exc
@@ -146,6 +163,8 @@ class MongoJanitor:
 
     async def sweep_with_lease(self, *, owner: str, now: datetime, lease_seconds: float) -> SweepReport:
         """Sweeps only while holding the ``janitor`` lease (one replica at a time)."""
+        if not self._indexed:
+            await self.ensure_indexes()
         if not await self._leases.acquire(LEASE_NAME, owner, now=now, ttl_seconds=lease_seconds):
             return SweepReport(skipped=True)
         report = await self.sweep_once(now=now)
