@@ -173,9 +173,15 @@ async def test_janitor_sweeps_once_per_lease_and_only_expired_documents(
     await db["idempotency"].insert_many([
         {"_id": f"old{n}", "expires_at": NOW - timedelta(minutes=n + 1)} for n in range(5)
     ] + [{"_id": "fresh", "expires_at": NOW + timedelta(hours=1)}])  # fmt: skip
+    await db["fences"].insert_many([
+        {"_id": "fence-old", "owner": "x", "expires_at": NOW - timedelta(days=1)},
+        {"_id": "fence-fresh", "owner": "y", "expires_at": NOW + timedelta(days=6)},
+    ])  # fmt: skip
     await db["leases"].insert_many([
         {"_id": "gone", "owner": "a", "until": NOW - timedelta(days=2)},
         {"_id": "recent", "owner": "b", "until": NOW - timedelta(hours=1)},
+        # The reconciler's cursors live with its lease: kept however long it was idle.
+        {"_id": "stateful", "owner": "c", "until": NOW - timedelta(days=9), "state": {"cursor": "x"}},
     ])  # fmt: skip
     [event_id] = await put(inbox, 1, at=NOW - timedelta(days=40))
     owner = token()
@@ -185,11 +191,12 @@ async def test_janitor_sweeps_once_per_lease_and_only_expired_documents(
     janitor = MongoJanitor(db.client, db.name, inbox, batch=2)
     await janitor.ensure_indexes()
     report = await janitor.sweep_with_lease(owner="replica-1", now=NOW, lease_seconds=60)
-    assert (report.webhook_events, report.idempotency_records, report.leases, report.skipped) == (1, 5, 1, False)
+    assert (report.webhook_events, report.idempotency_records, report.leases, report.skipped) == (1, 6, 1, False)
     assert await janitor.sweep_with_lease(owner="replica-2", now=NOW, lease_seconds=60) == type(report)(skipped=True)
     left = {d["_id"] for d in await db["idempotency"].find({}).to_list()}
     assert left == {"fresh"}
-    assert {d["_id"] for d in await db["leases"].find({}).to_list()} == {"recent", "janitor"}
+    assert {d["_id"] for d in await db["fences"].find({}).to_list()} == {"fence-fresh"}
+    assert {d["_id"] for d in await db["leases"].find({}).to_list()} == {"recent", "stateful", "janitor"}
     assert await inbox.get(STRIPE, event_id) is None
     assert await sweep_expired_idempotency(db.client, db.name, now=NOW) == 0
     # Its own lease lapses like any other; the next replica sweeps.
