@@ -38,7 +38,13 @@ def _config_error(exc: ConfigError) -> int:
 
 
 async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
-    from billing_service.bootstrap import bootstrap, build_push_tasks, build_reconciler, build_subscription_sampler
+    from billing_service.bootstrap import (
+        bootstrap,
+        build_janitor,
+        build_push_tasks,
+        build_reconciler,
+        build_subscription_sampler,
+    )
     from billing_service.entrypoints.grpc_api.auth import build_auth
     from billing_service.entrypoints.grpc_api.event_service import render_event
     from billing_service.entrypoints.grpc_api.server import GrpcServer
@@ -73,6 +79,7 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
     )
     reconciler = build_reconciler(runtime)
     push = build_push_tasks(runtime, render_event)  # None with BILLING_EVENTS_PUSH=false
+    janitor = build_janitor(runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -84,6 +91,7 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
         reconciler.start()
         if push is not None:
             push.start()
+        janitor.start()
         host = settings.grpc_address.rsplit(":", 1)[0]
         mode = "live" if settings.live else "test"
         print(
@@ -108,6 +116,7 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
         if push is not None:  # attempts in flight get the grace period (an attempt's timeout is at most 25 s)
             grace = settings.shutdown_grace_seconds
             await _bounded("push delivery", push.stop(grace_seconds=grace), grace + 5)
+        await _bounded("janitor", janitor.stop())
         await _bounded("subscription sampler", sampler.stop())
         if metrics_server is not None:
             metrics_server.close()

@@ -3,8 +3,8 @@
 :func:`bootstrap` builds a :class:`Runtime`: the store (the embedded server when no URI is
 set), the processor adapters (the fake's state included) wrapped in their metrics, the
 use cases' ``Deps``, idempotency, the leases, the webhook inbox and the reconciler's event
-feed. The ``build_*`` functions build the background jobs and the webhook sidecar's pieces
-from a runtime. ``__main__`` and the CLI subcommands call them and hand the entrypoints
+feed. The ``build_*`` functions build the background jobs (reconciler, janitor, sampler)
+and the webhook sidecar's pieces from a runtime. ``__main__`` and the CLI subcommands call them and hand the entrypoints
 what they need.
 
 This module and ``adapters/`` are the only code that touches the raw database client or
@@ -18,7 +18,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from billing_service.adapters.mongo.counts import subscription_counter
@@ -52,6 +52,7 @@ from billing_service.service_layer.reconcile import DEFAULT_BUDGET, EventFeed
 
 if TYPE_CHECKING:
     from billing_service.adapters.processors._fake_state import FakeStateStore
+    from billing_service.entrypoints.janitor import JanitorLoop
     from billing_service.entrypoints.push_delivery import PushDeliveryTasks
     from billing_service.entrypoints.reconciler import ReconcilerLoop
     from billing_service.entrypoints.webhooks.app import Sidecar
@@ -254,7 +255,10 @@ async def bootstrap(
         uri = embedded.uri
     store = MongoBillingStore.connect(uri, settings.mongodb_database)
     client = store.database.client
-    inbox = MongoWebhookInbox(client, settings.mongodb_database)
+    # Finished events carry purge_at = finish + retention (TTL index; the janitor sweeps too).
+    inbox = MongoWebhookInbox(
+        client, settings.mongodb_database, retention=timedelta(days=settings.webhook_retention_days)
+    )
     try:
         await store.ensure_indexes()
         await inbox.ensure_indexes()
@@ -370,6 +374,27 @@ def build_push_tasks(runtime: Runtime, render: EventRenderer) -> PushDeliveryTas
         runtime.deps.push, sender, render, owner=replica_name(), concurrency=settings.events_delivery_concurrency,
         observer=runtime.metrics,
     )  # fmt: skip
+
+
+def build_janitor(runtime: Runtime, interval: float | None = None) -> JanitorLoop:
+    """The janitor loop of ``serve``: finished inbox events, expired idempotency records, old leases.
+
+    Args:
+        interval: Seconds between passes; ``settings.janitor_interval_seconds`` when None
+            (0 disables the loop).
+    """
+    from billing_service.adapters.mongo.janitor import MongoJanitor, SweepReport
+    from billing_service.entrypoints.janitor import JanitorLoop
+
+    every = runtime.settings.janitor_interval_seconds if interval is None else interval
+    database = runtime.store.database
+    janitor = MongoJanitor(database.client, database.name, runtime.inbox)
+    owner = replica_name()
+
+    async def sweep(now: datetime) -> SweepReport:
+        return await janitor.sweep_with_lease(owner=owner, now=now, lease_seconds=max(every * 2, 60.0))
+
+    return JanitorLoop(sweep, runtime.deps.clock, every)
 
 
 def build_subscription_sampler(runtime: Runtime) -> SubscriptionSampler:

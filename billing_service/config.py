@@ -33,6 +33,8 @@ MIN_TOKEN_LENGTH = 32
 # Shannon estimate of a token's characters, in bits. 32 random hex characters (128 bits)
 # measure 93 bits at worst over 100,000 draws; a 32-character token over 5 letters, 74.
 MIN_TOKEN_BITS = 80
+#: Finished webhook events are kept at least this long (Stripe's Events API reaches back 30 days).
+MIN_WEBHOOK_RETENTION_DAYS = 31
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class Settings:
     log_level: str = "INFO"
     webhook_address: str = "127.0.0.1:8081"
     webhook_max_body_bytes: int = 512 * 1024
-    webhook_workers: int = 4
+    webhook_workers: int = 16
     webhook_max_attempts: int = 8
     webhook_lease_seconds: float = 60.0
     webhook_retry_base_seconds: float = 2.0
@@ -89,6 +91,8 @@ class Settings:
     paypal_cert_ca_file: Path | None = None
     metrics_port: int = 0
     reconcile_interval_seconds: float = 300.0
+    janitor_interval_seconds: float = 300.0
+    webhook_retention_days: float = 35.0
     webhook_metrics_port: int = 0
     auth_mode: str = "none"
     auth_tokens: tuple[tuple[str, Secret], ...] = ()
@@ -218,6 +222,12 @@ class Settings:
             raise ConfigError("BILLING_WEBHOOK_MAX_ATTEMPTS must be at least 1")
         if self.webhook_lease_seconds < 1 or self.webhook_poll_seconds <= 0:
             raise ConfigError("BILLING_WEBHOOK_LEASE_SECONDS and BILLING_WEBHOOK_POLL_SECONDS must be positive")
+        # A purged event's id no longer blocks a redelivery, so the inbox keeps finished events
+        # longer than Stripe keeps events for backfill (30 days) and any processor retries.
+        if self.webhook_retention_days < MIN_WEBHOOK_RETENTION_DAYS:
+            raise ConfigError(f"BILLING_WEBHOOK_RETENTION_DAYS must be at least {MIN_WEBHOOK_RETENTION_DAYS}")
+        if self.janitor_interval_seconds < 0:
+            raise ConfigError("BILLING_JANITOR_INTERVAL_SECONDS must not be negative")
         if not 0 < self.webhook_retry_base_seconds <= self.webhook_retry_max_seconds:
             raise ConfigError("BILLING_WEBHOOK_RETRY_BASE_SECONDS must be positive and at most ..._MAX_SECONDS")
         if not 0 < self.stripe_webhook_tolerance_seconds <= 3600:
@@ -303,7 +313,7 @@ class Settings:
             log_level=get("BILLING_LOG_LEVEL", "INFO").upper(),
             webhook_address=get("BILLING_WEBHOOK_ADDRESS", "127.0.0.1:8081"),
             webhook_max_body_bytes=int(number("BILLING_WEBHOOK_MAX_BODY_BYTES", 512 * 1024)),
-            webhook_workers=int(number("BILLING_WEBHOOK_WORKERS", 4)),
+            webhook_workers=int(number("BILLING_WEBHOOK_WORKERS", 16)),
             webhook_max_attempts=int(number("BILLING_WEBHOOK_MAX_ATTEMPTS", 8)),
             webhook_lease_seconds=number("BILLING_WEBHOOK_LEASE_SECONDS", 60),
             webhook_retry_base_seconds=number("BILLING_WEBHOOK_RETRY_BASE_SECONDS", 2),
@@ -313,6 +323,8 @@ class Settings:
             paypal_cert_ca_file=Path(get("PAYPAL_CERT_CA_FILE")) if get("PAYPAL_CERT_CA_FILE") else None,
             metrics_port=int(number("BILLING_METRICS_PORT", 0)),
             reconcile_interval_seconds=number("BILLING_RECONCILE_INTERVAL_SECONDS", 300),
+            janitor_interval_seconds=number("BILLING_JANITOR_INTERVAL_SECONDS", 300),
+            webhook_retention_days=number("BILLING_WEBHOOK_RETENTION_DAYS", 35),
             webhook_metrics_port=int(number("BILLING_WEBHOOK_METRICS_PORT", 0)),
             auth_mode=get("BILLING_AUTH_MODE", "none").lower(),
             auth_tokens=parse_auth_tokens(get("BILLING_AUTH_TOKENS")),
