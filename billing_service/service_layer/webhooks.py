@@ -20,6 +20,7 @@ from billing_service.domain.subscriptions import Subscription
 from billing_service.service_layer import disputes, payments, subscriptions
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import RequestContext, is_final
+from billing_service.service_layer.payment_state import record_payment_state
 from billing_service.service_layer.ports import WebhookStatus
 
 PROCESSED = WebhookStatus.PROCESSED
@@ -68,7 +69,7 @@ async def converge_payment(
     # step re-reads it inside its version-checked retry loop anyway. When the event beat
     # our own write of the processor id, this links the record now.
     state = await deps.processor(processor).get_payment(linked)
-    await payments.record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
+    await record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
     return PROCESSED
 
 
