@@ -1,0 +1,435 @@
+"""The model's state and the rules every processor shares: requests, retries, in-flight
+calls (release, crash, deadline), webhooks, the clock and reconciliation; the invariants
+after every step and after quiescence.
+
+Payment and subscription rules live in ``rules_payments`` and ``rules_subscriptions``;
+``test_model`` combines them into one machine per processor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import wraps
+from typing import Any, ClassVar, TypeVar
+
+import grpc
+from billing.v1 import billing_service_pb2 as bpb
+from google.protobuf.message import Message
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from billing_service.domain.common import Processor
+from billing_service.domain.payments import Payment, PaymentStatus, Refund, RefundStatus
+from billing_service.domain.subscriptions import Subscription
+from tests.helpers import rid
+from tests.model.known_defects import is_open
+from tests.model.processors import DashboardStripe, Hold
+from tests.model.truth import Finding, drift, everything, fake_truth, step_violations, stripe_truth
+from tests.model.world import LEASE_SECONDS, Event, Outcome, World, processor_key
+
+F = TypeVar("F", bound=Callable[..., Any])
+RETRY_WINDOW = timedelta(hours=23)
+LEASE = timedelta(seconds=LEASE_SECONDS)
+
+
+@dataclass
+class Stats:
+    """What a run explored, for the closing figure (examples x steps, rules fired)."""
+
+    examples: int = 0
+    steps: int = 0
+    rules: Counter[str] = field(default_factory=Counter)
+    webhooks_delivered: int = 0
+    reconcile_passes: int = 0
+    inbox: Counter[str] = field(default_factory=Counter)
+    findings: Counter[str] = field(default_factory=Counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, name: str, seconds: float) -> None:
+        """Adds to the time spent in ``name``."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    samples: dict[str, str] = field(default_factory=dict)
+
+    def found(self, finding: Finding) -> None:
+        """Counts a finding of a survey run (keeps the first detail of each kind)."""
+        self.findings[finding.kind] += 1
+        self.samples.setdefault(finding.kind, finding.detail)
+
+    def line(self, name: str) -> str:
+        """One line for the test report."""
+        fired = ", ".join(f"{k} {v}" for k, v in sorted(self.rules.items()))
+        inbox = ", ".join(f"{k} {v}" for k, v in sorted(self.inbox.items()))
+        return (
+            f"model[{name}]: {self.examples} examples, {self.steps} steps, {self.webhooks_delivered} webhook "
+            f"deliveries, {self.reconcile_passes} reconciliation passes; inbox outcomes: {inbox}; rules fired: {fired}"
+            + "".join(f"\n  found {n}x {kind}: {self.samples[kind]}" for kind, n in self.findings.most_common())
+        )
+
+
+@dataclass
+class Env:
+    """What the pytest side hands the machine (set on the machine class before a run)."""
+
+    loop: asyncio.AbstractEventLoop
+    mongo_uri: str
+    stripe_api: DashboardStripe | None
+    stats: Stats
+    survey: bool = False  # record findings and go on (BILLING_MODEL_SURVEY=1), instead of failing
+
+
+@dataclass
+class Req:
+    """One mutating request the model sent, kept for retries and replay checks."""
+
+    label: str
+    method: str
+    rpc: Callable[..., Any]
+    request: Message
+    verb: str  # the processor verb the request's work calls (for the gate)
+    step: str  # the processor key step of that call
+    sent: datetime
+    first_final: tuple[Any, ...] | None = None
+    answers: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return processor_key(self.method, self.request.request_id, self.step)  # type: ignore[attr-defined]
+
+
+@dataclass
+class InFlight:
+    """A request whose processor call sits at the gate."""
+
+    req: Req
+    task: asyncio.Task[Outcome]
+    hold: Hold
+    started: datetime
+    crashed: bool = False
+
+
+def counted(fn: F) -> F:
+    """Counts each firing of a rule in the run's stats."""
+
+    @wraps(fn)
+    def wrapper(self: ModelBase, *args: Any, **kwargs: Any) -> Any:
+        self.env.stats.rules[fn.__name__] += 1
+        start = time.perf_counter()
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self.env.stats.timed(fn.__name__, time.perf_counter() - start)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ModelBase(RuleBasedStateMachine):
+    """State, shared rules and invariants; subclasses choose the processor."""
+
+    processor: ClassVar[Processor]
+    env: ClassVar[Env]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.world = World(self.env.loop, self.processor, self.env.mongo_uri, self.env.stripe_api)
+        self.world.run(self.world.start())
+        self.env.stats.examples += 1
+        self.requests: list[Req] = []
+        self.inflight: list[InFlight] = []
+        self.payments: list[Payment] = []
+        self.refunds: list[Refund] = []
+        self.subscriptions: list[Subscription] = []
+        self.failures: list[str] = []
+
+    # -- sending and checking answers ---------------------------------------------------------
+
+    def new_req(self, label: str, method: str, rpc: Any, request: Message, verb: str, step: str) -> Req:
+        req = Req(label, method, rpc, request, verb, step, self.world.clock.now())
+        self.requests.append(req)
+        return req
+
+    def observe(self, req: Req, outcome: Outcome) -> Outcome:
+        """Checks one answer: never INTERNAL/UNKNOWN, and a request's final answer never changes."""
+        req.answers.append(str(outcome))
+        bad = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+        if outcome.code in bad:
+            self.violation(Finding("internal_error", f"{req.label} answered {outcome} (a bug)"))
+        if outcome.final:
+            signature = outcome.signature()
+            if req.first_final is None:
+                req.first_final = signature
+            elif signature != req.first_final:
+                request_id = req.request.request_id  # type: ignore[attr-defined]
+                detail = f"{req.label} {request_id}: a retry answered {outcome}, the first final answer was "
+                self.violation(Finding("replay_differs", detail + str(req.first_final[:3])))
+        return outcome
+
+    def violation(self, *found: Finding) -> None:
+        """Fails the example (in a survey, only records what was found and goes on)."""
+        if not found:
+            return
+        if self.env.survey:
+            for f in found:
+                self.env.stats.found(f)
+            return
+        raise AssertionError("\n".join(map(str, found)))
+
+    def send(self, req: Req) -> Outcome:
+        return self.observe(req, self.world.run(self.world.call(req.rpc, req.request)))
+
+    def send_duplicates(self, req: Req) -> None:
+        """The same request twice at once (two tasks that overlap on the loop)."""
+
+        async def both() -> list[Outcome]:
+            return list(
+                await asyncio.gather(self.world.call(req.rpc, req.request), self.world.call(req.rpc, req.request))
+            )
+
+        for outcome in self.world.run(both()):
+            self.observe(req, outcome)
+
+    def send_held(self, req: Req, phase: str) -> None:
+        """Sends ``req`` and stops its processor call at the gate (``before``/``after`` the effect)."""
+        hold = self.world.gate.arm(req.verb, req.key, phase)
+        task = self.world.spawn(self.world.call(req.rpc, req.request))
+        self.world.run(self.world.settle(task, hold))
+        if hold.arrived.is_set():
+            self.inflight.append(InFlight(req, task, hold, self.world.clock.now()))
+            return
+        self.world.gate.disarm(hold)  # refused before it reached the processor
+        self.world.run(self.world.settle(task))
+        assert task.done(), f"{req.label} neither finished nor reached the processor"
+        self.observe(req, task.result())
+
+    def send_lost_response(self, req: Req, stripe_path: str) -> None:
+        """The processor acts, then its answer is lost (every attempt of the adapter's retries)."""
+        from billing_service.domain.errors import ProcessorError
+
+        if self.world.fake is not None:
+            error = ProcessorError("connection lost after the effect", reason="PROCESSOR_UNREACHABLE", retryable=True)
+            self.world.fake.fail_next(req.verb, error, after_effect=True)
+        else:
+            assert self.world.stripe_api is not None
+            self.world.stripe_api.lose_responses_next(stripe_path, times=2)
+        try:
+            self.send(req)
+        finally:
+            self.world.clear_faults()
+
+    def dispatch(self, req: Req, mode: str, stripe_path: str = "") -> None:
+        """Sends ``req`` the way ``mode`` says."""
+        if mode == "plain":
+            self.send(req)
+        elif mode == "dup":
+            self.send_duplicates(req)
+        elif mode in ("before", "after"):
+            self.send_held(req, mode)
+        elif mode == "lost":
+            self.send_lost_response(req, stripe_path)
+        else:
+            raise AssertionError(mode)
+
+    def lease_lapsed(self, flight: InFlight) -> bool:
+        """True once a retry may have taken the held request over."""
+        return self.world.clock.now() - flight.started >= LEASE
+
+    def flight_of(self, req: Req) -> InFlight | None:
+        return next((f for f in self.inflight if f.req is req), None)
+
+    # -- shared rules ------------------------------------------------------------------------------
+
+    def retryable(self) -> list[Req]:
+        # The contract keeps a request's answer for at least 24 h; a caller retries within that.
+        oldest = self.world.clock.now() - RETRY_WINDOW
+        return [r for r in self.requests if r.sent > oldest]
+
+    @precondition(lambda self: self.retryable())
+    @rule(i=st.integers(0, 10_000))
+    @counted
+    def retry(self, i: int) -> None:
+        """The caller retries a request with its request_id (maybe while the first is still running)."""
+        req = self.pick(self.retryable(), i)
+        held = self.flight_of(req)
+        outcome = self.send(req)
+        leased = held is not None and not held.crashed and self.world.clock.now() - held.started < LEASE
+        if leased and (outcome.code, outcome.reason) != (grpc.StatusCode.ABORTED, "REQUEST_IN_PROGRESS"):
+            self.violation(Finding("duplicate_not_refused", f"a duplicate of {req.label} in flight: {outcome}"))
+
+    @precondition(lambda self: self.inflight)
+    @rule(i=st.integers(0, 10_000), action=st.sampled_from(["release", "crash", "deadline"]))
+    @counted
+    def in_flight(self, i: int, action: str) -> None:
+        """A call held at the processor goes on (release), its executor dies and its lease runs out
+        (crash), or its caller gives up and the server cancels it (deadline)."""
+        flight = self.pick(self.inflight, i)
+        if action == "crash":
+            if not flight.crashed:
+                flight.crashed = True
+                self.world.clock.advance(timedelta(seconds=LEASE_SECONDS + 1))
+            return
+        self.inflight.remove(flight)
+        if action == "release" and is_open("lease_expiry_live_executor") and self.lease_lapsed(flight):
+            action = "deadline"  # a live executor must not go on once its lease lapsed
+        if action == "release":  # a crashed executor that was alive after all goes on too
+            flight.hold.release()
+            self.world.run(self.world.settle(flight.task, limit=30))
+            assert flight.task.done(), f"{flight.req.label} did not finish after its release"
+            if not flight.crashed:
+                self.observe(flight.req, flight.task.result())
+            return
+        flight.task.cancel()
+
+        async def unwound() -> None:  # the server cancels the executor at its gate
+            await asyncio.wait([flight.task, asyncio.ensure_future(flight.hold.finished.wait())], timeout=10)
+
+        self.world.run(unwound())
+
+    @rule(seconds=st.sampled_from([30, LEASE_SECONDS + 1, 180, 86_400, 24 * 3600 + 60, 15 * 86_400]))
+    @counted
+    def time_passes(self, seconds: float) -> None:
+        """Time passes: leases lapse, reconciliation's stale window, key windows, renewals."""
+        if self.pass_time(timedelta(seconds=seconds)) and self.world.fake is not None:
+            self.world.run(self.world.fake.process_renewals())
+
+    def pass_time(self, delta: timedelta) -> bool:
+        """Moves the clock on; returns False when a known defect's switch forbids the jump."""
+        if delta >= timedelta(hours=20):
+            if is_open("pending_over_23h") and any(
+                p.status is PaymentStatus.PENDING and not p.processor_id for p in self.payments
+            ):
+                return False  # such a payment could then never be settled
+            if is_open("refund_left_to_reconciliation") and any(
+                r.status is RefundStatus.PENDING and not r.processor_id for r in self.refunds
+            ):
+                return False  # its caller could no longer retry it
+        self.world.clock.advance(delta)
+        return True
+
+    @rule(replicas=st.sampled_from([1, 2]))
+    @counted
+    def reconcile(self, replicas: int) -> None:
+        """A reconciliation pass runs (two at once: ``billing-service reconcile`` beside the loop)."""
+
+        async def passes() -> None:
+            await asyncio.gather(*(self.world.reconcile() for _ in range(replicas)))
+
+        self.world.run(passes())
+        self.env.stats.reconcile_passes += replicas
+
+    @rule(i=st.integers(0, 10_000), copies=st.sampled_from([0, 1, 1, 2, 3]), process=st.sampled_from([0, 1, 100]))
+    @counted
+    def webhooks(self, i: int, copies: int, process: int) -> None:
+        """The processor delivers one of its events (any order, any number of times, maybe late), and
+        the sidecar's worker processes some of what is due."""
+        if self.world.events:
+            event = self.pick(self.world.events, i)
+            for _ in range(copies):
+                self.world.run(self.world.deliver(event))
+            self.env.stats.webhooks_delivered += copies
+        self.world.run(self.world.process_webhooks(process))
+
+    # -- invariants ---------------------------------------------------------------------------------
+
+    @invariant()
+    def after_every_step(self) -> None:
+        """Money never goes negative and refunds never exceed captures, at any moment."""
+        self.env.stats.steps += 1
+        start = time.perf_counter()
+        self.world.collect_events()
+        store = self.world.store
+        self.payments = self.world.run(everything(store, Payment))
+        self.refunds = self.world.run(everything(store, Refund))
+        self.subscriptions = self.world.run(everything(store, Subscription))
+        self.env.stats.timed("after_every_step", time.perf_counter() - start)
+        self.violation(*step_violations(self.payments, self.refunds))
+
+    def teardown(self) -> None:
+        """Quiescence, one reconciliation pass, then our store must equal the processor's truth."""
+        start = time.perf_counter()
+        try:
+            findings = self.world.run(self.quiesce_and_compare(), timeout=120)
+            if findings and not self.env.survey:
+                raise AssertionError(
+                    "drift after quiescence and one reconciliation pass:\n" + "\n".join(map(str, findings))
+                )
+            self.violation(*findings)
+        finally:
+            self.world.run(self.world.stop())
+            self.env.stats.timed("teardown", time.perf_counter() - start)
+
+    async def quiesce_and_compare(self) -> list[Finding]:
+        world = self.world
+        world.clear_faults()
+        # Every held call goes on, but crashed executors, which never do anything again: their
+        # callers are gone (the server cancels them at their gate). Then nothing is in flight.
+        for flight in self.inflight:
+            if flight.crashed or (is_open("lease_expiry_live_executor") and self.lease_lapsed(flight)):
+                flight.task.cancel()
+            else:
+                flight.hold.release()
+        await asyncio.gather(*(f.task for f in self.inflight), return_exceptions=True)
+        # The server side of a cancelled call unwinds on its own time.
+        if self.inflight:
+            await asyncio.wait([asyncio.ensure_future(f.hold.finished.wait()) for f in self.inflight], timeout=10)
+        for flight in self.inflight:
+            if not flight.task.cancelled() and not flight.crashed:
+                self.observe(flight.req, flight.task.result())
+        self.inflight.clear()
+        world.collect_events()
+        # Past every lease and reconciliation's stale window. Events are delivered only if a rule
+        # delivered them: an undelivered event is a lost webhook.
+        world.clock.advance(timedelta(seconds=LEASE_SECONDS + 180))
+        if is_open("dashboard_refund_lost_webhook"):
+            for event in self.undelivered():
+                if event.type.startswith("refund."):
+                    await world.deliver(event)
+        if is_open("refund_left_to_reconciliation"):
+            await self.retry_unfinished_refunds()
+        await world.drain_webhooks()
+        errors: list[str] = []
+        await world.reconcile(errors)
+        self.env.stats.reconcile_passes += 1
+        for status, n in (await world.inbox_statuses()).items():
+            self.env.stats.inbox[status] += n
+        truth = await fake_truth(world.fake) if world.fake is not None else stripe_truth(self.stripe_api)
+        findings = await drift(world.store, truth)
+        if is_open("reconcile_decline_is_error"):
+            errors = [e for e in errors if "PAYMENT_DECLINED" not in e]
+        if errors:
+            findings.append(Finding("reconcile_errors", f"the final pass failed on {'; '.join(errors)}"))
+        return findings
+
+    async def retry_unfinished_refunds(self) -> None:
+        """The caller retries each refund that never got its processor's answer."""
+        unfinished = {
+            r.id for r in await everything(self.world.store, Refund)
+            if r.status is RefundStatus.PENDING and not r.processor_id
+        }  # fmt: skip
+        for req in self.requests:
+            if req.label != "CreateRefund" or req.first_final is not None:
+                continue
+            payment_id = req.request.payment_id  # type: ignore[attr-defined]
+            trail = await self.world.store.list_page(Refund, {"payment_id": payment_id}, limit=100, after=None)
+            if any(r.id in unfinished for r in trail.items):
+                self.observe(req, await self.world.call(req.rpc, req.request))
+
+    @property
+    def stripe_api(self) -> DashboardStripe:
+        assert self.env.stripe_api is not None
+        return self.env.stripe_api
+
+    # -- helpers for the rule modules ------------------------------------------------------------------
+
+    def pick(self, items: list[Any], i: int) -> Any:
+        return items[i % len(items)]
+
+    def undelivered(self) -> list[Event]:
+        return [e for e in self.world.events if not e.delivered]
+
+
+__all__ = ["Env", "ModelBase", "Req", "Stats", "bpb", "counted", "rid"]
