@@ -25,9 +25,10 @@ KNOWN_DEFECTS: dict[str, str] = {
     # reconciliation does not look it up. While open, the caller retries such refunds before
     # the final pass.
     "refund_left_to_reconciliation": "issue 10 item 5",
-    # A refund made in the dashboard whose webhooks are lost is never found: reconciliation
-    # does not look at refunds made outside the service. While open, refund events are
-    # delivered before the final pass.
+    # A refund made in the dashboard whose webhooks are lost (or arrive before its payment is
+    # linked, and end ORPHAN) is never found: reconciliation does not look at refunds made
+    # outside the service. While open, every refund event is delivered, or replayed, after
+    # the final pass.
     "dashboard_refund_lost_webhook": "issue 10 items 5 and 8",
     # An UpdateSubscription whose answer is lost (or whose executor dies) leaves our plan and
     # quantity behind: the processor's state carries neither. While open, updates are sent

@@ -131,7 +131,7 @@ class World:
         self.loop = loop
         self.kind = kind
         self.mongo_uri = mongo_uri
-        self.stripe_api = api
+        self.stripe_api = api if kind is Processor.STRIPE else None
         self.clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
         self.fake: DashboardFake | None = None
         self.events: list[Event] = []
