@@ -32,6 +32,7 @@ from tests.model.world import LEASE_SECONDS, Event, Outcome, World, processor_ke
 
 F = TypeVar("F", bound=Callable[..., Any])
 RETRY_WINDOW = timedelta(hours=23)
+PATIENCE = 10.0  # seconds (real time) a rule waits for an answer before letting the call go on alone
 LEASE = timedelta(seconds=LEASE_SECONDS)
 
 
@@ -141,6 +142,8 @@ class ModelBase(RuleBasedStateMachine):
         self.payments: list[Payment] = []
         self.refunds: list[Refund] = []
         self.subscriptions: list[Subscription] = []
+        # Calls whose answer did not come while their rule waited.
+        self.waiting: list[tuple[Req, asyncio.Task[Outcome]]] = []
 
     # -- sending and checking answers ---------------------------------------------------------
 
@@ -176,33 +179,51 @@ class ModelBase(RuleBasedStateMachine):
             return
         raise AssertionError("\n".join(map(str, found)))
 
-    def send(self, req: Req) -> Outcome:
-        """Sends ``req`` and waits for its answer."""
-        return self.observe(req, self.world.run(self.world.call(req.rpc, req.request)))
+    def send(self, req: Req) -> Outcome | None:
+        """Sends ``req``; its answer, or None when it did not come within ``PATIENCE`` (the call
+        goes on in the background, e.g. waiting for a held call, and is checked when it ends)."""
+        return self.send_copies(req, 1)[0]
 
     def send_duplicates(self, req: Req) -> None:
         """The same request twice at once (two tasks that overlap on the loop)."""
+        self.send_copies(req, 2)
 
-        async def both() -> list[Outcome]:
-            return list(
-                await asyncio.gather(self.world.call(req.rpc, req.request), self.world.call(req.rpc, req.request))
-            )
+    def send_copies(self, req: Req, copies: int) -> list[Outcome | None]:
+        tasks = [self.world.spawn(self.world.call(req.rpc, req.request)) for _ in range(copies)]
 
-        for outcome in self.world.run(both()):
-            self.observe(req, outcome)
+        async def answered() -> None:
+            await asyncio.wait(tasks, timeout=PATIENCE)
+
+        self.world.run(answered())
+        outcomes: list[Outcome | None] = []
+        for task in tasks:
+            if task.done():
+                outcomes.append(self.observe(req, task.result()))
+            else:
+                self.waiting.append((req, task))
+                outcomes.append(None)
+        return outcomes
+
+    def observe_waiting(self) -> None:
+        """Checks the answers of background calls that ended."""
+        for req, task in [w for w in self.waiting if w[1].done()]:
+            self.waiting.remove((req, task))
+            if not task.cancelled():
+                self.observe(req, task.result())
 
     def send_held(self, req: Req, phase: str) -> None:
         """Sends ``req`` and stops its processor call at the gate (``before``/``after`` the effect)."""
         hold = self.world.gate.arm(req.verb, req.key, phase)
         task = self.world.spawn(self.world.call(req.rpc, req.request))
-        self.world.run(self.world.settle(task, hold))
+        self.world.run(self.world.settle(task, hold, limit=PATIENCE))
         if hold.arrived.is_set():
             self.inflight.append(InFlight(req, task, hold, self.world.clock.now()))
             return
-        self.world.gate.disarm(hold)  # refused before it reached the processor
-        self.world.run(self.world.settle(task))
-        assert task.done(), f"{req.label} neither finished nor reached the processor"
-        self.observe(req, task.result())
+        self.world.gate.disarm(hold)  # refused before it reached the processor, or waiting elsewhere
+        if task.done():
+            self.observe(req, task.result())
+        else:
+            self.waiting.append((req, task))
 
     def send_lost_response(self, req: Req, stripe_path: str) -> None:
         """The processor acts, then its answer is lost (every attempt of the adapter's retries)."""
@@ -255,7 +276,7 @@ class ModelBase(RuleBasedStateMachine):
         held = self.flight_of(req)
         outcome = self.send(req)
         leased = held is not None and not held.crashed and self.world.clock.now() - held.started < LEASE
-        if leased and (outcome.code, outcome.reason) != (grpc.StatusCode.ABORTED, "REQUEST_IN_PROGRESS"):
+        if outcome and leased and (outcome.code, outcome.reason) != (grpc.StatusCode.ABORTED, "REQUEST_IN_PROGRESS"):
             self.violation(Finding("duplicate_not_refused", f"a duplicate of {req.label} in flight: {outcome}"))
 
     @precondition(lambda self: self.inflight)
@@ -270,15 +291,18 @@ class ModelBase(RuleBasedStateMachine):
                 flight.crashed = True
                 self.world.clock.advance(timedelta(seconds=LEASE_SECONDS + 1))
             return
+        if action == "release" and flight.crashed:
+            return  # a dead executor never acts again
         self.inflight.remove(flight)
         if action == "release" and is_open("lease_expiry_live_executor") and self.lease_lapsed(flight):
             action = "deadline"  # a live executor must not go on once its lease lapsed
-        if action == "release":  # a crashed executor that was alive after all goes on too
+        if action == "release":
             flight.hold.release()
-            self.world.run(self.world.settle(flight.task, limit=30))
-            assert flight.task.done(), f"{flight.req.label} did not finish after its release"
-            if not flight.crashed:
+            self.world.run(self.world.settle(flight.task, limit=PATIENCE))
+            if flight.task.done():
                 self.observe(flight.req, flight.task.result())
+            else:
+                self.waiting.append((flight.req, flight.task))
             return
         flight.task.cancel()
 
@@ -338,6 +362,7 @@ class ModelBase(RuleBasedStateMachine):
         """Money never goes negative and refunds never exceed captures, at any moment."""
         self.env.stats.steps += 1
         start = time.perf_counter()
+        self.observe_waiting()
         self.world.collect_events()
         store = self.world.store
         self.payments = self.world.run(everything(store, Payment))
@@ -379,6 +404,10 @@ class ModelBase(RuleBasedStateMachine):
             if not flight.task.cancelled() and not flight.crashed:
                 self.observe(flight.req, flight.task.result())
         self.inflight.clear()
+        if self.waiting:
+            await asyncio.wait([task for _, task in self.waiting], timeout=60)
+        self.observe_waiting()
+        assert not self.waiting, f"calls still without an answer: {[r.label for r, _ in self.waiting]}"
         world.collect_events()
         # Past every lease and reconciliation's stale window. Events are delivered only if a rule
         # delivered them: an undelivered event is a lost webhook.
