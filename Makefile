@@ -11,6 +11,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install run test lint typecheck unit bench clean fmt
 
+include mk/clients.mk
 include mk/proto.mk
 
 # Re-install whenever a dependency list changes. The embedded extra (GPL-2.0 SecantusDB)
@@ -37,11 +38,13 @@ fmt: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install lint typecheck proto-check
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+# tests/clients runs each generated client against a real server; the variable makes a
+# missing client toolchain fail there instead of skipping.
+test: install lint typecheck proto-check clients-install
+	BILLING_CLIENT_TOOLCHAINS=required $(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: install
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .tools var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools var .mypy_cache .ruff_cache .pytest_cache $(TS_DIR)/node_modules $(TS_DIR)/dist

@@ -115,6 +115,8 @@ def chart(results: Sequence[Result], path: Path) -> None:
     scenarios = [s for s in ("read", "write", "webhook") if any(r.scenario == s for r in results)]
     has_scaling = any(r.scenario == "scaling" for r in results)
     rows = len(scenarios) + (1 if has_scaling else 0)
+    if rows == 0:
+        return  # nothing charted (an events-only run): the table and the JSON have it
     fig, axes = plt.subplots(rows, 2, figsize=(11, 3.2 * rows), squeeze=False)
     for row, scenario in enumerate(scenarios):
         paths = list(dict.fromkeys(r.path for r in results if r.scenario == scenario))

@@ -23,7 +23,7 @@ from benchmarks import harness, report, scenarios
 from benchmarks.harness import ROOT, Result
 from billing_service.adapters.mongo.embedded import EmbeddedMongo
 
-ALL = ("read", "write", "webhook", "scaling")
+ALL = ("read", "write", "webhook", "scaling", "events")
 
 
 def webhook_available() -> bool:
@@ -55,6 +55,8 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                 results += await scenarios.write_path(cfg, mongo.uri)
             elif name == "scaling":
                 results += await scenarios.scaling(cfg, mongo.uri)
+            elif name == "events":
+                results += await importlib.import_module("benchmarks.events").events_path(cfg, mongo.uri)
             elif name == "webhook":
                 if not webhook_available():
                     print("   webhook scenario not available yet: skipped", flush=True)

@@ -34,7 +34,10 @@ async def serve_service(args: argparse.Namespace) -> None:
     from billing_service.entrypoints.grpc_api.server import GrpcServer
     from billing_service.observability.metrics import BillingMetrics, MetricsInterceptor
 
-    settings = Settings(mongodb_database=args.database, health_interval_seconds=5.0, log_level="WARNING")
+    # The fake in memory: the figures measure the service, not the fake's own persistence.
+    settings = Settings(
+        mongodb_database=args.database, health_interval_seconds=5.0, log_level="WARNING", fake_state="memory"
+    )
     metrics = BillingMetrics()
     runtime = await bootstrap(settings, mongodb_uri=args.mongo_uri, metrics=metrics)
     server = GrpcServer(
@@ -51,6 +54,7 @@ async def serve_service(args: argparse.Namespace) -> None:
 
         profiler = Profiler(interval=0.0005, async_mode="disabled")
     port = await server.start()
+    runtime.start_events()
     if profiler is not None:
         profiler.start()
     print(f"READY {port}", flush=True)

@@ -24,26 +24,27 @@ DEV_WEBHOOK_METRICS_PORT = 9465
 
 
 def _setup_logging(level: str) -> None:
-    from billing_service.observability.logging import setup_logging
+    from billing_service.observability.logging import install_exception_hooks, setup_logging
 
-    # JSON lines on stderr, every record through the PCI redaction filter.
+    # JSON lines on stderr, every record through the PCI redaction filter; uncaught
+    # exceptions and warnings too, so nothing else is ever written on stderr.
     setup_logging(level, stream=sys.stderr)
+    install_exception_hooks()
+
+
+def _config_error(exc: ConfigError) -> int:
+    log.error("configuration error: %s", exc)
+    return 2
 
 
 async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
-    from billing_service.bootstrap import bootstrap
+    from billing_service.bootstrap import bootstrap, build_reconciler, build_subscription_sampler
     from billing_service.entrypoints.grpc_api.auth import build_auth
     from billing_service.entrypoints.grpc_api.server import GrpcServer
 
     # Before anything starts: unreadable TLS files or unknown permissions are config errors.
     interceptors, credentials = build_auth(settings)
-    from billing_service.observability.metrics import (
-        BillingMetrics,
-        MetricsInterceptor,
-        SubscriptionSampler,
-        mongo_subscription_counter,
-        serve_metrics,
-    )
+    from billing_service.observability.metrics import BillingMetrics, MetricsInterceptor, serve_metrics
     from billing_service.observability.tracing import configure_tracing
 
     # Tracing first (its Mongo listener must exist before the client); metrics before auth
@@ -59,7 +60,7 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
     if settings.metrics_port:
         metrics_host = settings.grpc_address.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
         metrics_server = serve_metrics(metrics.registry, port=settings.metrics_port, host=metrics_host)
-    sampler = SubscriptionSampler(metrics, mongo_subscription_counter(runtime.store.database))
+    sampler = build_subscription_sampler(runtime)
     server = GrpcServer(
         runtime.deps,
         runtime.idempotency,
@@ -69,15 +70,14 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
         health_interval=settings.health_interval_seconds,
         interceptors=interceptors,
     )
-    from billing_service.entrypoints.reconciler import ReconcilerLoop
-
-    reconciler = ReconcilerLoop(runtime, settings.reconcile_interval_seconds)
+    reconciler = build_reconciler(runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         port = await server.start(credentials)
+        runtime.start_events()
         sampler.start()
         reconciler.start()
         host = settings.grpc_address.rsplit(":", 1)[0]
@@ -146,7 +146,7 @@ async def _run_dev(settings: Settings) -> int:
                 await asyncio.create_subprocess_exec(sys.executable, "-m", "billing_service", *command, env=env)
             )
         print(
-            f"webhook sidecar on http://{settings.webhook_address} "
+            f"webhook sidecar on {'https' if settings.webhook_tls_cert else 'http'}://{settings.webhook_address} "
             "(stripe listen --forward-to <that>/webhooks/stripe; PayPal: <that>/webhooks/paypal)",
             flush=True,
         )
@@ -169,22 +169,49 @@ async def _run_dev(settings: Settings) -> int:
     return max((abs(c.returncode or 0) for c in children if c.returncode not in (None, -signal.SIGTERM)), default=0)
 
 
+async def _reconcile(settings: Settings, *, check: bool) -> int:
+    """``reconcile``: one full pass now, regardless of the lease (an operator's explicit request);
+    ``reconcile --check``: compare every record with its processor, changing nothing."""
+    from billing_service.bootstrap import bootstrap
+    from billing_service.entrypoints.reconciler import print_check, print_report
+    from billing_service.service_layer.check import check_all
+    from billing_service.service_layer.reconcile import reconcile_once
+
+    runtime = await bootstrap(settings)
+    try:
+        if check:
+            checked = await check_all(runtime.deps)
+            print_check(checked)
+            return 1 if checked.drift or checked.errors else 0
+        report = await reconcile_once(runtime.deps, budget=None, event_feed=runtime.event_feed)
+        print_report(report)
+        return 1 if report.errors else 0
+    finally:
+        await runtime.aclose()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``billing-service`` command."""
     parser = argparse.ArgumentParser(prog="billing-service", description="gRPC billing service")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gRPC API (uses MONGODB_URI, or starts the embedded store)")
     sub.add_parser("run", help="local development: embedded store + gRPC API + webhook sidecar")
-    sub.add_parser("reconcile", help="converge everything not final on the processors' truth, once")
+    reconcile = sub.add_parser("reconcile", help="converge everything not final on the processors' truth, once")
+    reconcile.add_argument(
+        "--check",
+        action="store_true",
+        help="compare every record with its processor and report the differences, changing nothing "
+        "(exit status 1 when any record differs or could not be checked)",
+    )
     from billing_service.entrypoints.webhooks import cli as webhooks_cli
 
     webhooks_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    _setup_logging("INFO")  # before the settings, so a configuration error is a JSON line too
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _config_error(exc)
     if args.command == "run" and not os.environ.get("BILLING_METRICS_PORT", "").strip():
         settings = dataclasses.replace(settings, metrics_port=DEV_METRICS_PORT)
     _setup_logging(settings.log_level)
@@ -192,22 +219,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return webhooks_cli.run(args, settings)
         except ConfigError as exc:
-            print(f"configuration error: {exc}", file=sys.stderr)
-            return 2
+            return _config_error(exc)
     if args.command == "run":
         return asyncio.run(_run_dev(settings))
     if args.command == "reconcile":
-        from billing_service.entrypoints.reconciler import print_report, reconcile_command
-
-        report = asyncio.run(reconcile_command(settings))
-        print_report(report)
-        return 1 if report.errors else 0
+        return asyncio.run(_reconcile(settings, check=args.check))
     if args.command == "serve":
         try:
             asyncio.run(_serve(settings))
         except ConfigError as exc:  # TLS files or permission names, checked before serving
-            print(f"configuration error: {exc}", file=sys.stderr)
-            return 2
+            return _config_error(exc)
     return 0
 
 

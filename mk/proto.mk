@@ -1,8 +1,8 @@
-# Protobuf contract targets. Included by the top-level Makefile, which defines
-# VENV, PY and the $(VENV)/.installed stamp (venv with grpcio-tools and
-# mypy-protobuf). Run from the repository root.
+# Protobuf contract targets. Included by the top-level Makefile after
+# mk/clients.mk, which installs the pinned code generators ($(GEN_TOOLS)).
+# Run from the repository root.
 #
-#   make gen             regenerate clients/python/billing from protos/
+#   make gen             regenerate clients/{python,typescript,go} from protos/ (buf.gen.yaml)
 #   make gen-check       fail if the committed generated code is stale
 #   make buf-lint        buf lint (STANDARD + COMMENTS, see buf.yaml)
 #   make buf-breaking    buf breaking (FILE) against the committed baseline
@@ -14,7 +14,8 @@ BUF           := .tools/node_modules/.bin/buf
 BUF_BASELINE  := protos/baseline/billing_v1.binpb
 PROTO_FILES   := $(sort $(shell find protos -name '*.proto' -type f))
 GEN_SCRIPT    := scripts/gen_protos.sh
-CLIENT_DIR    := clients/python
+# The generated trees, relative to the root that $(GEN_SCRIPT) writes to.
+GEN_TREES     := clients/python/billing clients/typescript/src/gen clients/go/billing
 
 .PHONY: gen gen-check buf-lint buf-breaking proto-baseline proto-check buf
 
@@ -25,19 +26,19 @@ $(BUF):
 
 buf: $(BUF)
 
-gen: $(VENV)/.installed
-	PY=$(PY) $(GEN_SCRIPT) $(CLIENT_DIR)
+gen: $(BUF) $(GEN_TOOLS)
+	BUF=$(BUF) $(GEN_SCRIPT) .
 
-gen-check: $(VENV)/.installed
+gen-check: $(BUF) $(GEN_TOOLS)
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	if ! PY=$(PY) $(GEN_SCRIPT) "$$tmp/out" >"$$tmp/log" 2>&1; then \
+	if ! BUF=$(BUF) $(GEN_SCRIPT) "$$tmp" >"$$tmp/log" 2>&1; then \
 	  cat "$$tmp/log" >&2; echo "gen-check: code generation failed" >&2; exit 1; \
 	fi && \
-	if diff -r -x __pycache__ "$$tmp/out/billing" $(CLIENT_DIR)/billing; then \
-	  echo "generated code is up to date"; \
-	else \
-	  echo "generated code is stale: run make gen" >&2; exit 1; \
-	fi
+	stale=0 && for tree in $(GEN_TREES); do \
+	  diff -r -x __pycache__ "$$tmp/$$tree" "$$tree" || stale=1; \
+	done && \
+	if [ $$stale = 0 ]; then echo "generated code is up to date"; \
+	else echo "generated code is stale: run make gen" >&2; exit 1; fi
 
 buf-lint: $(BUF)
 	$(BUF) lint

@@ -1,70 +1,76 @@
 #!/usr/bin/env bash
-# Generate Python code and type stubs for protos/billing/v1 into OUT_DIR.
+# Generate every client from protos/ with buf (buf.gen.yaml) into OUT_ROOT.
 #
-# Usage: scripts/gen_protos.sh OUT_DIR
+# Usage: scripts/gen_protos.sh OUT_ROOT
 #
-# Writes OUT_DIR/billing/__init__.py, OUT_DIR/billing/v1/{__init__.py,py.typed}
-# and, per .proto, *_pb2.py, *_pb2.pyi, *_pb2_grpc.py, *_pb2_grpc.pyi.
-# Generated imports resolve as `from billing.v1 import common_pb2` because the
-# include root is protos/. Output is deterministic: inputs are sorted, the
-# previous generated files are removed first, and the hand-written package
-# files are written byte-for-byte the same every time.
+# OUT_ROOT mirrors the repository: the generated trees land in
+#   OUT_ROOT/clients/python/billing       Python messages, gRPC stubs, .pyi stubs
+#   OUT_ROOT/clients/typescript/src/gen   TypeScript (protobuf-es) incl. google/rpc
+#   OUT_ROOT/clients/go/billing           Go messages and gRPC stubs
+# `make gen` passes the repository root; `make gen-check` a scratch directory
+# and diffs. Each tree is generated into a scratch directory first and then
+# replaces its target whole, so output from a deleted .proto never lingers and
+# two runs produce the same bytes.
 #
-# Environment: PY (default .venv/bin/python) must have grpcio-tools and
-# mypy-protobuf installed; its bin/ must hold protoc-gen-mypy{,_grpc}.
+# Tools (installed by `make gen`, see buf.gen.yaml): BUF (default
+# .tools/node_modules/.bin/buf), the pinned Python generators in
+# .tools/gen-protoc and .tools/gen-plugins, protoc-gen-es in
+# clients/typescript/node_modules, protoc-gen-go{,-grpc} on PATH.
 set -euo pipefail
 
 if [[ $# -ne 1 ]]; then
-  echo "usage: $0 OUT_DIR" >&2
+  echo "usage: $0 OUT_ROOT" >&2
   exit 2
 fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+mkdir -p "$1"
+OUT_ROOT="$(cd "$1" && pwd)"
+BUF="${BUF:-.tools/node_modules/.bin/buf}"
+PLUGINS_PY=.tools/gen-plugins/bin/python
 
-OUT_DIR="$1"
-PY="${PY:-.venv/bin/python}"
-PROTO_ROOT=protos
-PKG_DIR="$OUT_DIR/billing/v1"
-BIN_DIR="$(dirname "$PY")"
-
-for plugin in protoc-gen-mypy protoc-gen-mypy_grpc; do
-  if [[ ! -x "$BIN_DIR/$plugin" ]]; then
-    echo "error: $BIN_DIR/$plugin not found (pip install mypy-protobuf)" >&2
-    exit 1
-  fi
+missing=()
+for tool in "$BUF" .tools/gen-protoc/bin/python "$PLUGINS_PY" .tools/gen-plugins/bin/protoc-gen-mypy \
+  clients/typescript/node_modules/.bin/protoc-gen-es; do
+  [[ -x "$tool" ]] || missing+=("$tool")
 done
-
-# Sorted, locale-independent list of inputs so output never depends on
-# directory order.
-mapfile -t PROTOS < <(cd "$PROTO_ROOT" && LC_ALL=C find billing -name '*.proto' -type f | LC_ALL=C sort)
-if [[ ${#PROTOS[@]} -eq 0 ]]; then
-  echo "error: no .proto files under $PROTO_ROOT/billing" >&2
+for tool in protoc-gen-go protoc-gen-go-grpc; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "error: code generators missing: ${missing[*]} (make gen installs them)" >&2
   exit 1
 fi
 
-mkdir -p "$PKG_DIR"
-# Drop stale output (for example from a deleted .proto); keep nothing else.
-find "$OUT_DIR/billing" -type f \( -name '*_pb2.py' -o -name '*_pb2.pyi' \
-  -o -name '*_pb2_grpc.py' -o -name '*_pb2_grpc.pyi' \) -delete
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
 
-"$PY" -m grpc_tools.protoc \
-  -I"$PROTO_ROOT" \
-  --plugin=protoc-gen-mypy="$BIN_DIR/protoc-gen-mypy" \
-  --plugin=protoc-gen-mypy_grpc="$BIN_DIR/protoc-gen-mypy_grpc" \
-  --python_out="$OUT_DIR" \
-  --mypy_out="$OUT_DIR" \
-  --grpc_python_out="$OUT_DIR" \
-  --mypy_grpc_out="$OUT_DIR" \
-  "${PROTOS[@]}"
+# The contract, for every language.
+"$BUF" generate --template buf.gen.yaml -o "$scratch/out"
 
-cat > "$OUT_DIR/billing/__init__.py" <<'PY'
-"""Generated gRPC client for the billing service (package billing.v1)."""
-PY
-cat > "$OUT_DIR/billing/v1/__init__.py" <<'PY'
-"""Generated code for billing.v1. Do not edit: run `make gen`."""
-PY
-: > "$OUT_DIR/billing/py.typed"
-: > "$OUT_DIR/billing/v1/py.typed"
+# google.rpc error details for TypeScript, from the pinned googleapis protos.
+rpc_dir="$("$PLUGINS_PY" -c 'import os, google.rpc.error_details_pb2 as m; print(os.path.dirname(m.__file__))')"
+mkdir -p "$scratch/googleapis/google/rpc"
+cp "$rpc_dir/error_details.proto" "$scratch/googleapis/google/rpc/"
+"$BUF" generate "$scratch/googleapis" --template clients/typescript/buf.gen.googleapis.yaml -o "$scratch/out"
 
-echo "generated ${#PROTOS[@]} protos into $PKG_DIR"
+# The Python package's own files, byte-for-byte the same every time.
+py="$scratch/out/python/billing"
+printf '%s\n' '"""Generated gRPC client for the billing service (package billing.v1)."""' > "$py/__init__.py"
+printf '%s\n' '"""Generated code for billing.v1. Do not edit: run `make gen`."""' > "$py/v1/__init__.py"
+: > "$py/py.typed"
+: > "$py/v1/py.typed"
+
+replace_tree() {
+  local from="$1" to="$2"
+  [[ -d "$from" ]] || { echo "error: buf produced no $from" >&2; exit 1; }
+  mkdir -p "$(dirname "$to")"
+  rm -rf "$to"
+  cp -R "$from" "$to"
+}
+replace_tree "$py" "$OUT_ROOT/clients/python/billing"
+replace_tree "$scratch/out/typescript" "$OUT_ROOT/clients/typescript/src/gen"
+replace_tree "$scratch/out/go/billing" "$OUT_ROOT/clients/go/billing"
+
+echo "generated $(cd "$scratch/out" && find . -type f | wc -l | tr -d ' ') files under $OUT_ROOT/clients"

@@ -53,6 +53,20 @@ def validate_text(value: str, field_path: str, *, max_len: int, required: bool =
     return value
 
 
+@dataclass(frozen=True)
+class RequestOrigin:
+    """The request that created a resource.
+
+    Kept on payments and refunds so whoever finishes or verifies the work (a cancel, the
+    reconciler) can find the creating request's idempotency record and rebuild the very
+    processor keys it sent.
+    """
+
+    caller: str
+    method: str
+    request_id: str
+
+
 @dataclass
 class AuditEvent:
     """An append-only record of one state change.

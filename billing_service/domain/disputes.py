@@ -43,7 +43,8 @@ class ProcessorDisputeState:
         processor_id: The processor's dispute id (``du_...``, ``PP-D-...``).
         processor_payment_id: The disputed payment's id at the processor, when known.
         payment_id: Our payment id when the processor echoes it (metadata, custom id).
-        opened_at: When the processor opened the dispute.
+        opened_at: When the processor opened the dispute; None when its report does not
+            say (we then take the time we learn of it).
         closed_at: When the processor closed it (final statuses only).
     """
 
@@ -51,7 +52,7 @@ class ProcessorDisputeState:
     status: DisputeStatus
     amount: Money
     reason: str
-    opened_at: datetime
+    opened_at: datetime | None
     processor_payment_id: str = ""
     payment_id: str = ""
     closed_at: datetime | None = None

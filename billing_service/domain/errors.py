@@ -3,6 +3,13 @@
 Every failure the service reports on purpose is a :class:`BillingError` with a
 class-level ``reason`` (UPPER_SNAKE). The gRPC layer maps the class to a status
 code in exactly one table (``entrypoints/grpc_api/errors.py``).
+
+Every reason the code raises, the class-level ones here and the precise ones passed
+as ``reason=``, is the name of a ``billing.v1.ErrorReason`` value
+(``protos/billing/v1/error_reason.proto``); ``tests/unit/test_error_reasons.py``
+checks both directions. A reason built at run time from a processor's own code is not
+listed there: the gRPC layer sends it under its class's reason, with the processor's
+code in the ErrorInfo metadata.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ class BillingError(Exception):
         metadata: Extra string facts for the caller (ids, decline codes, ...).
     """
 
-    reason: ClassVar[str] = "BILLING_ERROR"
+    # The base class is never raised itself; its status code is FAILED_PRECONDITION.
+    reason: ClassVar[str] = "FAILED_PRECONDITION"
 
     def __init__(self, message: str, *, metadata: dict[str, str] | None = None, reason: str | None = None) -> None:
         super().__init__(message)

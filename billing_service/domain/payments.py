@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from billing_service.domain.common import Processor
+from billing_service.domain.common import Processor, RequestOrigin
 from billing_service.domain.errors import (
     CaptureExceedsAuthorized,
     IllegalTransition,
@@ -86,9 +86,16 @@ class PaymentFailure:
 
 @dataclass
 class NextAction:
-    """What the buyer must do before the payment can go on."""
+    """What the buyer must do before the payment can go on.
 
-    client_secret: str = ""
+    Attributes:
+        client_secret: Lets the buyer's browser finish the payment (Stripe.js), so it is
+            handed to the caller and never stored (``stored: False``): a payment read
+            back from the store has none, ``get_payment`` asks the processor for it.
+        redirect_url: Where the buyer approves (PayPal); kept.
+    """
+
+    client_secret: str = field(default="", metadata={"stored": False})
     redirect_url: str = ""
 
 
@@ -136,6 +143,11 @@ class Payment:
     off_session: bool = False
     version: int = 0
     dispute_ids: list[str] = field(default_factory=list)
+    origin: RequestOrigin | None = None
+    # Set when the record went final without a processor id although an attempt may have
+    # reached the processor (or when a cancel raced a create): reconciliation looks the
+    # payment up by our id once this time has passed, then clears it.
+    lookup_after: datetime | None = None
 
     @property
     def currency(self) -> str:
@@ -181,6 +193,43 @@ class Payment:
         if changed:
             self.updated_at = now
         return changed
+
+    def contradicted_by(self, state: ProcessorPaymentState) -> bool:
+        """True when a final CANCELED/FAILED record meets a processor that moved or holds money.
+
+        Such a report is drift: it must be repaired (see ``repair_captured``, or a void at
+        the processor for an authorization), never dropped as an old, reordered event.
+        """
+        money_states = (
+            PaymentStatus.SUCCEEDED,
+            PaymentStatus.REQUIRES_CAPTURE,
+            PaymentStatus.REQUIRES_ACTION,
+            PaymentStatus.PROCESSING,
+        )
+        return self.status in (PaymentStatus.CANCELED, PaymentStatus.FAILED) and state.status in money_states
+
+    def repair_captured(self, state: ProcessorPaymentState, now: datetime) -> PaymentStatus | None:
+        """Drift repair: the processor captured money on a payment we recorded CANCELED/FAILED.
+
+        Nothing charged may stay recorded as canceled or failed, so the record takes the
+        processor's SUCCEEDED over the state machine's finality.
+
+        Returns:
+            The status before the repair, or None when ``state`` is not such a contradiction.
+        """
+        if not (self.contradicted_by(state) and state.status is PaymentStatus.SUCCEEDED):
+            return None
+        before = self.status
+        if state.processor_id:
+            self.processor_id = state.processor_id
+        self.status = PaymentStatus.SUCCEEDED
+        self.amount_captured = max(self.amount_captured, state.amount_captured)
+        self.amount_capturable = 0
+        self.next_action = None
+        self.failure = None
+        self.lookup_after = None
+        self.updated_at = now
+        return before
 
     def ensure_capturable(self, amount: Money | None) -> Money:
         """Checks a capture request; returns the amount to capture.
@@ -334,6 +383,28 @@ class Refund:
     processor_id: str = ""
     failure_reason: str = ""
     version: int = 0
+    origin: RequestOrigin | None = None
+    # As on Payment: a refund that went FAILED without a processor id after an attempt that
+    # may have reached the processor is looked up once by reconciliation.
+    lookup_after: datetime | None = None
+
+    def repair_succeeded(self, state: ProcessorRefundState, now: datetime) -> RefundStatus | None:
+        """Drift repair: the processor returned money on a refund we recorded FAILED/CANCELED.
+
+        Returns:
+            The status before the repair, or None when ``state`` is not such a contradiction.
+        """
+        final = (RefundStatus.FAILED, RefundStatus.CANCELED)
+        if self.status not in final or state.status not in (RefundStatus.SUCCEEDED, RefundStatus.PENDING):
+            return None
+        before = self.status
+        if state.processor_id:
+            self.processor_id = state.processor_id
+        self.status = state.status
+        self.failure_reason = ""
+        self.lookup_after = None
+        self.updated_at = now
+        return before
 
     def apply_processor_state(self, state: ProcessorRefundState, now: datetime) -> RefundStatus | None:
         """Converges on the processor's view.

@@ -112,7 +112,13 @@ class ProrationBehavior(StrEnum):
 
 @dataclass
 class ProcessorSubscriptionState:
-    """A processor's view of a subscription in our terms."""
+    """A processor's view of a subscription in our terms.
+
+    Attributes:
+        processor_plan_id: The price or plan the processor bills now (Stripe price id, PayPal
+            plan id), "" when the adapter cannot tell; the service maps it back to our plan.
+        quantity: The quantity the processor bills now; 0 when the adapter cannot tell.
+    """
 
     processor_id: str
     status: SubscriptionStatus
@@ -122,6 +128,8 @@ class ProcessorSubscriptionState:
     cancel_at_period_end: bool = False
     canceled_at: datetime | None = None
     approval_url: str = ""
+    processor_plan_id: str = ""
+    quantity: int = 0
 
 
 @dataclass
@@ -177,8 +185,50 @@ class Subscription:
         if self.status is not _S.PAUSED:
             raise self._refuse("resumed", "SUBSCRIPTION_NOT_PAUSED")
 
-    def apply_processor_state(self, state: ProcessorSubscriptionState, now: datetime) -> bool:
-        """Converges on the processor's view; never moves the status backwards.
+    @property
+    def at_processor(self) -> bool:
+        """True once the processor holds this subscription (it has a processor id)."""
+        return bool(self.processor_id)
+
+    def cancel_unstarted(self, now: datetime) -> tuple[str, str]:
+        """Ends a subscription its processor does not hold: it refused to create it, or it was
+        canceled before the processor answered.
+
+        CANCELED is terminal: nothing was created at the processor, so nothing can bill, and
+        no later request has an id to send there.
+
+        Raises:
+            IllegalTransition: The processor holds the subscription, or it already ended.
+        """
+        if self.at_processor or self.status is not _S.INCOMPLETE:
+            raise self._refuse("ended without its processor", "SUBSCRIPTION_AT_PROCESSOR")
+        before = self.status
+        self.status, self.canceled_at, self.updated_at, self.approval_url = _S.CANCELED, now, now, ""
+        return before.value, self.status.value
+
+    def _is_older(self, state: ProcessorSubscriptionState) -> bool:
+        """True when ``state`` describes an earlier billing period than the one we hold.
+
+        Periods only move forward at a processor, so a report whose period starts earlier (or
+        starts together but ends earlier) was read before ours: applying it would move the
+        subscription back in time.
+        """
+        start, end = state.current_period_start, state.current_period_end
+        if start is not None and self.current_period_start is not None and start != self.current_period_start:
+            return start < self.current_period_start
+        return end is not None and self.current_period_end is not None and end < self.current_period_end
+
+    def apply_processor_state(self, state: ProcessorSubscriptionState, now: datetime, *, plan_id: str = "") -> bool:
+        """Converges on the processor's view; never moves the status or the billing period backwards.
+
+        A report of an earlier billing period than ours (two concurrent re-reads finishing in
+        the wrong order) changes nothing but a missing processor id. Plan and quantity are the
+        ones the processor bills, never the ones a request asked for.
+
+        Args:
+            state: The processor's view.
+            now: When it is applied.
+            plan_id: Our plan for ``state.processor_plan_id`` ("" when unknown: keep ours).
 
         Returns:
             True when anything changed.
@@ -186,6 +236,8 @@ class Subscription:
         if state.processor_id:
             self.processor_id = state.processor_id
         if state.status != self.status and state.status not in _SUBSCRIPTION_MOVES[self.status]:
+            return False
+        if self._is_older(state):
             return False
         before = (
             self.status,
@@ -195,6 +247,8 @@ class Subscription:
             self.cancel_at_period_end,
             self.canceled_at,
             self.approval_url,
+            self.plan_id,
+            self.quantity,
         )
         if state.status is _S.PAUSED and self.status is not _S.PAUSED:
             self.paused_at = now
@@ -207,6 +261,8 @@ class Subscription:
         self.cancel_at_period_end = state.cancel_at_period_end
         self.canceled_at = state.canceled_at or self.canceled_at
         self.approval_url = state.approval_url
+        self.plan_id = plan_id or self.plan_id
+        self.quantity = state.quantity if state.quantity > 0 else self.quantity
         after = (
             self.status,
             self.current_period_start,
@@ -215,6 +271,8 @@ class Subscription:
             self.cancel_at_period_end,
             self.canceled_at,
             self.approval_url,
+            self.plan_id,
+            self.quantity,
         )
         if before != after:
             self.updated_at = now

@@ -5,7 +5,8 @@ One JSON object per line with ``ts``, ``level``, ``logger``, ``message``, ``requ
 root handler, so it sees every record whichever logger emitted it, and masks what must
 never reach a log (PCI DSS 3.3/3.4 and our own secrets):
 
-- card numbers: Luhn-valid runs of 13-19 digits, spaces or dashes allowed (last 4 kept);
+- card numbers, found by the one detector of ``domain.card_data`` (Unicode and separators
+  normalised, Luhn, card ranges; the last 4 digits are kept);
 - CVC values: ``cvc``/``cvv``/``cvc2``/``cvv2``/``security_code`` as ``key=value`` or JSON;
 - processor secret keys: ``sk_live_``, ``sk_test_``, ``rk_live_``, ``rk_test_``, ``whsec_``;
 - ``Authorization`` headers (Bearer and Basic) and bare ``Bearer`` tokens;
@@ -18,27 +19,27 @@ carrying card data are refused before anything logs them (``domain.card_data``).
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import re
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, TextIO
 
-from billing_service.domain.card_data import find_card_numbers
+from billing_service.domain.card_data import mask_card_numbers
+from billing_service.observability.context import current_caller, current_request_id
 
 __all__ = [
     "JsonFormatter",
     "RedactionFilter",
     "current_request_id",
+    "install_exception_hooks",
     "redact",
     "setup_logging",
 ]
-
-#: The request being served: set by the gRPC interceptor and the webhook sidecar.
-current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("current_request_id", default="")
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = frozenset(
@@ -55,25 +56,9 @@ _BEARER = re.compile(r"(?i)(\bbearer\s+)([A-Za-z0-9._~+/=-]{8,})")
 _MASK = "[REDACTED]"
 
 
-def _mask_cards(text: str) -> str:
-    spans = find_card_numbers(text)
-    if not spans:
-        return text
-    out: list[str] = []
-    last = 0
-    for start, end in spans:
-        digits = re.sub(r"[ -]", "", text[start:end])
-        out.append(text[last:start])
-        out.append(f"[PAN ****{digits[-4:]}]")
-        last = end
-    out.append(text[last:])
-    return "".join(out)
-
-
 def redact(text: str) -> str:
     """Returns ``text`` with card data and secrets masked (see the module docstring)."""
-    if len(text) >= 13 and sum(ch.isdigit() for ch in text) >= 13:
-        text = _mask_cards(text)
+    text = mask_card_numbers(text)
     if "_" in text:
         text = _SECRET_KEY.sub(lambda m: f"{m.group(1)}_{_MASK}", text)
         text = _WEBHOOK_SECRET.sub(f"whsec_{_MASK}", text)
@@ -150,15 +135,14 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Renders ``record`` as a JSON line."""
-        from billing_service.entrypoints.grpc_api.base import current_caller
-
         out: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
-            "request_id": current_request_id.get(),
-            "caller": current_caller.get(),
+            # Context values come from callers (a request_id, a certificate's CN): redacted too.
+            "request_id": redact(current_request_id.get()),
+            "caller": redact(current_caller.get()),
             "trace_id": trace_id_provider(),
         }
         for key, value in vars(record).items():
@@ -194,3 +178,30 @@ def setup_logging(level: str = "INFO", *, stream: TextIO | None = None, json_for
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     return handler
+
+
+def install_exception_hooks() -> None:
+    """Routes what Python itself would print on stderr through the logging handler.
+
+    Uncaught exceptions (main thread and other threads) and ``warnings`` become JSON
+    records that pass the redaction filter, so a process started with ``setup_logging``
+    writes nothing else on stderr. Call it once per process, from its entry point.
+    """
+    log = logging.getLogger("billing_service")
+
+    def uncaught(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            log.info("interrupted")
+            return
+        log.critical("uncaught exception, exiting", exc_info=(kind, error, trace))
+
+    def uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        error = args.exc_value if args.exc_value is not None else args.exc_type()
+        log.error("uncaught exception in thread %s", name, exc_info=(args.exc_type, error, args.exc_traceback))
+
+    sys.excepthook = uncaught
+    threading.excepthook = uncaught_in_thread
+    logging.captureWarnings(True)

@@ -2,14 +2,16 @@
 
 Each call is counted in ``billing_processor_calls_total{processor,operation,outcome}``,
 timed in ``billing_processor_call_duration_seconds`` and, when tracing is on, wrapped in a
-``processor.<operation>`` span. Attributes outside the port (webhook verification, the
-fake's test handles) are forwarded to the wrapped adapter unchanged.
+``processor.<operation>`` span. The event verbs (webhook verification and translation,
+event lists) pass through unmeasured, and attributes outside the port (the fake's test
+handles) are forwarded to the wrapped adapter unchanged.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from billing_service.domain.common import Processor
@@ -17,13 +19,18 @@ from billing_service.domain.customers import Customer
 from billing_service.domain.errors import NotSupportedByProcessor, PaymentDeclined, ProcessorError
 from billing_service.domain.money import Money
 from billing_service.domain.payments import ProcessorPaymentState, ProcessorRefundState
+from billing_service.domain.processor_events import ProcessorEvent, VerifiedEvent
 from billing_service.domain.subscriptions import Plan, ProcessorInvoiceState, ProcessorSubscriptionState
-from billing_service.observability.metrics import BillingMetrics
+from billing_service.observability.metrics.processor_calls import ProcessorCallMetrics
 from billing_service.observability.tracing import processor_span
 from billing_service.service_layer.ports import (
     AttachedPaymentMethod,
+    PaymentLookup,
+    PaymentLookupResult,
     PaymentProcessor,
     PaymentRequest,
+    RefundLookup,
+    RefundLookupResult,
     RefundRequest,
     SubscriptionChange,
     SubscriptionRequest,
@@ -50,13 +57,14 @@ class InstrumentedProcessor:
 
     Args:
         inner: The adapter doing the work.
-        metrics: Where the processor metrics live.
+        metrics: Where the processor call metrics live (``BillingMetrics`` is one).
     """
 
-    def __init__(self, inner: PaymentProcessor, metrics: BillingMetrics) -> None:
+    def __init__(self, inner: PaymentProcessor, metrics: ProcessorCallMetrics) -> None:
         self.inner = inner
         self.name: Processor = inner.name
-        self._m = metrics
+        self.key_retention: timedelta = inner.key_retention
+        self._metrics = metrics
         self._label = inner.name.value
 
     def __getattr__(self, item: str) -> Any:
@@ -73,8 +81,8 @@ class InstrumentedProcessor:
             outcome = outcome_of(exc)
             raise
         finally:
-            self._m.processor_duration.labels(self._label, operation).observe(time.perf_counter() - start)
-            self._m.processor_calls.labels(self._label, operation, outcome).inc()
+            self._metrics.processor_duration.labels(self._label, operation).observe(time.perf_counter() - start)
+            self._metrics.processor_calls.labels(self._label, operation, outcome).inc()
 
     async def create_customer(self, customer: Customer, *, idempotency_key: str) -> str:
         """See ``PaymentProcessor``."""
@@ -140,6 +148,14 @@ class InstrumentedProcessor:
         """See ``PaymentProcessor``."""
         return await self._call("get_refund", lambda: self.inner.get_refund(processor_refund_id))
 
+    async def find_payment(self, lookup: PaymentLookup) -> PaymentLookupResult:
+        """See ``PaymentProcessor``."""
+        return await self._call("find_payment", lambda: self.inner.find_payment(lookup))
+
+    async def find_refund(self, lookup: RefundLookup) -> RefundLookupResult:
+        """See ``PaymentProcessor``."""
+        return await self._call("find_refund", lambda: self.inner.find_refund(lookup))
+
     async def create_plan(self, plan: Plan, *, idempotency_key: str) -> dict[str, str]:
         """See ``PaymentProcessor``."""
         return await self._call("create_plan", lambda: self.inner.create_plan(plan, idempotency_key=idempotency_key))
@@ -201,6 +217,23 @@ class InstrumentedProcessor:
     async def list_invoices(self, processor_subscription_id: str) -> list[ProcessorInvoiceState]:
         """See ``PaymentProcessor``."""
         return await self._call("list_invoices", lambda: self.inner.list_invoices(processor_subscription_id))
+
+    @property
+    def verifies_webhooks(self) -> bool:
+        """See ``PaymentProcessor``."""
+        return self.inner.verifies_webhooks
+
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> VerifiedEvent:
+        """See ``PaymentProcessor`` (unmeasured: the sidecar counts deliveries itself)."""
+        return await self.inner.verify_webhook(headers, body)
+
+    def parse_event(self, event_type: str, payload: Mapping[str, Any]) -> ProcessorEvent | None:
+        """See ``PaymentProcessor`` (no I/O)."""
+        return self.inner.parse_event(event_type, payload)
+
+    def list_events(self, since: datetime, *, page_size: int = 100) -> AsyncIterator[VerifiedEvent]:
+        """See ``PaymentProcessor`` (unmeasured, as backfill always was)."""
+        return self.inner.list_events(since, page_size=page_size)
 
     async def aclose(self) -> None:
         """Closes the wrapped adapter."""

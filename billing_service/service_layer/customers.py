@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from billing_service.domain.customers import (
 )
 from billing_service.domain.errors import InvalidArgument
 from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
+from billing_service.service_layer.executions import unwritten
+from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
 from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.ports import Change, Insert, Update
 
@@ -21,6 +24,13 @@ MAX_NAME = 256
 MAX_DESCRIPTION = 1000
 MAX_TOKEN = 255
 UPDATABLE_CUSTOMER_FIELDS = frozenset({"email", "name", "description", "metadata", "default_processor"})
+CUSTOMER_FILTERS = FilterSpec({"email": FilterField("email"), "create_time": created()})
+PAYMENT_METHOD_FILTERS = FilterSpec(
+    {
+        "status": FilterField("status", enum=PaymentMethodStatus, enum_prefix="PAYMENT_METHOD_STATUS_"),
+        "create_time": created(),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,8 @@ class CreateCustomer:
 
 async def create_customer(deps: Deps, ctx: RequestContext, cmd: CreateCustomer) -> Customer:
     """Creates a customer. Processor-side customers are created lazily on first use."""
-    existing = await deps.store.get(Customer, ctx.resource_id)
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    existing = None if unwritten(ctx.resource_id) else await deps.store.get(Customer, ctx.resource_id)
     if existing is not None:  # a resumed request that already wrote its customer
         return existing
     now = deps.clock.now()
@@ -57,9 +68,8 @@ async def create_customer(deps: Deps, ctx: RequestContext, cmd: CreateCustomer) 
         created_at=now,
         updated_at=now,
     )
-    await commit(
-        deps, [Insert(customer)], [audit(deps, ctx, "customer.created", "customer", customer.id, "", "active")]
-    )
+    event = audit(deps, ctx, "customer.created", "customer", customer.id, "", "active")
+    await commit(deps, [Insert(customer)], [event], answer=customer)
     return customer
 
 
@@ -97,7 +107,6 @@ class UpdateCustomer:
 
 async def update_customer(deps: Deps, ctx: RequestContext, cmd: UpdateCustomer) -> Customer:
     """Applies a masked update and copies it to every processor that knows the customer."""
-    await load(deps, Customer, cmd.customer_id, resource="customer", field_path="customer.id")
     result: list[Customer] = []
 
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]]:
@@ -119,7 +128,8 @@ async def update_customer(deps: Deps, ctx: RequestContext, cmd: UpdateCustomer) 
         )
         return [Update(customer)], [event]
 
-    await commit_with_retry(deps, attempt)
+    # Without processors to copy the change to, this commit is the request's last word.
+    await commit_with_retry(deps, attempt, answer=lambda: None if result[0].processor_refs else result[0])
     customer = result[0]
     for name, ref in customer.processor_refs.items():
         processor = deps.processor(Processor(name))
@@ -132,17 +142,22 @@ async def get_customer(deps: Deps, customer_id: str) -> Customer:
     return await load(deps, Customer, customer_id, resource="customer", field_path="customer_id")
 
 
-async def list_customers(deps: Deps, *, email: str, page_size: int, page_token: str) -> tuple[list[Customer], str]:
-    """Lists customers newest first, optionally by exact email."""
-    filters = {"email": email} if email else {}
+async def list_customers(
+    deps: Deps, *, email: str, page_size: int, page_token: str, filter_expr: str = ""
+) -> tuple[list[Customer], str]:
+    """Lists customers newest first, optionally by exact email and a filter (CUSTOMER_FILTERS)."""
+    filters = merge_filters({"email": email} if email else {}, filter_expr, CUSTOMER_FILTERS)
     return await list_page(deps, Customer, filters, requested_size=page_size, token=page_token)
 
 
-async def ensure_processor_customer(deps: Deps, customer: Customer, processor: Processor) -> str:
+async def ensure_processor_customer(
+    deps: Deps, customer: Customer, processor: Processor, *, ctx: RequestContext
+) -> str:
     """Returns the customer's id at ``processor``, creating it there on first use.
 
     The processor call's idempotency key depends only on (customer, processor), so two
-    concurrent first uses get the same processor-side customer.
+    concurrent first uses get the same processor-side customer. The link is audited
+    (``customer.processor_linked``) as the request ``ctx`` that needed it.
     """
     ref = customer.processor_refs.get(processor.value)
     if ref:
@@ -150,13 +165,22 @@ async def ensure_processor_customer(deps: Deps, customer: Customer, processor: P
     adapter = deps.processor(processor)
     ref = await adapter.create_customer(customer, idempotency_key=f"billing-customer-{customer.id}-{processor.value}")
 
+    # The first attempt starts from the customer as the caller read it (a stale copy loses
+    # the version check, and the next attempt reads it).
+    first = [copy.deepcopy(customer)]
+
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
-        fresh = await load(deps, Customer, customer.id, resource="customer", field_path="customer_id")
+        fresh = first.pop() if first else await load(deps, Customer, customer.id, resource="customer",
+                                                       field_path="customer_id")  # fmt: skip
         if fresh.processor_refs.get(processor.value):
             return None
         fresh.processor_refs[processor.value] = ref
         fresh.updated_at = deps.clock.now()
-        return [Update(fresh)], []
+        linked = audit(
+            deps, ctx, "customer.processor_linked", "customer", fresh.id, "active", "active",
+            processor=processor.value, processor_id=ref,
+        )  # fmt: skip
+        return [Update(fresh)], [linked]
 
     await commit_with_retry(deps, attempt)
     customer.processor_refs[processor.value] = ref
@@ -182,13 +206,14 @@ class AttachPaymentMethod:
 
 async def attach_payment_method(deps: Deps, ctx: RequestContext, cmd: AttachPaymentMethod) -> PaymentMethod:
     """Attaches a token at the processor and records its display data only."""
-    existing = await deps.store.get(PaymentMethod, ctx.resource_id)
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    existing = None if unwritten(ctx.resource_id) else await deps.store.get(PaymentMethod, ctx.resource_id)
     if existing is not None:
         return existing
     customer = await load(deps, Customer, cmd.customer_id, resource="customer", field_path="customer_id")
     processor = cmd.processor or customer.default_processor
     adapter = deps.processor(processor)
-    processor_customer = await ensure_processor_customer(deps, customer, processor)
+    processor_customer = await ensure_processor_customer(deps, customer, processor, ctx=ctx)
     attached = await adapter.attach_payment_method(
         processor_customer, cmd.token, idempotency_key=ctx.processor_key("attach")
     )
@@ -211,7 +236,7 @@ async def attach_payment_method(deps: Deps, ctx: RequestContext, cmd: AttachPaym
         deps, ctx, "payment_method.attached", "payment_method", method.id, "", method.status.value,
         customer_id=customer.id, processor=processor.value, processor_id=method.processor_id,
     )  # fmt: skip
-    await commit(deps, [Insert(method)], [event])
+    await commit(deps, [Insert(method)], [event], answer=method)
     return method
 
 
@@ -228,9 +253,17 @@ async def detach_payment_method(deps: Deps, ctx: RequestContext, payment_method_
         method.processor_id, idempotency_key=ctx.processor_key("detach")
     )
 
+    # The first attempt starts from the method as read above (a stale copy loses the version
+    # check, and the next attempt reads it).
+    first = [copy.deepcopy(method)]
+
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
-        fresh = await load(
-            deps, PaymentMethod, payment_method_id, resource="payment_method", field_path="payment_method_id"
+        fresh = (
+            first.pop()
+            if first
+            else await load(
+                deps, PaymentMethod, payment_method_id, resource="payment_method", field_path="payment_method_id"
+            )
         )
         if fresh.status is PaymentMethodStatus.DETACHED:
             method.__dict__.update(fresh.__dict__)
@@ -239,15 +272,19 @@ async def detach_payment_method(deps: Deps, ctx: RequestContext, payment_method_
         method.__dict__.update(fresh.__dict__)
         return [Update(fresh)], [audit(deps, ctx, "payment_method.detached", "payment_method", fresh.id, before, after)]
 
-    await commit_with_retry(deps, attempt)
+    await commit_with_retry(deps, attempt, answer=lambda: method)
     return method
 
 
 async def list_payment_methods(
-    deps: Deps, *, customer_id: str, page_size: int, page_token: str
+    deps: Deps, *, customer_id: str, page_size: int, page_token: str, filter_expr: str = ""
 ) -> tuple[list[PaymentMethod], str]:
-    """Lists a customer's payment methods newest first."""
+    """Lists a customer's payment methods newest first, optionally filtered (PAYMENT_METHOD_FILTERS)."""
+    filters = merge_filters({"customer_id": customer_id}, filter_expr, PAYMENT_METHOD_FILTERS)
     await load(deps, Customer, customer_id, resource="customer", field_path="customer_id")
-    return await list_page(
-        deps, PaymentMethod, {"customer_id": customer_id}, requested_size=page_size, token=page_token
-    )
+    return await list_page(deps, PaymentMethod, filters, requested_size=page_size, token=page_token)
+
+
+async def get_payment_method(deps: Deps, payment_method_id: str) -> PaymentMethod:
+    """Returns one payment method."""
+    return await load(deps, PaymentMethod, payment_method_id, resource="payment_method", field_path="payment_method_id")

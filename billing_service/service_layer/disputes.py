@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from billing_service.domain.common import AuditEvent, Processor
-from billing_service.domain.disputes import Dispute, ProcessorDisputeState
+from billing_service.domain.disputes import Dispute, DisputeStatus, ProcessorDisputeState
 from billing_service.domain.ids import new_id
 from billing_service.domain.payments import Payment
 from billing_service.service_layer.core import Deps, audit, commit_with_retry, list_page, load
+from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
 from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.ports import Change, Insert, Update
 
@@ -65,7 +66,7 @@ async def record_dispute(
             amount=state.amount,
             reason=state.reason,
             status=state.status,
-            opened_at=state.opened_at,
+            opened_at=state.opened_at or now,  # a report without a date: when we learned of it
             created_at=now,
             updated_at=now,
         )
@@ -102,7 +103,18 @@ async def get_dispute(deps: Deps, dispute_id: str) -> Dispute:
     return await load(deps, Dispute, dispute_id, resource="dispute", field_path="dispute_id")
 
 
-async def list_disputes(deps: Deps, *, payment_id: str, page_size: int, page_token: str) -> tuple[list[Dispute], str]:
-    """Lists disputes newest first, optionally of one payment."""
-    filters = {"payment_id": payment_id} if payment_id else {}
+DISPUTE_FILTERS = FilterSpec(
+    {
+        "payment_id": FilterField("payment_id"),
+        "status": FilterField("status", enum=DisputeStatus, enum_prefix="DISPUTE_STATUS_"),
+        "create_time": created(),
+    }
+)
+
+
+async def list_disputes(
+    deps: Deps, *, payment_id: str, page_size: int, page_token: str, filter_expr: str = ""
+) -> tuple[list[Dispute], str]:
+    """Lists disputes newest first, optionally of one payment and filtered (DISPUTE_FILTERS)."""
+    filters = merge_filters({"payment_id": payment_id} if payment_id else {}, filter_expr, DISPUTE_FILTERS)
     return await list_page(deps, Dispute, filters, requested_size=page_size, token=page_token)

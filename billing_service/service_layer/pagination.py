@@ -1,8 +1,10 @@
 """Opaque, signed page tokens (AIP-158).
 
-A token carries the store cursor and a digest of the list's filters, signed with a
-secret shared by all replicas, so a token we did not issue, or one reused with other
-filters, is refused with INVALID_ARGUMENT instead of silently listing something else.
+A token carries the store cursor and a digest of the list's filters and scope (the
+method and the caller, set by the entrypoint with :func:`token_scope`), signed with a
+secret shared by all replicas. A token we did not issue, or one used on another list, by
+another caller or with other filters, is refused with INVALID_ARGUMENT/INVALID_PAGE_TOKEN
+instead of silently listing something else.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from billing_service.domain.errors import InvalidArgument
 
@@ -28,9 +32,27 @@ def page_size(requested: int) -> int:
     return min(requested, MAX_PAGE_SIZE)
 
 
+_scope: ContextVar[str] = ContextVar("page_token_scope", default="")
+
+
+@contextmanager
+def token_scope(method: str, caller: str) -> Iterator[None]:
+    """Binds the page tokens issued and accepted inside the block to one list and one caller.
+
+    Args:
+        method: The list's full method name (``/billing.v1.BillingService/ListPayments``).
+        caller: The authenticated caller.
+    """
+    token = _scope.set(f"{method}\x1f{caller}")
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
 def _filters_digest(filters: Mapping[str, object]) -> str:
-    blob = json.dumps({k: str(v) for k, v in filters.items()}, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    blob = json.dumps({"filters": {k: str(v) for k, v in filters.items()}, "scope": _scope.get()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def encode_token(cursor: str, filters: Mapping[str, object], secret: bytes) -> str:
@@ -46,7 +68,8 @@ def decode_token(token: str, filters: Mapping[str, object], secret: bytes) -> st
     """Returns the cursor inside ``token`` (None for the first page).
 
     Raises:
-        InvalidArgument: The token was not issued by us or belongs to other filters.
+        InvalidArgument: The token was not issued by us, or for another list, caller or
+            filters.
     """
     if not token:
         return None
@@ -61,7 +84,7 @@ def decode_token(token: str, filters: Mapping[str, object], secret: bytes) -> st
     data = json.loads(body)
     if data.get("f") != _filters_digest(filters):
         raise InvalidArgument.field(
-            "page_token", "was issued for a list with other filters", reason="INVALID_PAGE_TOKEN"
+            "page_token", "was issued for another list, another caller or other filters", reason="INVALID_PAGE_TOKEN"
         )
     cursor = data.get("c")
     if not isinstance(cursor, str):

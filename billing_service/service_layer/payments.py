@@ -3,49 +3,84 @@
 Every processor write happens *between* two store commits: the intent is recorded first
 (PENDING payment, PENDING refund with its amount reserved), then the processor is called
 with a key derived from the request, then the outcome is recorded. A crash anywhere in
-between leaves a record that the caller's retry (or reconciliation) resumes.
+between leaves a record that the caller's retry (or reconciliation) resumes while the
+processor still remembers the key, and that reconciliation settles by a lookup by our id
+after that (``lookups``).
+
+A processor report that contradicts a final CANCELED or FAILED payment (money captured or
+held) is drift, never an old event to ignore: captured money turns the record SUCCEEDED,
+held money is released at the processor, and both are audited and counted.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from billing_service.domain.common import AuditEvent, Processor, validate_metadata, validate_text
+from billing_service.domain.common import AuditEvent, validate_metadata, validate_text
 from billing_service.domain.customers import Customer, PaymentMethod
 from billing_service.domain.errors import (
     BillingError,
-    ConcurrencyConflict,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     PaymentDeclined,
+    RequestInProgress,
 )
-from billing_service.domain.ids import new_id
 from billing_service.domain.money import Money
 from billing_service.domain.payments import (
     CaptureMethod,
+    NextAction,
     Payment,
     PaymentFailure,
     PaymentStatus,
     ProcessorPaymentState,
-    ProcessorRefundState,
-    Refund,
-    RefundReason,
-    RefundStatus,
 )
-from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
+from billing_service.service_layer.core import (
+    Deps,
+    Drift,
+    audit,
+    commit,
+    commit_with_retry,
+    list_page,
+    load,
+    report_drift,
+)
 from billing_service.service_layer.customers import MAX_DESCRIPTION, ensure_processor_customer
-from billing_service.service_layer.idempotency import RequestContext, is_final
-from billing_service.service_layer.ports import Change, Insert, PaymentRequest, RefundRequest, Update
+from billing_service.service_layer.executions import unwritten
+from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
+from billing_service.service_layer.idempotency import (
+    RequestContext,
+    ensure_leases,
+    hold_request,
+    is_final,
+)
+from billing_service.service_layer.lookups import (
+    lookup_payment,
+    payment_origin,
+    resend_deadline,
+)
+from billing_service.service_layer.ports import (
+    Change,
+    Insert,
+    LookupOutcome,
+    PaymentRequest,
+    Update,
+)
 
 MAX_URL = 2048
 
+# Failure code of a payment that reconciliation proved never reached its processor.
+NOT_AT_PROCESSOR = "not_found_at_processor"
+_HOLDS_MONEY = (PaymentStatus.REQUIRES_CAPTURE, PaymentStatus.REQUIRES_ACTION)
 
-# Processors forget idempotency keys after 24 h (Stripe). A payment still PENDING after this
-# long is never re-sent: its first attempt may have charged under a key the processor no
-# longer remembers, so only reconciliation (which looks the payment up) may settle it.
-PROCESSOR_KEY_WINDOW = timedelta(hours=23)
+
+def _drift_key(resource_id: str, step: str) -> str:
+    """A processor key for a drift repair: the same for every replica and retry."""
+    return f"billing-drift-{hashlib.sha256(resource_id.encode()).hexdigest()[:32]}-{step}"
 
 
 @dataclass(frozen=True)
@@ -75,29 +110,149 @@ class CreatePayment:
 
 
 async def record_payment_state(
-    deps: Deps, ctx: RequestContext, payment_id: str, state: ProcessorPaymentState, action: str
+    deps: Deps,
+    ctx: RequestContext,
+    payment_id: str,
+    state: ProcessorPaymentState,
+    action: str,
+    *,
+    lookup_after: datetime | None = None,
+    known: Payment | None = None,
+    answers: bool = False,
+    answer_error: BillingError | None = None,
 ) -> Payment:
-    """Applies a processor report to the stored payment and audits the move."""
+    """Applies a processor report to the stored payment and audits the move.
+
+    A report that contradicts a final CANCELED/FAILED record is drift: captured money turns
+    the record SUCCEEDED (``payment.drift_repaired``); money the processor still holds is
+    released there (re-read, then voided) and audited as ``payment.drift_voided``.
+
+    Args:
+        lookup_after: When the payment ends without a processor id, have reconciliation
+            look it up by our id from then on (an attempt may have reached the processor).
+        known: The payment as this request last read or wrote it: the first attempt
+            starts from it instead of reading it again (a stale copy loses the version
+            check, and the next attempt reads it).
+        answers: The recorded payment is the request's answer (stored with the change).
+        answer_error: The request answers with this final error (stored with the change).
+    """
     result: list[Payment] = []
+    drifts: list[Drift] = []
+    first = [copy.deepcopy(known)] if known is not None else []
 
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
-        payment = await load(deps, Payment, payment_id, resource="payment", field_path="payment_id")
+        payment = first.pop() if first else await load(deps, Payment, payment_id, resource="payment",
+                                                         field_path="payment_id")  # fmt: skip
         result[:] = [payment]
+        drifts.clear()
+        now = deps.clock.now()
+        if payment.contradicted_by(state):
+            return _drift_changes(deps, ctx, payment, state, drifts, now)
         before = payment.status.value
-        processor_id_before = payment.processor_id
-        changed = payment.apply_processor_state(state, deps.clock.now())
-        if not changed and processor_id_before == payment.processor_id:
+        processor_id_before, lookup_before = payment.processor_id, payment.lookup_after
+        changed = payment.apply_processor_state(state, now)
+        if payment.processor_id:
+            payment.lookup_after = None  # nothing left to look up by our id
+        elif lookup_after is not None and payment.is_final:
+            payment.lookup_after = lookup_after
+        linked = processor_id_before != payment.processor_id
+        if not changed and not linked and lookup_before == payment.lookup_after:
             return None
+        if changed:
+            return [Update(payment)], [_state_event(deps, ctx, action, payment, before)]
+        if linked:
+            return [Update(payment)], [_linked_event(deps, ctx, payment)]
+        return [Update(payment, bookkeeping=True)], []
+
+    def releases_held_money(payment: Payment) -> bool:
+        return payment.contradicted_by(state) and state.status in _HOLDS_MONEY and bool(payment.processor_id)
+
+    def answer() -> object | None:
+        if answer_error is not None:
+            return answer_error
+        # Voiding held money comes after this commit: then this is not the last word.
+        return result[0] if answers and not releases_held_money(result[0]) else None
+
+    await commit_with_retry(deps, attempt, answer=answer)
+    for drift in drifts:
+        report_drift(deps, drift)
+    payment = result[0]
+    if releases_held_money(payment):
+        return await _release_held_money(deps, ctx, payment)
+    return payment
+
+
+def _linked_event(deps: Deps, ctx: RequestContext, payment: Payment) -> AuditEvent:
+    """The audit event of a payment whose processor id was learned without a status change."""
+    status = payment.status.value
+    return audit(
+        deps, ctx, "payment.processor_linked", "payment", payment.id, status, status,
+        processor_id=payment.processor_id,
+    )  # fmt: skip
+
+
+def _state_event(deps: Deps, ctx: RequestContext, action: str, payment: Payment, before: str) -> AuditEvent:
+    failure = payment.failure
+    return audit(
+        deps, ctx, action, "payment", payment.id, before, payment.status.value,
+        processor_id=payment.processor_id, amount_captured=payment.amount_captured,
+        amount_capturable=payment.amount_capturable,
+        failure_code=(failure.decline_code or failure.code) if failure else None,
+    )  # fmt: skip
+
+
+def _drift_changes(
+    deps: Deps, ctx: RequestContext, payment: Payment, state: ProcessorPaymentState, drifts: list[Drift], now: datetime
+) -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
+    """The write for a report contradicting a final CANCELED/FAILED payment (see record_payment_state)."""
+    ours = payment.status.value
+    repaired = payment.repair_captured(state, now)
+    if repaired is not None:
+        drifts.append(Drift("payment", payment.id, ours, state.status.value, repaired=True))
         event = audit(
-            deps, ctx, action, "payment", payment.id, before, payment.status.value,
+            deps, ctx, "payment.drift_repaired", "payment", payment.id, repaired.value, payment.status.value,
             processor_id=payment.processor_id, amount_captured=payment.amount_captured,
-            amount_capturable=payment.amount_capturable,
-            failure_code=(payment.failure.decline_code or payment.failure.code) if payment.failure else None,
+            processor_status=state.status.value,
         )  # fmt: skip
         return [Update(payment)], [event]
+    # Held or pending money: link the processor's id (releasing it comes next, outside the
+    # transaction); a PROCESSING payment cannot be voided, so reconciliation re-reads it.
+    linked = state.processor_id and not payment.processor_id
+    if linked:
+        payment.processor_id = state.processor_id
+    if state.status is PaymentStatus.PROCESSING:
+        first = payment.lookup_after is None or linked  # later re-reads only move the next one
+        payment.lookup_after = now + timedelta(minutes=15)
+        if not first:
+            return [Update(payment, bookkeeping=True)], []
+        drifts.append(Drift("payment", payment.id, ours, state.status.value, repaired=False))
+        event = audit(
+            deps, ctx, "payment.drift_found", "payment", payment.id, ours, ours,
+            processor_id=payment.processor_id, processor_status=state.status.value,
+        )  # fmt: skip
+        return [Update(payment)], [event]
+    payment.lookup_after = None
+    return ([Update(payment)], [_linked_event(deps, ctx, payment)]) if linked else None
 
-    await commit_with_retry(deps, attempt)
-    return result[0]
+
+async def _release_held_money(deps: Deps, ctx: RequestContext, payment: Payment) -> Payment:
+    """Voids at the processor what it holds for a payment we recorded CANCELED/FAILED."""
+    adapter = deps.processor(payment.processor)
+    fresh = await adapter.get_payment(payment.processor_id)  # the report may be stale
+    if fresh.status in _HOLDS_MONEY:
+        held = fresh.status.value
+        try:
+            fresh = await adapter.cancel_payment(payment.processor_id, idempotency_key=_drift_key(payment.id, "void"))
+        except BillingError:
+            report_drift(deps, Drift("payment", payment.id, payment.status.value, held, repaired=False))
+            raise
+        report_drift(deps, Drift("payment", payment.id, payment.status.value, held, repaired=True))
+        event = audit(
+            deps, ctx, "payment.drift_voided", "payment", payment.id, payment.status.value, payment.status.value,
+            processor_id=payment.processor_id, processor_status=fresh.status.value,
+        )  # fmt: skip
+        await commit(deps, [], [event])
+    return await record_payment_state(deps, ctx, payment.id, fresh, f"payment.{fresh.status.value}")
 
 
 async def create_payment(deps: Deps, ctx: RequestContext, cmd: CreatePayment) -> Payment:
@@ -107,12 +262,14 @@ async def create_payment(deps: Deps, ctx: RequestContext, cmd: CreatePayment) ->
         PaymentDeclined: The processor declined; the payment is kept as FAILED and its id
             is in the error metadata.
     """
-    payment = await deps.store.get(Payment, ctx.resource_id)
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    payment = None if unwritten(ctx.resource_id) else await deps.store.get(Payment, ctx.resource_id)
     if payment is None:
-        customer = await load(deps, Customer, cmd.customer_id, resource="customer", field_path="customer_id")
-        method = await load(
-            deps, PaymentMethod, cmd.payment_method_id, resource="payment_method", field_path="payment_method_id"
-        )
+        customer, method = await deps.store.get_pair(Customer, cmd.customer_id, PaymentMethod, cmd.payment_method_id)
+        if customer is None:
+            raise NotFound("customer", cmd.customer_id, field_path="customer_id")
+        if method is None:
+            raise NotFound("payment_method", cmd.payment_method_id, field_path="payment_method_id")
         if method.customer_id != customer.id:
             raise InvalidArgument.field("payment_method_id", "does not belong to this customer")
         method.ensure_usable()
@@ -131,6 +288,7 @@ async def create_payment(deps: Deps, ctx: RequestContext, cmd: CreatePayment) ->
             created_at=now,
             updated_at=now,
             off_session=cmd.off_session,
+            origin=ctx.origin,
         )
         event = audit(
             deps, ctx, "payment.created", "payment", payment.id, "", payment.status.value,
@@ -163,10 +321,12 @@ async def resume_payment(
         loaded[0] if loaded else await load(deps, Payment, payment_id, resource="payment", field_path="payment_id")
     )
     if payment.status is not PaymentStatus.PENDING:
-        return payment  # a resumed request whose outcome was already recorded
-    if deps.clock.now() - payment.created_at > PROCESSOR_KEY_WINDOW:
+        return payment  # a resumed request whose outcome was already recorded (or a cancel won)
+    adapter = deps.processor(payment.processor)
+    if deps.clock.now() > resend_deadline(adapter, payment.created_at):
         raise FailedPrecondition(
-            f"payment {payment.id} has been pending too long to be re-sent safely; reconciliation will settle it",
+            f"payment {payment.id} has been pending too long to be re-sent safely (the processor may have "
+            "forgotten its idempotency key); reconciliation settles it by looking it up",
             reason="PAYMENT_OUTCOME_UNKNOWN",
             metadata={"payment_id": payment.id},
         )
@@ -178,9 +338,8 @@ async def resume_payment(
         method = await load(
             deps, PaymentMethod, payment.payment_method_id, resource="payment_method", field_path="payment_method_id"
         )
-    adapter = deps.processor(payment.processor)
     try:
-        processor_customer = await ensure_processor_customer(deps, customer, payment.processor)
+        processor_customer = await ensure_processor_customer(deps, customer, payment.processor, ctx=ctx)
         request = PaymentRequest(
             payment_id=payment.id,
             amount=payment.amount,
@@ -192,6 +351,7 @@ async def resume_payment(
             off_session=payment.off_session,
             return_url=return_url,
         )
+        ensure_leases(deps.clock.now())  # never send for a request another execution took over
         state = await adapter.create_payment(request, idempotency_key=ctx.processor_key("payment"))
     except PaymentDeclined as exc:
         failed = ProcessorPaymentState(
@@ -203,39 +363,82 @@ async def resume_payment(
                 message=exc.message,
             ),
         )
-        await record_payment_state(deps, ctx, payment.id, failed, "payment.failed")
         exc.metadata["payment_id"] = payment.id
+        await record_payment_state(
+            deps, ctx, payment.id, failed, "payment.failed", lookup_after=deps.clock.now(), known=payment,
+            answer_error=exc,
+        )  # fmt: skip
         raise
     except BillingError as exc:
         # Any final refusal (invalid at the processor, not supported, misconfigured) ends the
         # payment as FAILED; a retryable one (processor or store unavailable, a write
-        # conflict) leaves it PENDING for the retry to resume.
+        # conflict, a lost lease) leaves it PENDING for the retry to resume. Without a
+        # processor id reconciliation still looks the payment up once: a refusal may come
+        # after the processor did something (an answer we could not read).
         if is_final(exc):
             failed = ProcessorPaymentState(
                 processor_id="",
                 status=PaymentStatus.FAILED,
                 failure=PaymentFailure(code=exc.reason.lower(), message=exc.message),
             )
-            await record_payment_state(deps, ctx, payment.id, failed, "payment.failed")
             exc.metadata["payment_id"] = payment.id
+            await record_payment_state(
+                deps, ctx, payment.id, failed, "payment.failed", lookup_after=deps.clock.now(), known=payment,
+                answer_error=exc,
+            )  # fmt: skip
+        elif processor_payment_id := exc.metadata.get("processor_payment_id", ""):
+            # The processor acted but its answer could not be read: keep its id on the PENDING
+            # payment so refreshes and reconciliation can find what it did.
+            linked = ProcessorPaymentState(processor_id=processor_payment_id, status=PaymentStatus.PENDING)
+            await record_payment_state(deps, ctx, payment.id, linked, "payment.processor_linked", known=payment)
         raise
-    return await record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
+    return await record_payment_state(
+        deps, ctx, payment.id, state, f"payment.{state.status.value}", known=payment, answers=True
+    )
 
 
 async def get_payment(deps: Deps, payment_id: str) -> Payment:
-    """Returns one payment."""
-    return await load(deps, Payment, payment_id, resource="payment", field_path="payment_id")
+    """Returns one payment; one awaiting buyer action carries the processor's live client secret.
+
+    Client secrets are never stored (see ``NextAction``), so the processor is asked for
+    it; when the processor cannot answer, the call fails (retryably) rather than hand the
+    caller a payment it cannot finish. Nothing is written.
+    """
+    payment = await load(deps, Payment, payment_id, resource="payment", field_path="payment_id")
+    if payment.status is PaymentStatus.REQUIRES_ACTION and payment.processor_id:
+        state = await deps.processor(payment.processor).get_payment(payment.processor_id)
+        live = state.next_action if state.status is PaymentStatus.REQUIRES_ACTION else None
+        if live is not None and live.client_secret:
+            redirect = payment.next_action.redirect_url if payment.next_action else live.redirect_url
+            payment.next_action = NextAction(client_secret=live.client_secret, redirect_url=redirect)
+    return payment
+
+
+PAYMENT_FILTERS = FilterSpec(
+    {
+        "customer_id": FilterField("customer_id"),
+        "status": FilterField("status", enum=PaymentStatus, enum_prefix="PAYMENT_STATUS_"),
+        "create_time": created(),
+    }
+)
 
 
 async def list_payments(
-    deps: Deps, *, customer_id: str, status: PaymentStatus | None, page_size: int, page_token: str
+    deps: Deps,
+    *,
+    customer_id: str,
+    status: PaymentStatus | None,
+    page_size: int,
+    page_token: str,
+    filter_expr: str = "",
 ) -> tuple[list[Payment], str]:
-    """Lists payments newest first, by customer and/or status."""
+    """Lists payments newest first, by customer and/or status and a filter (PAYMENT_FILTERS)."""
     filters: dict[str, object] = {}
     if customer_id:
         filters["customer_id"] = customer_id
     if status is not None:
         filters["status"] = status.value
+    filters = merge_filters(filters, filter_expr, PAYMENT_FILTERS)
     return await list_page(deps, Payment, filters, requested_size=page_size, token=page_token)
 
 
@@ -245,214 +448,108 @@ async def capture_payment(deps: Deps, ctx: RequestContext, payment_id: str, amou
     if ctx.attempt > 1 and payment.status is PaymentStatus.SUCCEEDED:
         return payment  # resumed after the capture was recorded
     to_capture = payment.ensure_capturable(amount)
+    ensure_leases(deps.clock.now())
     state = await deps.processor(payment.processor).capture_payment(
         payment.processor_id, to_capture, idempotency_key=ctx.processor_key("capture")
     )
-    return await record_payment_state(deps, ctx, payment.id, state, "payment.captured")
+    return await record_payment_state(deps, ctx, payment.id, state, "payment.captured", known=payment, answers=True)
 
 
 async def cancel_payment(deps: Deps, ctx: RequestContext, payment_id: str) -> Payment:
-    """Cancels a payment that has not been captured (voids an authorization)."""
+    """Cancels a payment that has not been captured (voids an authorization).
+
+    A PENDING payment without a processor id may still be in its create's hands: see
+    ``_settle_unsent_for_cancel``. Whatever that finds decides: nothing at the processor
+    (CANCELED), an authorization (voided here), or a charge (SUCCEEDED, and the cancel
+    answers PAYMENT_NOT_CANCELABLE).
+    """
     payment = await load(deps, Payment, payment_id, resource="payment", field_path="payment_id")
     if ctx.attempt > 1 and payment.status is PaymentStatus.CANCELED:
         return payment
     payment.ensure_cancelable()
-    if payment.processor_id:
-        state = await deps.processor(payment.processor).cancel_payment(
-            payment.processor_id, idempotency_key=ctx.processor_key("cancel")
-        )
-    else:  # never reached the processor: nothing to void there
-        state = ProcessorPaymentState(processor_id="", status=PaymentStatus.CANCELED)
-    return await record_payment_state(deps, ctx, payment.id, state, "payment.canceled")
-
-
-@dataclass(frozen=True)
-class CreateRefund:
-    """Command: return money from a captured payment."""
-
-    payment_id: str
-    amount: Money | None
-    reason: RefundReason
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        """Raises InvalidArgument naming the first bad field."""
-        if not self.payment_id:
-            raise InvalidArgument.field("payment_id", "is required")
-        validate_metadata(self.metadata)
-
-
-async def record_refund_state(deps: Deps, ctx: RequestContext, refund_id: str, state: ProcessorRefundState) -> Refund:
-    """Applies a processor report to a refund and moves its money on the payment."""
-    result: list[Refund] = []
-
-    async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
-        refund = await load(deps, Refund, refund_id, resource="refund", field_path="refund_id")
-        result[:] = [refund]
-        processor_id_before = refund.processor_id
-        before = refund.apply_processor_state(state, deps.clock.now())
-        if before is None:
-            return ([Update(refund)], []) if processor_id_before != refund.processor_id else None
-        payment = await load(deps, Payment, refund.payment_id, resource="payment", field_path="payment_id")
-        payment.settle_refund(refund.amount.amount_minor, before=before, after=refund.status, now=deps.clock.now())
-        events = [
-            audit(
-                deps, ctx, f"refund.{refund.status.value}", "refund", refund.id, before.value, refund.status.value,
-                payment_id=payment.id, amount_minor=refund.amount.amount_minor, failure_reason=refund.failure_reason,
-                currency=refund.amount.currency,
-            ),
-            audit(
-                deps, ctx, "payment.refund_settled", "payment", payment.id, payment.status.value, payment.status.value,
-                refund_id=refund.id, amount_refunded=payment.amount_refunded,
-            ),
-        ]  # fmt: skip
-        return [Update(refund), Update(payment)], events
-
-    await commit_with_retry(deps, attempt)
-    return result[0]
-
-
-async def create_refund(deps: Deps, ctx: RequestContext, cmd: CreateRefund) -> Refund:
-    """Reserves the amount on the payment, refunds at the processor, records the result.
-
-    The reservation is a versioned write of the payment together with the PENDING refund,
-    so concurrent refunds can never together exceed the captured amount.
-    """
-    refund = await deps.store.get(Refund, ctx.resource_id)
-    if refund is None:
-        created: list[Refund] = []
-
-        async def reserve() -> tuple[Sequence[Change], Sequence[AuditEvent]]:
-            payment = await load(deps, Payment, cmd.payment_id, resource="payment", field_path="payment_id")
-            amount = payment.reserve_refund(cmd.amount)
-            now = deps.clock.now()
-            new = Refund(
-                id=ctx.resource_id,
-                payment_id=payment.id,
-                processor=payment.processor,
-                amount=amount,
-                reason=cmd.reason,
-                status=RefundStatus.PENDING,
-                metadata=dict(cmd.metadata),
-                created_at=now,
-                updated_at=now,
-            )
-            created[:] = [new]
-            events = [
-                audit(
-                    deps, ctx, "refund.created", "refund", new.id, "", new.status.value,
-                    payment_id=payment.id, amount_minor=amount.amount_minor, reason=cmd.reason.value,
-                ),
-                audit(
-                    deps, ctx, "payment.refund_reserved", "payment", payment.id, payment.status.value,
-                    payment.status.value, refund_id=new.id, amount_refund_pending=payment.amount_refund_pending,
-                ),
-            ]  # fmt: skip
-            return [Update(payment), Insert(new)], events
-
-        await commit_with_retry(deps, reserve)
-        refund = created[0]
-    if refund.status is not RefundStatus.PENDING or refund.processor_id:
-        return refund  # resumed after the processor's answer was recorded
-
-    payment = await load(deps, Payment, refund.payment_id, resource="payment", field_path="payment_id")
-    request = RefundRequest(
-        refund_id=refund.id,
-        processor_payment_id=payment.processor_id,
-        amount=refund.amount,
-        reason=refund.reason,
-        metadata=refund.metadata,
+    if payment.status is PaymentStatus.PENDING and not payment.processor_id:
+        payment = await _settle_unsent_for_cancel(deps, ctx, payment)
+        if payment.status is PaymentStatus.CANCELED:
+            return payment
+        payment.ensure_cancelable()
+    ensure_leases(deps.clock.now())
+    state = await deps.processor(payment.processor).cancel_payment(
+        payment.processor_id, idempotency_key=ctx.processor_key("cancel")
     )
-    try:
-        state = await deps.processor(refund.processor).create_refund(
-            request, idempotency_key=ctx.processor_key("refund")
-        )
-    except BillingError as exc:
-        if not is_final(exc):
-            raise  # the reservation stays: the processor may have refunded; the retry resumes
-        await record_refund_state(
-            deps,
-            ctx,
-            refund.id,
-            ProcessorRefundState(processor_id="", status=RefundStatus.FAILED, failure_reason=exc.reason),
-        )
-        exc.metadata["refund_id"] = refund.id
-        raise
-    return await record_refund_state(deps, ctx, refund.id, state)
+    return await record_payment_state(deps, ctx, payment.id, state, "payment.canceled", known=payment, answers=True)
 
 
-async def mirror_external_refund(
-    deps: Deps, ctx: RequestContext, processor: Processor, state: ProcessorRefundState
-) -> Refund | None:
-    """Records on its payment a refund made outside the service (e.g. in a processor dashboard).
+async def _settle_unsent_for_cancel(deps: Deps, ctx: RequestContext, payment: Payment) -> Payment:
+    """Makes sure no create of ``payment`` runs, then learns what the processor did.
 
-    Returns:
-        The mirrored (or already mirrored) refund; None when the refund is not about one of
-        our payments, or is one of ours (the processor echoed our id).
+    The creating request's idempotency record is held (taken over from an executor whose
+    lease lapsed) so no retry of the create can resume while we decide, and a stale
+    executor's late commit is refused by its fence. A live create answers the cancel with
+    REQUEST_IN_PROGRESS (retry shortly). Once decided and released, a resumed create finds
+    a payment that is no longer PENDING and never sends it.
 
     Raises:
-        ConcurrencyConflict: A refund of ours on that payment is still waiting for its
-            processor id; retry later rather than risk counting one refund twice.
+        RequestInProgress: The create is still executing.
+        FailedPrecondition: PAYMENT_OUTCOME_UNKNOWN: the processor cannot tell yet whether
+            the create went through (PayPal's search lags up to three hours).
     """
-    if state.refund_id or not state.processor_payment_id or state.amount_minor <= 0:
-        return None
-    payment = await deps.store.find_one(
-        Payment, {"processor": processor.value, "processor_id": state.processor_payment_id}
-    )
-    if payment is None:
-        return None
-    result: list[Refund] = []
-
-    async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
-        known = await deps.store.find_one(Refund, {"processor": processor.value, "processor_id": state.processor_id})
-        if known is not None:
-            result[:] = [known]
-            return None
-        in_flight = await deps.store.find_one(
-            Refund, {"payment_id": payment.id, "status": RefundStatus.PENDING.value, "processor_id": ""}
+    origin = await payment_origin(deps, payment)
+    if origin is None:
+        raise FailedPrecondition(
+            f"payment {payment.id} has no record of the request that created it",
+            reason="PAYMENT_OUTCOME_UNKNOWN",
+            metadata={"payment_id": payment.id},
         )
-        if in_flight is not None:
-            raise ConcurrencyConflict(f"refund {in_flight.id} of payment {payment.id} is still in flight")
-        fresh = await load(deps, Payment, payment.id, resource="payment", field_path="payment_id")
+    async with hold_request(deps.store, deps.clock, origin, lease_seconds=deps.lease_seconds) as hold:
+        if not hold.quiet:
+            raise RequestInProgress(
+                f"payment {payment.id} is still being created; retry the cancel shortly",
+                metadata={"payment_id": payment.id},
+            )
+        payment = await load(deps, Payment, payment.id, resource="payment", field_path="payment_id")
+        if payment.status is not PaymentStatus.PENDING or payment.processor_id:
+            return payment  # the create finished first
         now = deps.clock.now()
-        refund = Refund(
-            id=new_id("re"),
-            payment_id=fresh.id,
-            processor=processor,
-            amount=fresh.money(state.amount_minor),
-            reason=RefundReason.UNSPECIFIED,
-            status=state.status,
-            metadata={"source": "processor"},
-            created_at=now,
-            updated_at=now,
-            processor_id=state.processor_id,
-            failure_reason=state.failure_reason,
+        found = await lookup_payment(deps, payment, quiet_since=now)
+        if found.outcome is LookupOutcome.FOUND and found.state is not None:
+            return await record_payment_state(deps, ctx, payment.id, found.state, f"payment.{found.state.status.value}")
+        if found.outcome is LookupOutcome.UNKNOWN:
+            retry = found.retry_after.isoformat() if found.retry_after else ""
+            raise FailedPrecondition(
+                f"the processor cannot tell yet whether payment {payment.id} was charged; cancel it again later",
+                reason="PAYMENT_OUTCOME_UNKNOWN",
+                metadata={"payment_id": payment.id, "retry_after": retry},
+            )
+        # Nothing at the processor, and nothing can send the create now. An executor that
+        # lost its lease without noticing (store unreachable) is caught by one more lookup.
+        canceled = ProcessorPaymentState(processor_id="", status=PaymentStatus.CANCELED)
+        recheck = now + timedelta(seconds=2 * deps.lease_seconds)
+        return await record_payment_state(deps, ctx, payment.id, canceled, "payment.canceled", lookup_after=recheck)
+
+
+async def settle_unsent_payment(
+    deps: Deps, ctx: RequestContext, payment: Payment, *, quiet_since: datetime
+) -> tuple[LookupOutcome, Payment]:
+    """Settles a PENDING payment without a processor id by a lookup by our id.
+
+    The caller guarantees no create of it can run (its request is held or past its resend
+    deadline). Found: converge on it. Absent: FAILED (``not_found_at_processor``): nothing
+    was charged. Unknown: unchanged.
+    """
+    found = await lookup_payment(deps, payment, quiet_since=quiet_since)
+    if found.outcome is LookupOutcome.FOUND and found.state is not None:
+        state = found.state
+        return found.outcome, await record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
+    if found.outcome is LookupOutcome.ABSENT:
+        failed = ProcessorPaymentState(
+            processor_id="",
+            status=PaymentStatus.FAILED,
+            failure=PaymentFailure(
+                code=NOT_AT_PROCESSOR, message="the processor has no payment for this id: nothing was charged"
+            ),
         )
-        fresh.settle_refund(state.amount_minor, before=None, after=state.status, now=now)
-        result[:] = [refund]
-        events = [
-            audit(
-                deps, ctx, "refund.mirrored", "refund", refund.id, "", refund.status.value,
-                payment_id=fresh.id, amount_minor=state.amount_minor, processor_id=state.processor_id,
-            ),
-            audit(
-                deps, ctx, "payment.refund_settled", "payment", fresh.id, fresh.status.value, fresh.status.value,
-                refund_id=refund.id, amount_refunded=fresh.amount_refunded, currency=fresh.currency,
-            ),
-        ]  # fmt: skip
-        return [Update(fresh), Insert(refund)], events
-
-    await commit_with_retry(deps, attempt)
-    return result[0] if result else None
-
-
-async def refresh_refund(deps: Deps, ctx: RequestContext, refund_id: str) -> Refund:
-    """Re-reads a refund from its processor and records any move (pending → final)."""
-    refund = await load(deps, Refund, refund_id, resource="refund", field_path="refund_id")
-    if not refund.processor_id:
-        return refund
-    state = await deps.processor(refund.processor).get_refund(refund.processor_id)
-    return await record_refund_state(deps, ctx, refund.id, state)
+        return found.outcome, await record_payment_state(deps, ctx, payment.id, failed, "payment.failed")
+    return found.outcome, payment
 
 
 async def refresh_payment(deps: Deps, ctx: RequestContext, payment_id: str) -> Payment:
@@ -464,12 +561,98 @@ async def refresh_payment(deps: Deps, ctx: RequestContext, payment_id: str) -> P
     return await record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
 
 
-async def get_refund(deps: Deps, refund_id: str) -> Refund:
-    """Returns one refund."""
-    return await load(deps, Refund, refund_id, resource="refund", field_path="refund_id")
+# Refund use cases live in ``refunds``; these names stay importable from here.
+from billing_service.service_layer.refunds import (  # noqa: E402
+    REFUND_FILTERS,
+    CreateRefund,
+    create_refund,
+    get_refund,
+    list_refunds,
+    mirror_external_refund,
+    record_refund_state,
+    refresh_refund,
+    send_refund,
+    settle_unsent_refund,
+)
+
+UPDATABLE_PAYMENT_FIELDS = frozenset({"description", "metadata"})
 
 
-async def list_refunds(deps: Deps, *, payment_id: str, page_size: int, page_token: str) -> tuple[list[Refund], str]:
-    """Lists refunds newest first, optionally of one payment."""
-    filters = {"payment_id": payment_id} if payment_id else {}
-    return await list_page(deps, Refund, filters, requested_size=page_size, token=page_token)
+@dataclass(frozen=True)
+class UpdatePayment:
+    """Command: change the masked caller-owned fields of a payment (our record only)."""
+
+    payment_id: str
+    paths: frozenset[str]
+    description: str
+    metadata: dict[str, str]
+
+    def validate(self) -> None:
+        """Raises InvalidArgument naming the first bad field."""
+        if not self.payment_id:
+            raise InvalidArgument.field("payment.id", "is required")
+        if not self.paths:
+            raise InvalidArgument.field("update_mask", "must name at least one field")
+        unknown = sorted(self.paths - UPDATABLE_PAYMENT_FIELDS)
+        if unknown:
+            raise InvalidArgument.field(
+                "update_mask",
+                f"cannot update {', '.join(unknown)}; allowed: {', '.join(sorted(UPDATABLE_PAYMENT_FIELDS))}",
+            )
+        validate_text(self.description, "payment.description", max_len=MAX_DESCRIPTION)
+        validate_metadata(self.metadata, field_path="payment.metadata")
+
+
+async def update_payment(deps: Deps, ctx: RequestContext, cmd: UpdatePayment) -> Payment:
+    """Applies a masked update of description and/or metadata, audited as ``payment.updated``.
+
+    The processor keeps the values sent at creation: no processor is called. Each attempt
+    re-reads the payment, so a concurrent webhook's change is never overwritten.
+    """
+    result: list[Payment] = []
+
+    async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]]:
+        payment = await load(deps, Payment, cmd.payment_id, resource="payment", field_path="payment.id")
+        if "description" in cmd.paths:
+            payment.description = cmd.description
+        if "metadata" in cmd.paths:
+            payment.metadata = dict(cmd.metadata)
+        payment.updated_at = deps.clock.now()
+        result[:] = [payment]
+        event = audit(
+            deps, ctx, "payment.updated", "payment", payment.id, payment.status.value, payment.status.value,
+            fields=",".join(sorted(cmd.paths)),
+        )  # fmt: skip
+        return [Update(payment)], [event]
+
+    await commit_with_retry(deps, attempt, answer=lambda: result[0])
+    return result[0]
+
+
+__all__ = [
+    "NOT_AT_PROCESSOR",
+    "PAYMENT_FILTERS",
+    "REFUND_FILTERS",
+    "UPDATABLE_PAYMENT_FIELDS",
+    "CreatePayment",
+    "CreateRefund",
+    "UpdatePayment",
+    "cancel_payment",
+    "capture_payment",
+    "create_payment",
+    "create_refund",
+    "get_payment",
+    "get_refund",
+    "list_payments",
+    "list_refunds",
+    "mirror_external_refund",
+    "record_payment_state",
+    "record_refund_state",
+    "refresh_payment",
+    "refresh_refund",
+    "resume_payment",
+    "send_refund",
+    "settle_unsent_payment",
+    "settle_unsent_refund",
+    "update_payment",
+]

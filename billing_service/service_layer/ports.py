@@ -1,38 +1,84 @@
 """Ports: the small interfaces the use cases need from the outside world.
 
-Adapters implement them: ``MongoBillingStore`` (adapters/mongo), and one
-``<Vendor>PaymentProcessor`` per processor (adapters/processors). No vendor type
+Adapters implement them: ``MongoBillingStore``, ``MongoLeases`` and ``MongoWebhookInbox``
+(adapters/mongo), and one ``<Vendor>PaymentProcessor`` per processor (adapters/processors;
+the processor port itself is in ``processor_port``, re-exported here). No vendor type
 crosses a port: adapters translate to and from the domain types below.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
 from billing_service.domain.common import AuditEvent, Processor
-from billing_service.domain.customers import Customer, PaymentMethod, PaymentMethodType
+from billing_service.domain.customers import Customer, PaymentMethod
 from billing_service.domain.disputes import Dispute
-from billing_service.domain.money import Money
+from billing_service.domain.errors import RequestInProgress
 from billing_service.domain.payments import (
-    CaptureMethod,
     Payment,
-    ProcessorPaymentState,
-    ProcessorRefundState,
     Refund,
-    RefundReason,
 )
 from billing_service.domain.subscriptions import (
     Invoice,
     Plan,
-    ProcessorInvoiceState,
-    ProcessorSubscriptionState,
-    ProrationBehavior,
     Subscription,
 )
+
+# The processor port lives in its own module; every port is imported from here.
+from billing_service.service_layer.processor_port import (
+    AttachedPaymentMethod,
+    LookupOutcome,
+    PaymentLookup,
+    PaymentLookupResult,
+    PaymentProcessor,
+    PaymentRequest,
+    RefundLookup,
+    RefundLookupResult,
+    RefundRequest,
+    SubscriptionChange,
+    SubscriptionRequest,
+    WebhookVerifier,
+)
+
+__all__ = [
+    "AttachedPaymentMethod",
+    "Between",
+    "BillingStore",
+    "Change",
+    "Clock",
+    "E",
+    "Entity",
+    "Fence",
+    "HoldOutcome",
+    "IdempotencyOutcome",
+    "IdempotencyRecord",
+    "InboxEvent",
+    "InboxStats",
+    "Insert",
+    "Leases",
+    "LookupOutcome",
+    "Page",
+    "PaymentLookup",
+    "PaymentLookupResult",
+    "PaymentProcessor",
+    "PaymentRequest",
+    "RefundLookup",
+    "RefundLookupResult",
+    "RefundRequest",
+    "SubscriptionChange",
+    "SubscriptionRequest",
+    "T",
+    "Update",
+    "WebhookInbox",
+    "WebhookStatus",
+    "WebhookVerifier",
+]
 
 
 class Clock(Protocol):
@@ -44,195 +90,12 @@ class Clock(Protocol):
 
 
 # ---------------------------------------------------------------------------
-# Processor port
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AttachedPaymentMethod:
-    """What a processor tells us about an attached instrument (display data only)."""
-
-    processor_id: str
-    type: PaymentMethodType
-    brand: str = ""
-    last4: str = ""
-    exp_month: int = 0
-    exp_year: int = 0
-
-
-@dataclass(frozen=True)
-class PaymentRequest:
-    """Everything a processor needs to create (and confirm) a payment.
-
-    Attributes:
-        payment_id: Our payment id, sent to the processor as metadata for reconciliation.
-        processor_customer_id: The customer's id at this processor.
-        processor_payment_method_id: The instrument's id at this processor.
-        off_session: The buyer is not present (merchant-initiated).
-        return_url: Where a redirect-based flow (3-D Secure, PayPal approval) returns.
-    """
-
-    payment_id: str
-    amount: Money
-    capture_method: CaptureMethod
-    processor_customer_id: str
-    processor_payment_method_id: str
-    description: str = ""
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    off_session: bool = False
-    return_url: str = ""
-
-
-@dataclass(frozen=True)
-class RefundRequest:
-    """A refund of (part of) a captured payment."""
-
-    refund_id: str
-    processor_payment_id: str
-    amount: Money
-    reason: RefundReason
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SubscriptionRequest:
-    """A new subscription at the processor.
-
-    Attributes:
-        trial_end: End of the free trial, or None for no trial.
-    """
-
-    subscription_id: str
-    processor_customer_id: str
-    processor_payment_method_id: str
-    plan: Plan
-    quantity: int
-    trial_end: datetime | None
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    return_url: str = ""
-
-
-@dataclass(frozen=True)
-class SubscriptionChange:
-    """A plan and/or quantity change. ``None`` means unchanged."""
-
-    plan: Plan | None
-    quantity: int | None
-    proration: ProrationBehavior
-
-
-class PaymentProcessor(Protocol):
-    """The verbs every processor adapter offers.
-
-    Every write takes an ``idempotency_key`` derived from the caller's request_id and sends
-    it to the processor (Stripe ``Idempotency-Key``, PayPal ``PayPal-Request-Id``), so a
-    retried call never moves money twice. Failures are raised as ``ProcessorError``
-    (``PaymentDeclined`` for declines, ``NotSupportedByProcessor`` for missing features).
-    """
-
-    name: Processor
-
-    async def create_customer(self, customer: Customer, *, idempotency_key: str) -> str:
-        """Creates the customer at the processor; returns the processor's customer id."""
-        ...
-
-    async def update_customer(self, processor_customer_id: str, customer: Customer, *, idempotency_key: str) -> None:
-        """Copies name, email, description and metadata to the processor."""
-        ...
-
-    async def attach_payment_method(
-        self, processor_customer_id: str, token: str, *, idempotency_key: str
-    ) -> AttachedPaymentMethod:
-        """Attaches a processor token to the customer; returns its display data."""
-        ...
-
-    async def detach_payment_method(self, processor_payment_method_id: str, *, idempotency_key: str) -> None:
-        """Detaches the instrument from its customer."""
-        ...
-
-    async def create_payment(self, request: PaymentRequest, *, idempotency_key: str) -> ProcessorPaymentState:
-        """Creates and confirms a payment; a decline raises ``PaymentDeclined``."""
-        ...
-
-    async def get_payment(self, processor_payment_id: str) -> ProcessorPaymentState:
-        """Reads the processor's current view of a payment."""
-        ...
-
-    async def capture_payment(
-        self, processor_payment_id: str, amount: Money, *, idempotency_key: str
-    ) -> ProcessorPaymentState:
-        """Captures (part of) an authorized payment."""
-        ...
-
-    async def cancel_payment(self, processor_payment_id: str, *, idempotency_key: str) -> ProcessorPaymentState:
-        """Cancels (voids) a payment that has not been captured."""
-        ...
-
-    async def create_refund(self, request: RefundRequest, *, idempotency_key: str) -> ProcessorRefundState:
-        """Refunds (part of) a captured payment."""
-        ...
-
-    async def get_refund(self, processor_refund_id: str) -> ProcessorRefundState:
-        """Reads the processor's current view of a refund."""
-        ...
-
-    async def create_plan(self, plan: Plan, *, idempotency_key: str) -> dict[str, str]:
-        """Mirrors a plan at the processor; returns ids to keep in ``plan.processor_refs``."""
-        ...
-
-    async def archive_plan(self, plan: Plan, *, idempotency_key: str) -> None:
-        """Stops new subscriptions to the plan at the processor."""
-        ...
-
-    async def create_subscription(
-        self, request: SubscriptionRequest, *, idempotency_key: str
-    ) -> ProcessorSubscriptionState:
-        """Starts a subscription."""
-        ...
-
-    async def get_subscription(self, processor_subscription_id: str) -> ProcessorSubscriptionState:
-        """Reads the processor's current view of a subscription."""
-        ...
-
-    async def update_subscription(
-        self, processor_subscription_id: str, change: SubscriptionChange, *, idempotency_key: str
-    ) -> ProcessorSubscriptionState:
-        """Changes plan and/or quantity with the given proration behaviour."""
-        ...
-
-    async def cancel_subscription(
-        self, processor_subscription_id: str, *, at_period_end: bool, idempotency_key: str
-    ) -> ProcessorSubscriptionState:
-        """Cancels now or at the end of the current period."""
-        ...
-
-    async def pause_subscription(
-        self, processor_subscription_id: str, *, idempotency_key: str
-    ) -> ProcessorSubscriptionState:
-        """Pauses collection."""
-        ...
-
-    async def resume_subscription(
-        self, processor_subscription_id: str, *, idempotency_key: str
-    ) -> ProcessorSubscriptionState:
-        """Resumes a paused subscription."""
-        ...
-
-    async def list_invoices(self, processor_subscription_id: str) -> list[ProcessorInvoiceState]:
-        """Returns the subscription's invoices, newest first."""
-        ...
-
-    async def aclose(self) -> None:
-        """Releases HTTP clients and worker threads."""
-        ...
-
-
-# ---------------------------------------------------------------------------
 # Store port
 # ---------------------------------------------------------------------------
 
 Entity = Customer | PaymentMethod | Payment | Refund | Plan | Subscription | Invoice | Dispute
 E = TypeVar("E", Customer, PaymentMethod, Payment, Refund, Plan, Subscription, Invoice, Dispute)
+E2 = TypeVar("E2", Customer, PaymentMethod, Payment, Refund, Plan, Subscription, Invoice, Dispute)
 
 
 @dataclass(frozen=True)
@@ -247,9 +110,16 @@ class Update:
     """Replace ``entity`` if its stored version still equals ``entity.version``.
 
     The store bumps ``entity.version`` on success.
+
+    Attributes:
+        bookkeeping: The update changes only fields no RPC returns (reconciliation's
+            ``lookup_after``): it needs no audit event and yields no billing event. The
+            store checks the claim against the stored document and treats an update that
+            changes anything else as a change.
     """
 
     entity: Entity
+    bookkeeping: bool = False
 
 
 Change = Insert | Update
@@ -259,11 +129,84 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class Between:
+    """A filter value for ``list_page``: matches values inside an interval.
+
+    A ``None`` bound is open. Used for creation-time windows of list filters.
+    """
+
+    lower: Any = None
+    upper: Any = None
+    lower_inclusive: bool = True
+    upper_inclusive: bool = False
+
+
+@dataclass(frozen=True)
 class Page(Generic[T]):
     """One page of a listing. ``next_cursor`` is empty on the last page."""
 
     items: list[T]
     next_cursor: str
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """The final answer of a request, kept on its idempotency record for replays.
+
+    Exactly one of ``response`` (the serialized response) and ``error`` (a serialized
+    final error) is set.
+    """
+
+    response: bytes | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A request a commit is made for: it lands only while ``owner`` still executes it.
+
+    The store writes the request's idempotency record inside the commit's transaction:
+
+    - ``claim`` set: the commit is the execution's first write and *creates* the record
+      (``claim`` is the record to insert, or to put in place of an expired one). A record
+      already there means another execution claimed the key first: ``ClaimConflict``.
+    - otherwise the record must still name ``owner``; once another execution took the
+      request over, the whole commit is refused (``RequestInProgress``).
+    - ``result`` set: the same write completes the request with its final answer, so the
+      outcome and the replayable answer become durable together.
+
+    ``at`` is the commit's time.
+    """
+
+    key: str
+    owner: str
+    at: datetime
+    claim: IdempotencyRecord | None = None
+    result: StoredResult | None = None
+
+
+class ClaimConflict(RequestInProgress):
+    """A commit that was to create a request's idempotency record found one already there.
+
+    Another execution of the same request claimed it first (a concurrent duplicate, or a
+    crashed one whose record is still in progress). Nothing of the commit was written;
+    the caller looks the record up again and replays, waits or takes over.
+    """
+
+
+def request_key(caller: str, method: str, request_id: str) -> str:
+    """The key of (caller, method, request_id)'s idempotency record: a fixed-size sha256 hex digest."""
+    raw = "\x1f".join((caller, method, request_id))
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+class HoldOutcome(StrEnum):
+    """What ``idempotency_hold`` found on another request's record."""
+
+    HELD = "held"  # it was in progress with no live lease: we hold it now
+    BUSY = "busy"  # its executor holds a live lease
+    COMPLETED = "completed"  # it finished; nothing can resume it
+    ABSENT = "absent"  # no record (expired): a retry would start a new resource, not resume this one
 
 
 class IdempotencyOutcome(StrEnum):
@@ -301,10 +244,23 @@ class IdempotencyRecord:
     response: bytes | None = None
     error: dict[str, Any] | None = None
     attempts: int = 1
+    expires_at: datetime | None = None
 
 
 class BillingStore(Protocol):
     """Durable state: resources, append-only audit events and idempotency records."""
+
+    def deadline(self, seconds: float, *, cleanup_seconds: float = 0.0) -> AbstractContextManager[None]:
+        """Bounds every operation started inside the block to end ``seconds`` from now.
+
+        An operation that would overrun fails with ``StoreUnavailable``; one started after
+        the end (cleanup) still gets ``cleanup_seconds``.
+        """
+        ...
+
+    def seems_reachable(self) -> bool:
+        """False when the store is already known to be gone (no I/O); True says nothing more."""
+        ...
 
     async def ping(self) -> None:
         """Raises ``StoreUnavailable`` unless the store answers."""
@@ -319,20 +275,50 @@ class BillingStore(Protocol):
         ...
 
     async def list_page(self, kind: type[E], filters: Mapping[str, Any], *, limit: int, after: str | None) -> Page[E]:
-        """Lists entities newest first, ``limit`` at most, strictly after cursor ``after``."""
+        """Lists entities newest first, ``limit`` at most, strictly after cursor ``after``.
+
+        A filter value is an equality, or a :class:`Between` interval.
+        """
         ...
 
-    async def commit(self, changes: Sequence[Change], events: Sequence[AuditEvent]) -> None:
-        """Writes all changes and their audit events atomically.
+    async def get_pair(
+        self, first: type[E], first_id: str, second: type[E2], second_id: str
+    ) -> tuple[E | None, E2 | None]:
+        """Loads two entities by id in one round trip (e.g. a customer and its payment method)."""
+        ...
+
+    async def commit(
+        self, changes: Sequence[Change], events: Sequence[AuditEvent], *, fences: Sequence[Fence] = ()
+    ) -> None:
+        """Writes all changes, their audit events and the fences' records atomically.
 
         Raises:
             ConcurrencyConflict: An ``Update`` found a newer version; nothing was written.
+            ClaimConflict: A fence's ``claim`` found the record already claimed; nothing
+                was written.
+            RequestInProgress: A fence's lease was taken over; nothing was written.
             StoreUnavailable: The store failed; nothing was written.
         """
         ...
 
     async def list_audit_events(self, resource_id: str, *, limit: int, after: str | None) -> Page[AuditEvent]:
         """Lists a resource's audit events, oldest first."""
+        ...
+
+    async def idempotency_get(
+        self, *, caller: str, method: str, request_id: str, now: datetime
+    ) -> IdempotencyRecord | None:
+        """Reads a request key's record; None when there is none or it is past its TTL."""
+        ...
+
+    async def idempotency_take_over(
+        self, record: IdempotencyRecord, *, owner: str, now: datetime, lease_seconds: float, ttl_seconds: float
+    ) -> tuple[IdempotencyOutcome, IdempotencyRecord]:
+        """Takes over ``record`` (in progress, its lease lapsed) for a new execution.
+
+        STARTED with ``attempts`` incremented and the original ``resource_id`` kept; when
+        the record changed meanwhile, what it is now (COMPLETED or IN_PROGRESS).
+        """
         ...
 
     async def idempotency_begin(
@@ -348,7 +334,7 @@ class BillingStore(Protocol):
         lease_seconds: float,
         ttl_seconds: float,
     ) -> tuple[IdempotencyOutcome, IdempotencyRecord]:
-        """Claims a request key, or reports who has it.
+        """Claims a request key at once, or reports who has it.
 
         A record whose lease ran out while in progress (its executor crashed) is taken
         over: the outcome is STARTED with ``attempts`` incremented and the original
@@ -366,8 +352,48 @@ class BillingStore(Protocol):
         """Drops our claim after a retryable failure so a retry can execute again."""
         ...
 
+    async def idempotency_renew(self, key: str, owner: str, *, lease_until: datetime) -> bool:
+        """Extends a lease we hold (heartbeat); False when it was taken over or finished."""
+        ...
+
+    async def idempotency_hold(
+        self, *, caller: str, method: str, request_id: str, owner: str, now: datetime, lease_seconds: float
+    ) -> tuple[HoldOutcome, IdempotencyRecord | None]:
+        """Takes over another request's in-progress record whose lease lapsed, without executing it.
+
+        While held, that request's retries answer IN_PROGRESS and its stale executor's
+        fenced commits are refused. ``idempotency_release`` gives it back.
+        """
+        ...
+
     async def page_token_secret(self) -> bytes:
         """A random secret shared by all replicas, created once, for signing page tokens."""
+        ...
+
+
+# ---------------------------------------------------------------------------
+# Leases
+# ---------------------------------------------------------------------------
+
+
+class Leases(Protocol):
+    """Named leases, so a periodic job (the reconciler) runs on one replica at a time, plus
+    the state (cursors) each job keeps between its passes, guarded by the lease."""
+
+    async def acquire(self, name: str, owner: str, *, now: datetime, ttl_seconds: float) -> bool:
+        """Takes or renews the lease; False while another owner holds it."""
+        ...
+
+    async def release(self, name: str, owner: str) -> None:
+        """Gives the lease up."""
+        ...
+
+    async def load_state(self, name: str) -> dict[str, str]:
+        """The state the last holder saved (cursors), or {}."""
+        ...
+
+    async def save_state(self, name: str, owner: str, state: Mapping[str, str]) -> bool:
+        """Saves state while ``owner`` holds the lease; False once it lost it."""
         ...
 
 

@@ -1,19 +1,29 @@
-"""Use cases for plans, subscriptions and (mirrored) invoices."""
+"""Use cases for plans, subscriptions and (mirrored) invoices.
+
+A subscription's status, period, plan and quantity are the processor's: they are written
+only from what the processor reports (its answer to our call, a re-read, a webhook), never
+from what a request asked for, so a change the processor has not confirmed (a PayPal
+revision waiting for the buyer) or one made in its dashboard ends up in our record exactly
+as the processor bills it.
+"""
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from billing_service.domain.common import AuditEvent, Processor, validate_metadata, validate_text
 from billing_service.domain.customers import Customer, PaymentMethod
-from billing_service.domain.errors import InvalidArgument
+from billing_service.domain.errors import BillingError, InvalidArgument
 from billing_service.domain.ids import new_id
 from billing_service.domain.money import Money
 from billing_service.domain.subscriptions import (
     Interval,
     Invoice,
+    InvoiceStatus,
     Plan,
     PlanStatus,
     ProcessorSubscriptionState,
@@ -23,10 +33,24 @@ from billing_service.domain.subscriptions import (
 )
 from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
 from billing_service.service_layer.customers import MAX_DESCRIPTION, MAX_NAME, ensure_processor_customer
-from billing_service.service_layer.idempotency import RequestContext
+from billing_service.service_layer.executions import unwritten
+from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
+from billing_service.service_layer.idempotency import RequestContext, is_final
 from billing_service.service_layer.ports import Change, Insert, SubscriptionChange, SubscriptionRequest, Update
 
+log = logging.getLogger(__name__)
+
 MAX_QUANTITY = 10_000
+# The request that creates subscriptions; its context is rebuilt to resume a creation.
+CREATE_METHOD = "/billing.v1.SubscriptionService/CreateSubscription"
+# A creation whose outcome is unknown is resumed (same processor key) once it is older than
+# this, and never after PROCESSOR_KEY_WINDOW: processors forget idempotency keys after 24 h.
+RESUME_AFTER = timedelta(minutes=2)
+PROCESSOR_KEY_WINDOW = timedelta(hours=23)
+# Processor statuses in which a subscription can bill (INCOMPLETE has not, CANCELED will not).
+_LIVE_AT_PROCESSOR = frozenset(
+    {SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE, SubscriptionStatus.PAUSED}
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +75,8 @@ class CreatePlan:
 
 async def create_plan(deps: Deps, ctx: RequestContext, cmd: CreatePlan) -> Plan:
     """Stores a plan; it is mirrored at a processor when first subscribed there."""
-    existing = await deps.store.get(Plan, ctx.resource_id)
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    existing = None if unwritten(ctx.resource_id) else await deps.store.get(Plan, ctx.resource_id)
     if existing is not None:
         return existing
     now = deps.clock.now()
@@ -72,7 +97,7 @@ async def create_plan(deps: Deps, ctx: RequestContext, cmd: CreatePlan) -> Plan:
         deps, ctx, "plan.created", "plan", plan.id, "", plan.status.value,
         amount_minor=plan.price.amount_minor, currency=plan.price.currency,
     )  # fmt: skip
-    await commit(deps, [Insert(plan)], [event])
+    await commit(deps, [Insert(plan)], [event], answer=plan)
     return plan
 
 
@@ -81,9 +106,31 @@ async def get_plan(deps: Deps, plan_id: str) -> Plan:
     return await load(deps, Plan, plan_id, resource="plan", field_path="plan_id")
 
 
-async def list_plans(deps: Deps, *, include_archived: bool, page_size: int, page_token: str) -> tuple[list[Plan], str]:
-    """Lists plans newest first (active only unless asked)."""
+PLAN_FILTERS = FilterSpec({"create_time": created()})
+SUBSCRIPTION_FILTERS = FilterSpec(
+    {
+        "customer_id": FilterField("customer_id"),
+        "plan_id": FilterField("plan_id"),
+        "status": FilterField("status", enum=SubscriptionStatus, enum_prefix="SUBSCRIPTION_STATUS_"),
+        "create_time": created(),
+    }
+)
+INVOICE_FILTERS = FilterSpec(
+    {
+        "customer_id": FilterField("customer_id"),
+        "subscription_id": FilterField("subscription_id"),
+        "status": FilterField("status", enum=InvoiceStatus, enum_prefix="INVOICE_STATUS_"),
+        "create_time": created(),
+    }
+)
+
+
+async def list_plans(
+    deps: Deps, *, include_archived: bool, page_size: int, page_token: str, filter_expr: str = ""
+) -> tuple[list[Plan], str]:
+    """Lists plans newest first (active only unless asked), optionally filtered (PLAN_FILTERS)."""
     filters = {} if include_archived else {"status": PlanStatus.ACTIVE.value}
+    filters = merge_filters(filters, filter_expr, PLAN_FILTERS)
     return await list_page(deps, Plan, filters, requested_size=page_size, token=page_token)
 
 
@@ -92,6 +139,7 @@ async def archive_plan(deps: Deps, ctx: RequestContext, plan_id: str) -> Plan:
     plan = await load(deps, Plan, plan_id, resource="plan", field_path="plan_id")
     if ctx.attempt > 1 and plan.status is PlanStatus.ARCHIVED:
         return plan
+    first = [copy.deepcopy(plan)]  # the first attempt starts from the plan as read
     plan.archive(deps.clock.now())  # validates before touching processors
     for processor in [p for p in Processor if p.value in plan.processor_refs]:
         await deps.processor(processor).archive_plan(
@@ -100,32 +148,35 @@ async def archive_plan(deps: Deps, ctx: RequestContext, plan_id: str) -> Plan:
     result: list[Plan] = []
 
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]]:
-        fresh = await load(deps, Plan, plan_id, resource="plan", field_path="plan_id")
+        fresh = first.pop() if first else await load(deps, Plan, plan_id, resource="plan", field_path="plan_id")
         before, after = fresh.archive(deps.clock.now())
         result[:] = [fresh]
         return [Update(fresh)], [audit(deps, ctx, "plan.archived", "plan", fresh.id, before, after)]
 
-    await commit_with_retry(deps, attempt)
+    await commit_with_retry(deps, attempt, answer=lambda: result[0])
     return result[0]
 
 
-async def ensure_processor_plan(deps: Deps, plan: Plan, processor: Processor) -> Plan:
-    """Mirrors the plan at ``processor`` on first use; returns it with the refs set."""
+async def ensure_processor_plan(deps: Deps, plan: Plan, processor: Processor, *, ctx: RequestContext) -> Plan:
+    """Mirrors the plan at ``processor`` on first use; returns it with the refs set (audited as ``ctx``)."""
     if plan.processor_refs.get(processor.value):
         return plan
     refs = await deps.processor(processor).create_plan(
         plan, idempotency_key=f"billing-plan-{plan.id}-{processor.value}"
     )
     result: list[Plan] = []
+    first = [copy.deepcopy(plan)]  # the first attempt starts from the plan as the caller read it
 
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
-        fresh = await load(deps, Plan, plan.id, resource="plan", field_path="plan_id")
+        fresh = first.pop() if first else await load(deps, Plan, plan.id, resource="plan", field_path="plan_id")
         result[:] = [fresh]
         if fresh.processor_refs.get(processor.value):
             return None
         fresh.processor_refs.update(refs)
         fresh.updated_at = deps.clock.now()
-        return [Update(fresh)], []
+        status = fresh.status.value
+        linked = audit(deps, ctx, "plan.processor_linked", "plan", fresh.id, status, status, processor=processor.value)
+        return [Update(fresh)], [linked]
 
     await commit_with_retry(deps, attempt)
     return result[0]
@@ -155,37 +206,151 @@ class CreateSubscription:
         validate_metadata(self.metadata)
 
 
+async def plan_for_processor_plan(
+    deps: Deps, processor: Processor, processor_plan_id: str, *, known: Plan | None = None
+) -> str:
+    """Our plan that ``processor`` bills as ``processor_plan_id``, or "" when it is none of ours.
+
+    A price made in a processor's dashboard mirrors no plan of ours: the subscription keeps
+    its plan id (and a warning is logged) rather than point at a plan we do not have.
+    ``known`` is a plan the request has at hand: when it is the one, nothing is read.
+    """
+    if not processor_plan_id:
+        return ""
+    if known is not None and known.processor_refs.get(processor.value) == processor_plan_id:
+        return known.id
+    plan = await deps.store.find_one(Plan, {f"processor_refs.{processor.value}": processor_plan_id})
+    if plan is None:
+        log.warning(
+            "subscription billed at a price that mirrors none of our plans",
+            extra={"processor": processor.value, "processor_plan_id": processor_plan_id},
+        )
+        return ""
+    return plan.id
+
+
 async def record_subscription_state(
-    deps: Deps, ctx: RequestContext, subscription_id: str, state: ProcessorSubscriptionState, action: str
+    deps: Deps,
+    ctx: RequestContext,
+    subscription_id: str,
+    state: ProcessorSubscriptionState,
+    action: str,
+    *,
+    known: Subscription | None = None,
+    plan: Plan | None = None,
+    answers: bool = False,
 ) -> Subscription:
-    """Applies a processor report to the stored subscription and audits the move (never backwards)."""
+    """Applies a processor report to the stored subscription and audits the move.
+
+    Never backwards (status or billing period); plan and quantity follow what the processor
+    bills. A subscription we ended (refused, or canceled before its processor answered) that
+    the processor turns out to hold live is canceled there too.
+
+    Args:
+        known: The subscription as this request last read or wrote it: the first attempt
+            starts from it instead of reading it again (a stale copy loses the version
+            check, and the next attempt reads it).
+        plan: A plan the request has at hand (saves reading which plan the processor bills).
+        answers: The recorded subscription is the request's answer (stored with the change).
+    """
+    current = known or await load(
+        deps, Subscription, subscription_id, resource="subscription", field_path="subscription_id"
+    )
+    plan_id = await plan_for_processor_plan(deps, current.processor, state.processor_plan_id, known=plan)
+    result: list[Subscription] = []
+    first = [copy.deepcopy(current)]
+
+    async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
+        sub = (
+            first.pop()
+            if first
+            else await load(deps, Subscription, subscription_id, resource="subscription", field_path="subscription_id")
+        )
+        result[:] = [sub]
+        before = sub.status.value
+        processor_id_before = sub.processor_id
+        changed = sub.apply_processor_state(state, deps.clock.now(), plan_id=plan_id)
+        if not changed and processor_id_before == sub.processor_id:
+            return None
+        event = audit(
+            deps, ctx, action, "subscription", sub.id, before, sub.status.value,
+            cancel_at_period_end=sub.cancel_at_period_end, processor_id=sub.processor_id,
+            plan_id=sub.plan_id, quantity=sub.quantity,
+        )  # fmt: skip
+        return [Update(sub)], [event]
+
+    def ends_at_processor(sub: Subscription) -> bool:
+        return (
+            sub.status is SubscriptionStatus.CANCELED
+            and bool(state.processor_id)
+            and (state.status in _LIVE_AT_PROCESSOR)
+        )
+
+    # Ending it at the processor comes after this commit: then this is not the last word.
+    def answer() -> Subscription | None:
+        return result[0] if answers and not ends_at_processor(result[0]) else None
+
+    await commit_with_retry(deps, attempt, answer=answer)
+    sub = result[0]
+    if ends_at_processor(sub):
+        return await _end_at_processor(deps, ctx, sub, state.processor_id)
+    return sub
+
+
+async def _end_at_processor(deps: Deps, ctx: RequestContext, sub: Subscription, processor_id: str) -> Subscription:
+    """Cancels at the processor a live subscription that our record already ended.
+
+    It happens when a creation we had given up on (refused, or canceled while its outcome
+    was unknown) did reach the processor. The processor is read again first, so a stale
+    report cannot cancel twice; the key is derived from our id, so retries cancel once.
+    """
+    adapter = deps.processor(sub.processor)
+    fresh = await adapter.get_subscription(processor_id)
+    if fresh.status not in _LIVE_AT_PROCESSOR:
+        return sub
+    log.warning(
+        "ending at the processor a subscription our record had already ended",
+        extra={"subscription_id": sub.id, "processor_id": processor_id},
+    )
+    ended = await adapter.cancel_subscription(
+        processor_id, at_period_end=False, idempotency_key=f"billing-subscription-{sub.id}-end-orphan"
+    )
+    return await record_subscription_state(deps, ctx, sub.id, ended, "subscription.canceled")
+
+
+async def _end_unstarted(
+    deps: Deps, ctx: RequestContext, subscription_id: str, action: str, **data: object
+) -> Subscription:
+    """Ends (CANCELED) a subscription its processor does not hold, with its audit event."""
     result: list[Subscription] = []
 
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]] | None:
         sub = await load(deps, Subscription, subscription_id, resource="subscription", field_path="subscription_id")
         result[:] = [sub]
-        before = sub.status.value
-        processor_id_before = sub.processor_id
-        if not sub.apply_processor_state(state, deps.clock.now()) and processor_id_before == sub.processor_id:
+        if sub.status is SubscriptionStatus.CANCELED:
             return None
-        event = audit(
-            deps, ctx, action, "subscription", sub.id, before, sub.status.value,
-            cancel_at_period_end=sub.cancel_at_period_end, processor_id=sub.processor_id,
-        )  # fmt: skip
-        return [Update(sub)], [event]
+        before, after = sub.cancel_unstarted(deps.clock.now())
+        return [Update(sub)], [audit(deps, ctx, action, "subscription", sub.id, before, after, **data)]
 
     await commit_with_retry(deps, attempt)
     return result[0]
 
 
+# What creating a subscription has just read: its customer, plan and payment method.
+_Loaded = tuple[Customer, Plan, PaymentMethod | None]
+
+
 async def create_subscription(deps: Deps, ctx: RequestContext, cmd: CreateSubscription) -> Subscription:
     """Creates the subscription at the payment method's processor and mirrors it."""
-    sub = await deps.store.get(Subscription, ctx.resource_id)
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    sub = None if unwritten(ctx.resource_id) else await deps.store.get(Subscription, ctx.resource_id)
+    loaded: _Loaded | None = None
     if sub is None:
         customer = await load(deps, Customer, cmd.customer_id, resource="customer", field_path="customer_id")
         plan = await load(deps, Plan, cmd.plan_id, resource="plan", field_path="plan_id")
         plan.ensure_active()
         processor = customer.default_processor
+        method: PaymentMethod | None = None
         if cmd.payment_method_id:
             method = await load(
                 deps, PaymentMethod, cmd.payment_method_id, resource="payment_method", field_path="payment_method_id"
@@ -215,20 +380,36 @@ async def create_subscription(deps: Deps, ctx: RequestContext, cmd: CreateSubscr
             plan_id=plan.id, quantity=sub.quantity, processor=processor.value,
         )  # fmt: skip
         await commit(deps, [Insert(sub)], [event])
-    if sub.processor_id:
-        return sub
+        loaded = (customer, plan, method)
+    if sub.processor_id or sub.status is SubscriptionStatus.CANCELED:
+        return sub  # at the processor already, or ended (refused, canceled) before it got there
+    return await _send_to_processor(deps, ctx, sub, loaded=loaded)
 
-    customer = await load(deps, Customer, sub.customer_id, resource="customer", field_path="customer_id")
-    plan = await ensure_processor_plan(
-        deps, await load(deps, Plan, sub.plan_id, resource="plan", field_path="plan_id"), sub.processor
-    )
-    processor_customer = await ensure_processor_customer(deps, customer, sub.processor)
-    method_ref = ""
-    if sub.payment_method_id:
-        method = await load(
-            deps, PaymentMethod, sub.payment_method_id, resource="payment_method", field_path="payment_method_id"
-        )
-        method_ref = method.processor_id
+
+async def _send_to_processor(
+    deps: Deps, ctx: RequestContext, sub: Subscription, *, loaded: _Loaded | None = None
+) -> Subscription:
+    """Creates a recorded subscription at its processor under the creating request's key.
+
+    A final refusal ends the subscription (CANCELED, ``subscription.refused``): the processor
+    holds nothing, so nothing can bill and no later call has an id to send. A retryable
+    failure leaves it INCOMPLETE for the caller's retry (or reconciliation) to resume.
+    ``loaded`` is the (customer, plan, method) the creating request has just read; None
+    reads them.
+    """
+    if loaded is not None:
+        customer, plan, method = loaded
+    else:
+        customer = await load(deps, Customer, sub.customer_id, resource="customer", field_path="customer_id")
+        plan = await load(deps, Plan, sub.plan_id, resource="plan", field_path="plan_id")
+        method = None
+        if sub.payment_method_id:
+            method = await load(
+                deps, PaymentMethod, sub.payment_method_id, resource="payment_method", field_path="payment_method_id"
+            )
+    plan = await ensure_processor_plan(deps, plan, sub.processor, ctx=ctx)
+    processor_customer = await ensure_processor_customer(deps, customer, sub.processor, ctx=ctx)
+    method_ref = method.processor_id if method is not None else ""
     request = SubscriptionRequest(
         subscription_id=sub.id,
         processor_customer_id=processor_customer,
@@ -238,10 +419,18 @@ async def create_subscription(deps: Deps, ctx: RequestContext, cmd: CreateSubscr
         trial_end=sub.trial_end,
         metadata=sub.metadata,
     )
-    state = await deps.processor(sub.processor).create_subscription(
-        request, idempotency_key=ctx.processor_key("subscription")
+    try:
+        state = await deps.processor(sub.processor).create_subscription(
+            request, idempotency_key=ctx.processor_key("subscription")
+        )
+    except BillingError as exc:
+        if is_final(exc):
+            await _end_unstarted(deps, ctx, sub.id, "subscription.refused", reason=exc.reason)
+            exc.metadata["subscription_id"] = sub.id
+        raise
+    sub = await record_subscription_state(
+        deps, ctx, sub.id, state, f"subscription.{state.status.value}", known=sub, plan=plan
     )
-    sub = await record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
     await sync_invoices(deps, ctx, sub)
     return sub
 
@@ -252,14 +441,21 @@ async def get_subscription(deps: Deps, subscription_id: str) -> Subscription:
 
 
 async def list_subscriptions(
-    deps: Deps, *, customer_id: str, status: SubscriptionStatus | None, page_size: int, page_token: str
+    deps: Deps,
+    *,
+    customer_id: str,
+    status: SubscriptionStatus | None,
+    page_size: int,
+    page_token: str,
+    filter_expr: str = "",
 ) -> tuple[list[Subscription], str]:
-    """Lists subscriptions newest first, by customer and/or status."""
+    """Lists subscriptions newest first, by customer and/or status and a filter (SUBSCRIPTION_FILTERS)."""
     filters: dict[str, object] = {}
     if customer_id:
         filters["customer_id"] = customer_id
     if status is not None:
         filters["status"] = status.value
+    filters = merge_filters(filters, filter_expr, SUBSCRIPTION_FILTERS)
     return await list_page(deps, Subscription, filters, requested_size=page_size, token=page_token)
 
 
@@ -293,7 +489,7 @@ async def update_subscription(deps: Deps, ctx: RequestContext, cmd: UpdateSubscr
         old_plan = await load(deps, Plan, sub.plan_id, resource="plan", field_path="plan_id")
         if new_plan.price.currency != old_plan.price.currency:
             raise InvalidArgument.field("plan_id", f"must be priced in {old_plan.price.currency} like the current plan")
-        new_plan = await ensure_processor_plan(deps, new_plan, sub.processor)
+        new_plan = await ensure_processor_plan(deps, new_plan, sub.processor, ctx=ctx)
     quantity = cmd.quantity if cmd.quantity and cmd.quantity != sub.quantity else None
     if new_plan is None and quantity is None:
         return sub  # nothing to change
@@ -301,23 +497,25 @@ async def update_subscription(deps: Deps, ctx: RequestContext, cmd: UpdateSubscr
     state = await deps.processor(sub.processor).update_subscription(
         sub.processor_id, change, idempotency_key=ctx.processor_key("update")
     )
+    # Plan and quantity are what the processor now bills: at once for Stripe and the fake; for
+    # PayPal only after the buyer approved the revision (a webhook or a re-read brings it).
+    plan_id = await plan_for_processor_plan(deps, sub.processor, state.processor_plan_id, known=new_plan)
     result: list[Subscription] = []
 
+    first = [copy.deepcopy(sub)]  # the first attempt starts from the subscription as read above
+
     async def attempt() -> tuple[Sequence[Change], Sequence[AuditEvent]]:
-        fresh = await get_subscription(deps, cmd.subscription_id)
+        fresh = first.pop() if first else await get_subscription(deps, cmd.subscription_id)
         before = fresh.status.value
         old_plan_id, old_quantity = fresh.plan_id, fresh.quantity
-        if new_plan is not None:
-            fresh.plan_id = new_plan.id
-        if quantity is not None:
-            fresh.quantity = quantity
-        fresh.apply_processor_state(state, deps.clock.now())
+        fresh.apply_processor_state(state, deps.clock.now(), plan_id=plan_id)
         fresh.updated_at = deps.clock.now()
         result[:] = [fresh]
         event = audit(
             deps, ctx, "subscription.updated", "subscription", fresh.id, before, fresh.status.value,
             old_plan_id=old_plan_id, plan_id=fresh.plan_id, old_quantity=old_quantity, quantity=fresh.quantity,
-            proration=cmd.proration.value,
+            requested_plan_id=new_plan.id if new_plan else "", requested_quantity=quantity or 0,
+            proration=cmd.proration.value, pending_approval=bool(fresh.approval_url),
         )  # fmt: skip
         return [Update(fresh)], [event]
 
@@ -334,11 +532,15 @@ async def cancel_subscription(
     if ctx.attempt > 1 and (sub.status is SubscriptionStatus.CANCELED or (at_period_end and sub.cancel_at_period_end)):
         return sub
     sub.ensure_cancelable(at_period_end)
+    if not sub.at_processor:
+        # Never reached its processor (or its creation's outcome is unknown): end it here. If
+        # the creation did reach the processor, recording its answer ends it there too.
+        return await _end_unstarted(deps, ctx, sub.id, "subscription.canceled", at_period_end=at_period_end)
     state = await deps.processor(sub.processor).cancel_subscription(
         sub.processor_id, at_period_end=at_period_end, idempotency_key=ctx.processor_key("cancel")
     )
     action = "subscription.cancel_scheduled" if at_period_end else "subscription.canceled"
-    return await record_subscription_state(deps, ctx, sub.id, state, action)
+    return await record_subscription_state(deps, ctx, sub.id, state, action, known=sub, answers=True)
 
 
 async def pause_subscription(deps: Deps, ctx: RequestContext, subscription_id: str) -> Subscription:
@@ -350,7 +552,7 @@ async def pause_subscription(deps: Deps, ctx: RequestContext, subscription_id: s
     state = await deps.processor(sub.processor).pause_subscription(
         sub.processor_id, idempotency_key=ctx.processor_key("pause")
     )
-    return await record_subscription_state(deps, ctx, sub.id, state, "subscription.paused")
+    return await record_subscription_state(deps, ctx, sub.id, state, "subscription.paused", known=sub, answers=True)
 
 
 async def resume_subscription(deps: Deps, ctx: RequestContext, subscription_id: str) -> Subscription:
@@ -362,7 +564,7 @@ async def resume_subscription(deps: Deps, ctx: RequestContext, subscription_id: 
     state = await deps.processor(sub.processor).resume_subscription(
         sub.processor_id, idempotency_key=ctx.processor_key("resume")
     )
-    return await record_subscription_state(deps, ctx, sub.id, state, "subscription.resumed")
+    return await record_subscription_state(deps, ctx, sub.id, state, "subscription.resumed", known=sub, answers=True)
 
 
 async def sync_invoices(deps: Deps, ctx: RequestContext, sub: Subscription) -> list[Invoice]:
@@ -416,13 +618,31 @@ async def sync_invoices(deps: Deps, ctx: RequestContext, sub: Subscription) -> l
     return mirrored
 
 
+async def _creation_context(deps: Deps, sub: Subscription) -> RequestContext | None:
+    """Rebuilds the context of the request that created ``sub`` from its audit trail."""
+    trail = await deps.store.list_audit_events(sub.id, limit=1, after=None)
+    created = next((e for e in trail.items if e.action == "subscription.created"), None)
+    if created is None:
+        return None
+    return RequestContext(created.caller, CREATE_METHOD, created.request_id, sub.id)
+
+
 async def sync_subscription(deps: Deps, ctx: RequestContext, subscription_id: str) -> Subscription:
-    """Converges a subscription and its invoices on the processor's truth."""
+    """Converges a subscription and its invoices on the processor's truth.
+
+    A subscription that never got its processor id is not sent anywhere with an empty id:
+    if its creation's outcome is unknown (the caller never retried), the creation is resumed
+    with its original key, which the processor answers with what it did the first time.
+    """
     sub = await get_subscription(deps, subscription_id)
     if not sub.processor_id:
-        return sub
+        age = deps.clock.now() - sub.created_at
+        if sub.status is not SubscriptionStatus.INCOMPLETE or not RESUME_AFTER < age < PROCESSOR_KEY_WINDOW:
+            return sub
+        origin = await _creation_context(deps, sub)
+        return sub if origin is None else await _send_to_processor(deps, origin, sub)
     state = await deps.processor(sub.processor).get_subscription(sub.processor_id)
-    sub = await record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
+    sub = await record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}", known=sub)
     await sync_invoices(deps, ctx, sub)
     return sub
 
@@ -433,12 +653,13 @@ async def get_invoice(deps: Deps, invoice_id: str) -> Invoice:
 
 
 async def list_invoices(
-    deps: Deps, *, customer_id: str, subscription_id: str, page_size: int, page_token: str
+    deps: Deps, *, customer_id: str, subscription_id: str, page_size: int, page_token: str, filter_expr: str = ""
 ) -> tuple[list[Invoice], str]:
-    """Lists invoices newest first, by customer and/or subscription."""
+    """Lists invoices newest first, by customer and/or subscription and a filter (INVOICE_FILTERS)."""
     filters: dict[str, object] = {}
     if customer_id:
         filters["customer_id"] = customer_id
     if subscription_id:
         filters["subscription_id"] = subscription_id
+    filters = merge_filters(filters, filter_expr, INVOICE_FILTERS)
     return await list_page(deps, Invoice, filters, requested_size=page_size, token=page_token)

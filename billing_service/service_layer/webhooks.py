@@ -17,9 +17,7 @@ from billing_service.domain.disputes import ProcessorDisputeState
 from billing_service.domain.errors import BillingError
 from billing_service.domain.payments import Payment, Refund, RefundStatus
 from billing_service.domain.subscriptions import Subscription
-from billing_service.service_layer import disputes as dsp
-from billing_service.service_layer import payments as pay
-from billing_service.service_layer import subscriptions as subs
+from billing_service.service_layer import disputes, payments, subscriptions
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import RequestContext, is_final
 from billing_service.service_layer.ports import WebhookStatus
@@ -66,9 +64,9 @@ async def converge_payment(
     if not payment.processor_id and processor_payment_id:
         # The event beat our own write of the processor id: link the record now.
         state = await deps.processor(processor).get_payment(processor_payment_id)
-        await pay.record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
+        await payments.record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
         return PROCESSED
-    await pay.refresh_payment(deps, ctx, payment.id)
+    await payments.refresh_payment(deps, ctx, payment.id)
     return PROCESSED
 
 
@@ -90,13 +88,13 @@ async def converge_refund(
             if not is_final(exc):
                 raise  # the worker retries later
             return ORPHAN  # the processor cannot show it to us either: nothing to mirror
-        mirrored = await pay.mirror_external_refund(deps, ctx, processor, state)
+        mirrored = await payments.mirror_external_refund(deps, ctx, processor, state)
         return PROCESSED if mirrored is not None else ORPHAN
     if not refund.processor_id:
         state = await deps.processor(processor).get_refund(processor_refund_id)
-        await pay.record_refund_state(deps, ctx, refund.id, state)
+        await payments.record_refund_state(deps, ctx, refund.id, state)
         return PROCESSED
-    await pay.refresh_refund(deps, ctx, refund.id)
+    await payments.refresh_refund(deps, ctx, refund.id)
     return PROCESSED
 
 
@@ -120,11 +118,11 @@ async def converge_payment_refunds(
         page = await deps.store.list_page(Refund, {"payment_id": payment.id}, limit=_REFUND_PAGE, after=cursor)
         for refund in page.items:
             if refund.status is RefundStatus.PENDING and refund.processor_id:
-                await pay.refresh_refund(deps, ctx, refund.id)
+                await payments.refresh_refund(deps, ctx, refund.id)
         if not page.next_cursor:
             break
         cursor = page.next_cursor
-    await pay.refresh_payment(deps, ctx, payment.id)
+    await payments.refresh_payment(deps, ctx, payment.id)
     return PROCESSED
 
 
@@ -150,10 +148,12 @@ async def converge_subscription(
         return ORPHAN
     if not sub.processor_id and processor_subscription_id:
         state = await deps.processor(processor).get_subscription(processor_subscription_id)
-        sub = await subs.record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
-        await subs.sync_invoices(deps, ctx, sub)
+        sub = await subscriptions.record_subscription_state(
+            deps, ctx, sub.id, state, f"subscription.{state.status.value}"
+        )
+        await subscriptions.sync_invoices(deps, ctx, sub)
         return PROCESSED
-    await subs.sync_subscription(deps, ctx, sub.id)
+    await subscriptions.sync_subscription(deps, ctx, sub.id)
     return PROCESSED
 
 
@@ -161,5 +161,5 @@ async def converge_dispute(
     deps: Deps, ctx: RequestContext, processor: Processor, state: ProcessorDisputeState
 ) -> WebhookStatus:
     """Opens or advances our mirror of a dispute (disputes move only forward)."""
-    dispute = await dsp.record_dispute(deps, ctx, processor, state)
+    dispute = await disputes.record_dispute(deps, ctx, processor, state)
     return ORPHAN if dispute is None else PROCESSED

@@ -65,6 +65,7 @@ async def start_api(
         runtime.deps, runtime.idempotency, address="127.0.0.1:0", health_interval=0.2, interceptors=interceptors
     )
     await server.start(server_credentials)
+    runtime.start_events()
     channel = (
         grpc.aio.secure_channel(f"127.0.0.1:{server.port}", channel_credentials)
         if channel_credentials is not None
@@ -76,11 +77,44 @@ async def start_api(
     )  # fmt: skip
 
 
+#: Collections whose documents move by themselves: the sequencer moves events from the outbox
+#: into the log (and holds its lease) at any moment.
+EVENT_COLLECTIONS = frozenset({"event_outbox", "event_log", "event_meta", "leases"})
+
+
+async def stored_documents(db: Any) -> dict[str, dict[str, bytes]]:
+    """Digest of every document by collection, with the billing events as one set of ids.
+
+    An event counts once whether it is still in the outbox or already in the log, so a
+    snapshot taken while the sequencer works compares equal unless an event was added.
+    """
+    import hashlib
+
+    import bson
+
+    # The outbox first, then the log: an event moved in between is found in the log.
+    waiting = await db["event_outbox"].find({}, {"_id": 1}).to_list()
+    logged = await db["event_log"].find({}, {"event_id": 1}).to_list()
+    out: dict[str, dict[str, bytes]] = {"events": {str(d["_id"]): b"" for d in waiting}}
+    out["events"].update({str(d["event_id"]): b"" for d in logged})
+    for name in await db.list_collection_names():
+        if name not in EVENT_COLLECTIONS:
+            docs = await db[name].find({}).to_list()
+            out[name] = {repr(d["_id"]): hashlib.sha256(bson.encode(d)).digest() for d in docs}
+    return out
+
+
 async def stop_api(api: Api, *, drop: bool = True) -> None:
     await api.channel.close(None)
     await api.server.stop(1)
+    if api.runtime.event_tasks is not None:
+        await api.runtime.event_tasks.stop()  # their change streams end before the database goes
     if drop:
-        await api.runtime.store.database.client.drop_database(api.runtime.settings.mongodb_database)
+        client = api.runtime.store.database.client
+        # A commit refused by a fail point leaves its transaction open on the server until the
+        # transaction lifetime (60 s) reaps it, as on mongod; it would hold the drop behind it.
+        await client.admin.command({"killAllSessions": []})
+        await client.drop_database(api.runtime.settings.mongodb_database)
     await api.runtime.aclose()  # closes the processors too
 
 

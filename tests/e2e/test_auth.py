@@ -206,7 +206,8 @@ def test_permission_table_covers_every_rpc_of_both_services() -> None:
     assert set(METHOD_PERMISSIONS.values()) | {"admin"} == PERMISSIONS
     assert {
         "customers:read", "customers:write", "payments:read", "payments:write", "refunds:write",
-        "subscriptions:read", "subscriptions:write", "plans:write", "audit:read", "admin",
+        "subscriptions:read", "subscriptions:write", "plans:write", "audit:read", "events:read", "events:manage",
+        "admin",
     } == PERMISSIONS  # fmt: skip
 
 
@@ -499,6 +500,9 @@ def test_a_caller_may_hold_two_tokens_for_rotation() -> None:
     assert [c for c, _ in settings.auth_tokens] == ["svc", "svc"]
 
 
+SHARED_TOKEN = secrets.token_hex(20)
+
+
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
@@ -507,7 +511,7 @@ def test_a_caller_may_hold_two_tokens_for_rotation() -> None:
         ({"BILLING_AUTH_MODE": "mtls"}, "BILLING_TLS_CLIENT_CA"),
         ({"BILLING_AUTH_MODE": "token", "BILLING_AUTH_TOKENS": "svc:short"}, "at least 32"),
         ({"BILLING_AUTH_MODE": "token", "BILLING_AUTH_TOKENS": "x" * 40}, "caller:token"),
-        ({"BILLING_AUTH_TOKENS": f"a:{'t' * 40},b:{'t' * 40}"}, "another entry"),
+        ({"BILLING_AUTH_TOKENS": f"a:{SHARED_TOKEN},b:{SHARED_TOKEN}"}, "another entry"),
         ({"BILLING_CALLER_PERMISSIONS": "svc"}, "caller=permission"),
         ({"BILLING_CALLER_PERMISSIONS": "svc=admin;svc=payments:read"}, "twice"),
         ({"BILLING_CALLER_PERMISSIONS": "svc=Payments Read"}, "malformed"),
@@ -518,7 +522,7 @@ def test_bad_auth_settings_are_refused(env: dict[str, str], needle: str) -> None
     with pytest.raises(ConfigError) as err:
         Settings.from_env(env)
     assert needle in str(err.value)
-    assert "t" * 40 not in str(err.value)
+    assert SHARED_TOKEN not in str(err.value)
 
 
 def test_live_mode_refuses_to_start_without_caller_authentication() -> None:
@@ -528,7 +532,7 @@ def test_live_mode_refuses_to_start_without_caller_authentication() -> None:
     }  # fmt: skip
     with pytest.raises(ConfigError, match="requires caller authentication"):
         Settings.from_env(live)
-    token_env = live | {"BILLING_AUTH_MODE": "token", "BILLING_AUTH_TOKENS": f"svc:{'k' * 40}"}
+    token_env = live | {"BILLING_AUTH_MODE": "token", "BILLING_AUTH_TOKENS": f"svc:{SHARED_TOKEN}"}
     with pytest.raises(ConfigError, match="only over TLS"):
         Settings.from_env(token_env)
     assert Settings.from_env(token_env | {"BILLING_TLS_CERT": "/c.pem", "BILLING_TLS_KEY": "/k.pem"}).live

@@ -21,13 +21,11 @@ Properties, for every call:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import bson
 import grpc
 import pytest
 from billing.v1 import billing_service_pb2 as bpb
@@ -42,7 +40,7 @@ from hypothesis import strategies as st
 
 from billing_service.adapters.processors._fake_records import TEST_TOKENS
 from billing_service.service_layer.clock import ManualClock, SystemClock
-from tests.e2e.conftest import Api, start_api, stop_api
+from tests.e2e.conftest import Api, start_api, stop_api, stored_documents
 from tests.helpers import rich, rid, usd
 
 # -- the server and its seeded resources ---------------------------------------------
@@ -361,12 +359,7 @@ Snapshot = dict[str, dict[str, bytes]]
 
 
 async def snapshot(api: Api) -> Snapshot:
-    db = api.runtime.store.database
-    out: Snapshot = {}
-    for name in await db.list_collection_names():
-        docs = await db[name].find({}).to_list()
-        out[name] = {repr(d["_id"]): hashlib.sha256(bson.encode(d)).digest() for d in docs}
-    return out
+    return await stored_documents(api.runtime.store.database)
 
 
 def changes(before: Snapshot, after: Snapshot) -> dict[str, set[str]]:

@@ -13,6 +13,7 @@ from billing.v1 import billing_service_pb2 as pb
 from billing.v1 import billing_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from billing_service.adapters.mongo.counts import subscription_counter
 from billing_service.adapters.processors.fake import FakePaymentProcessor
 from billing_service.bootstrap import Runtime, bootstrap
 from billing_service.config import Settings
@@ -23,7 +24,6 @@ from billing_service.observability.metrics import (
     MetricsInterceptor,
     MetricsServer,
     SubscriptionSampler,
-    mongo_subscription_counter,
     serve_metrics,
 )
 from billing_service.service_layer.clock import ManualClock
@@ -143,7 +143,7 @@ async def test_subscription_gauges_sample_the_store(metered: Metered) -> None:
         [{"_id": "sub_a", "status": "active"}, {"_id": "sub_t", "status": "trialing"},
          {"_id": "sub_c", "status": "canceled"}]
     )  # fmt: skip
-    await SubscriptionSampler(metered.metrics, mongo_subscription_counter(database)).sample()
+    await SubscriptionSampler(metered.metrics, subscription_counter(metered.runtime.store)).sample()
     registry = metered.metrics.registry
     assert registry.get_sample_value("billing_subscriptions_active") == 2
     assert registry.get_sample_value("billing_subscriptions", {"status": "canceled"}) == 1

@@ -111,6 +111,8 @@ async def test_store_write_failure_is_unavailable_leaves_nothing_half_written_an
     request = pb.CreatePaymentRequest(
         request_id=rid(), customer_id=customer_id, payment_method_id=pm_id, amount=usd(1500)
     )
+    assert api.runtime.event_tasks is not None
+    await api.runtime.event_tasks.stop()  # the sequencer's transactions would take the fail point
     await mongo_client.admin.command(
         {"configureFailPoint": "failCommand", "mode": {"times": 1},
          "data": {"failCommands": ["commitTransaction"], "errorCode": 8}}
@@ -145,6 +147,8 @@ async def test_store_down_mid_request_then_retry_resumes_without_a_second_charge
     )
     # Let the first commit (payment.created) through, fail the second (the processor's outcome).
     original = api.fake.create_payment
+    assert api.runtime.event_tasks is not None
+    await api.runtime.event_tasks.stop()  # the sequencer's transactions would take the fail point
 
     async def charge_then_break_store(*args: Any, **kwargs: Any) -> Any:
         result = await original(*args, **kwargs)

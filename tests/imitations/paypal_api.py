@@ -16,6 +16,11 @@ token whose id contains ``declined`` is declined on every charge; orders paid wi
 effect happens and is stored for idempotent replay, then the answer stalls past the
 client's timeout). Every request is logged with its headers.
 
+Transaction Search (``GET /v1/reporting/transactions``) lists the captures (T0006),
+authorizations (T1300, not balance-affecting) and refunds (T1107) made here, with
+``custom_field`` and ``last_refreshed_datetime``; like PayPal's it only shows what was made
+before its last refresh: ``reporting_refreshed_at`` (None: now minus ``reporting_lag``).
+
 Deliberately independent of ``billing_service``: amounts are parsed here on their own, so
 a formatting bug in the adapter shows up as a PayPal-style 422.
 """
@@ -34,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import uvicorn
 from starlette.applications import Starlette
@@ -91,6 +97,19 @@ def not_found(what: str) -> ApiError:
     )
 
 
+def _public(value: Any) -> Any:
+    """A deep copy without the imitation's bookkeeping keys (``_refunded``, ``_declined``)."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    return value
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def now_iso(moment: datetime | None = None, *, millis: bool = False) -> str:
     moment = moment or datetime.now(UTC)
     if millis:
@@ -112,6 +131,13 @@ def units(amount: Json, field_path: str = "amount") -> tuple[str, int]:
         raise unprocessable("DECIMAL_PRECISION", f"{currency} does not support {value!r}.")
     whole, _, frac = value.partition(".")
     return currency, int(whole) * 10**decimals + (int(frac.ljust(decimals, "0")) if decimals else 0)
+
+
+def units_signed(amount: Json) -> int:
+    """A reported amount (refunds are negative) in PayPal's smallest unit."""
+    value = str(amount["value"])
+    _, magnitude = units({**amount, "value": value.lstrip("-")})
+    return -magnitude if value.startswith("-") else magnitude
 
 
 def fmt(currency: str, amount_units: int) -> Json:
@@ -162,6 +188,10 @@ class PayPalImitation:
         refunds_created: Refunds created.
         requests: Every request received, in order.
         strict_request_id: Refuse POSTs without ``PayPal-Request-Id`` (400).
+        complete_vaulted_orders: Orders paid with a ``vault_id`` complete at once; when False they
+            come back APPROVED and wait for the merchant's capture or authorize call.
+        webhook_events: Every event PayPal would have sent, oldest first (listed at
+            ``/v1/notifications/webhooks-events``).
         stall_seconds: How long ``timeout_after_effect_next`` holds the answer.
     """
 
@@ -173,12 +203,14 @@ class PayPalImitation:
         strict_request_id: bool = True,
         token_ttl_seconds: int = 32400,
         stall_seconds: float = 1.5,
+        complete_vaulted_orders: bool = True,
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
         self.strict_request_id = strict_request_id
         self.token_ttl_seconds = token_ttl_seconds
         self.stall_seconds = stall_seconds
+        self._vaulted_default = complete_vaulted_orders
         self._lock = threading.RLock()
         self.reset()
         self._server: uvicorn.Server | None = None
@@ -199,6 +231,9 @@ class PayPalImitation:
             self._tokens: dict[str, float] = {}
             self._faults: list[_Fault] = []
             self._stalls: list[str] = []
+            self._garbles: list[tuple[str, Callable[[Any], Any]]] = []
+            self.webhook_events: list[Json] = []
+            self.complete_vaulted_orders = self._vaulted_default
             self._idempotent: dict[tuple[str, str], tuple[int, Any]] = {}
             self.orders: dict[str, Json] = {}
             self.authorizations: dict[str, tuple[str, Json]] = {}  # id -> (order id, authorization)
@@ -209,6 +244,8 @@ class PayPalImitation:
             self.products: dict[str, Json] = {}
             self.plans: dict[str, Json] = {}
             self.subscriptions: dict[str, _Subscription] = {}
+            self.reporting_lag = timedelta(0)
+            self.reporting_refreshed_at: datetime | None = None
 
     def __enter__(self) -> PayPalImitation:
         return self.start()
@@ -255,6 +292,40 @@ class PayPalImitation:
         with self._lock:
             self._stalls.append(path_prefix)
 
+    def garble_next(self, path_prefix: str, garble: Callable[[Any], Any]) -> None:
+        """The next answer under ``path_prefix`` is passed through ``garble`` on its way out.
+
+        The effect and the stored idempotent answer are untouched: what a client receives once
+        is something it cannot read (a proxy, a new field format), and a retry replays the
+        real answer.
+        """
+        with self._lock:
+            self._garbles.append((path_prefix, garble))
+
+    def dashboard_refund(self, capture_id: str, value: str) -> Json:
+        """A refund made in PayPal's dashboard: no request id, no ``custom_id`` of ours."""
+        with self._lock:
+            _, refund = self._refund(
+                capture_id, {"amount": {"currency_code": self._capture_currency(capture_id), "value": value}}
+            )
+            self._emit("PAYMENT.CAPTURE.REFUNDED", "refund", refund, "A capture payment was refunded")
+            return refund
+
+    def reverse_capture(self, capture_id: str, value: str, reason: str = "CHARGEBACK") -> Json:
+        """PayPal takes captured money back (a chargeback): a refund PayPal made, announced
+        as ``PAYMENT.CAPTURE.REVERSED``; the capture's ``status_details.reason`` says why."""
+        with self._lock:
+            capture = self._capture(capture_id)[1]
+            _, refund = self._refund(
+                capture_id, {"amount": {"currency_code": self._capture_currency(capture_id), "value": value}}
+            )
+            capture["status_details"] = {"reason": reason}
+            self._emit("PAYMENT.CAPTURE.REVERSED", "refund", refund, "A capture payment was reversed")
+            return refund
+
+    def _capture_currency(self, capture_id: str) -> str:
+        return str(self._capture(capture_id)[1]["amount"]["currency_code"])
+
     def revoke_tokens(self) -> None:
         """Invalidates every access token issued so far (PayPal rotated them)."""
         with self._lock:
@@ -292,6 +363,7 @@ class PayPalImitation:
             order["status"] = "APPROVED"
             order["payer"] = {"email_address": "buyer@example.com", "payer_id": "BUYER1"}
             order["update_time"] = now_iso()
+            self._emit("CHECKOUT.ORDER.APPROVED", "checkout-order", order, "An order has been approved by buyer")
 
     def approve_subscription(self, subscription_id: str) -> None:
         """The buyer approves; the subscription activates and bills its first regular cycle unless on trial."""
@@ -325,6 +397,7 @@ class PayPalImitation:
                 sub.data["billing_info"]["next_billing_time"] = now_iso(start + timedelta(days=days))
             else:
                 self.bill_subscription_cycle(subscription_id, at=start)
+            self._emit("BILLING.SUBSCRIPTION.ACTIVATED", "subscription", sub.data, "Subscription activated")
 
     def bill_subscription_cycle(self, subscription_id: str, *, at: datetime | None = None) -> str:
         """PayPal collects one regular cycle; returns the transaction id."""
@@ -357,6 +430,13 @@ class PayPalImitation:
             info["last_payment"] = {"amount": fmt(currency, gross), "time": now_iso(moment, millis=True)}
             unit = {"DAY": 1, "WEEK": 7, "MONTH": 30, "YEAR": 365}[regular["frequency"]["interval_unit"]]
             info["next_billing_time"] = now_iso(moment + timedelta(days=unit * regular["frequency"]["interval_count"]))
+            major = fmt(currency, gross)["value"]
+            sale = {
+                "id": tx_id, "state": "completed", "amount": {"total": major, "currency": currency},
+                "billing_agreement_id": subscription_id, "custom": sub.data.get("custom_id", ""),
+                "create_time": now_iso(moment), "update_time": now_iso(moment),
+            }  # fmt: skip
+            self._emit("PAYMENT.SALE.COMPLETED", "sale", sale, "Payment completed")
             return tx_id
 
     def approve_revision(self, subscription_id: str) -> None:
@@ -370,6 +450,65 @@ class PayPalImitation:
                 if "quantity" in sub.pending_revision:
                     sub.data["quantity"] = sub.pending_revision["quantity"]
                 sub.pending_revision = None
+                sub.data["update_time"] = now_iso()
+                self._emit("BILLING.SUBSCRIPTION.UPDATED", "subscription", sub.data, "Subscription updated")
+
+    # ------------------------------------------------------------------ webhook events
+
+    def _emit(self, event_type: str, resource_type: str, resource: Json, summary: str) -> Json:
+        """Records the event PayPal would send (and keeps listing at /v1/notifications/webhooks-events)."""
+        event_id = f"WH-{self._new_id('')}-{self._new_id('')}"
+        base = f"/v1/notifications/webhooks-events/{event_id}"
+        event = {
+            "id": event_id,
+            "event_version": "1.0",
+            "create_time": now_iso(millis=True),
+            "resource_type": resource_type,
+            "resource_version": "2.0" if not event_type.startswith("PAYMENT.SALE") else "1.0",
+            "event_type": event_type,
+            "summary": summary,
+            "resource": _public(resource),
+            "links": [self._link(base, "self"), self._link(f"{base}/resend", "resend", "POST")],
+        }
+        self.webhook_events.append(event)
+        return event
+
+    def _list_webhook_events(self, *, query: dict[str, str], **_: Any) -> tuple[int, Json]:
+        """Newest first; ``start_time``/``end_time`` bound ``create_time`` (inclusive).
+
+        PayPal pages with HATEOAS links whose query is opaque to clients; here ``next`` carries
+        an offset, and a client must follow the link rather than build it.
+        """
+        size = query.get("page_size", "10")
+        if not size.isdigit() or not 1 <= int(size) <= 300:
+            raise invalid("INVALID_PARAMETER_VALUE", "page_size must be between 1 and 300", "page_size")
+        bounds = []
+        for name in ("start_time", "end_time"):
+            try:
+                bounds.append(_parse_time(query[name]) if query.get(name) else None)
+            except ValueError:
+                raise invalid("INVALID_PARAMETER_SYNTAX", f"{name} must be RFC 3339", name) from None
+        start, end = bounds
+        picked = [
+            e for e in reversed(self.webhook_events)
+            if (start is None or _parse_time(e["create_time"]) >= start)
+            and (end is None or _parse_time(e["create_time"]) <= end)
+        ]  # fmt: skip
+        offset = int(query.get("offset", "0") or 0)
+        page = picked[offset : offset + int(size)]
+        path = "/v1/notifications/webhooks-events"
+        kept = {k: v for k, v in query.items() if k in ("page_size", "start_time", "end_time", "event_type")}
+        links = [self._link(f"{path}?{urlencode(kept | {'offset': str(offset)})}", "self")]
+        if offset + int(size) < len(picked):
+            following = kept | {"offset": str(offset + int(size)), "move_to": "next"}
+            links.append(self._link(f"{path}?{urlencode(following)}", "next"))
+        return 200, {"events": page, "count": len(page), "links": links}
+
+    def _get_webhook_event(self, event_id: str, **_: Any) -> tuple[int, Json]:
+        for event in self.webhook_events:
+            if event["id"] == event_id:
+                return 200, event
+        raise not_found(f"webhook event {event_id}")
 
     # ------------------------------------------------------------------ HTTP plumbing
 
@@ -417,7 +556,12 @@ class PayPalImitation:
             # Effects and business refusals are replayed for the same key; malformed or
             # unauthenticated requests had no effect and are not.
             if request.method == "POST" and request_id and (status < 400 or status == 422):
-                self._idempotent[(path, request_id)] = (status, answer)
+                # A snapshot: PayPal replays the answer it gave, not the resource as it is now.
+                self._idempotent[(path, request_id)] = (status, _public(answer))
+            garble = next((g for g in self._garbles if path.startswith(g[0])), None)
+            if garble is not None and status < 400:
+                self._garbles.remove(garble)
+                answer = garble[1](json.loads(json.dumps(_public(answer))))
             stall_prefix = next((p for p in self._stalls if path.startswith(p)), None)
             if stall_prefix is not None and request.method == "POST" and status < 400:
                 self._stalls.remove(stall_prefix)
@@ -430,7 +574,7 @@ class PayPalImitation:
     def _json(status: int, answer: Any) -> Response:
         if status == 204 or answer is None:
             return Response(status_code=status)
-        return Response(json.dumps(answer), status_code=status, media_type="application/json")
+        return Response(json.dumps(_public(answer)), status_code=status, media_type="application/json")
 
     def _token(self, headers: dict[str, str], form: str) -> tuple[int, Json]:
         expected = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
@@ -491,6 +635,9 @@ class PayPalImitation:
             ("POST", f"/v1/billing/subscriptions/{id_}/cancel", self._cancel),
             ("POST", f"/v1/billing/subscriptions/{id_}/revise", self._revise),
             ("GET", f"/v1/billing/subscriptions/{id_}/transactions", self._transactions),
+            ("GET", "/v1/notifications/webhooks-events", self._list_webhook_events),
+            ("GET", f"/v1/notifications/webhooks-events/{id_}", self._get_webhook_event),
+            ("GET", "/v1/reporting/transactions", self._search_transactions),
         ]
         self._routes = [(method, re.compile(f"^{pattern}$"), handler) for method, pattern, handler in table]
 
@@ -545,10 +692,18 @@ class PayPalImitation:
                     "INSTRUMENT_DECLINED", "The instrument presented was either declined by the processor or bank."
                 )
             order["payment_source"] = {vault_kind: {k: v for k, v in token["payment_source"][vault_kind].items()}}
-            order["status"] = "COMPLETED"
             self.orders[order_id] = order
-            order["links"] = [self._link(base, "self")]
-            self._settle(order)
+            if self.complete_vaulted_orders:
+                order["status"] = "COMPLETED"
+                order["links"] = [self._link(base, "self")]
+                self._settle(order)
+            else:  # the payer's consent is on file; PayPal waits for the merchant to complete it
+                order["status"] = "APPROVED"
+                order["links"] = [
+                    self._link(base, "self"),
+                    self._link(base, "update", "PATCH"),
+                    self._link(f"{base}/{intent.lower()}", intent.lower(), "POST"),
+                ]
         else:
             experience = (source.get("paypal") or {}).get("experience_context")
             order["status"] = "PAYER_ACTION_REQUIRED" if experience else "CREATED"
@@ -571,7 +726,9 @@ class PayPalImitation:
         order["update_time"] = now
         payments = unit.setdefault("payments", {})
         if order["intent"] == "CAPTURE":
-            payments.setdefault("captures", []).append(self._new_capture(order["id"], unit, currency, amount, True))
+            capture = self._new_capture(order["id"], unit, currency, amount, True)
+            payments.setdefault("captures", []).append(capture)
+            self._emit("PAYMENT.CAPTURE.COMPLETED", "capture", capture, "Payment completed")
         else:
             auth_id = self._new_id("")
             auth = {
@@ -582,6 +739,7 @@ class PayPalImitation:
                 "expiration_time": now_iso(datetime.now(UTC) + timedelta(days=29)),
                 "create_time": now,
                 "update_time": now,
+                "supplementary_data": {"related_ids": {"order_id": order["id"]}},
                 "links": [
                     self._link(f"/v2/payments/authorizations/{auth_id}", "self"),
                     self._link(f"/v2/payments/authorizations/{auth_id}/capture", "capture", "POST"),
@@ -589,12 +747,22 @@ class PayPalImitation:
                     self._link(f"/v2/checkout/orders/{order['id']}", "up"),
                 ],
             }
+            auth["supplementary_data"] = {"related_ids": {"order_id": order["id"]}}
             payments.setdefault("authorizations", []).append(auth)
             self.authorizations[auth_id] = (order["id"], auth)
+            self._emit("PAYMENT.AUTHORIZATION.CREATED", "authorization", auth, "A payment authorization was created")
+        self._emit("CHECKOUT.ORDER.COMPLETED", "checkout-order", order, "Checkout Order Completed")
 
-    def _new_capture(self, order_id: str, unit: Json, currency: str, amount: int, final: bool) -> Json:
+    def _new_capture(
+        self, order_id: str, unit: Json, currency: str, amount: int, final: bool, authorization_id: str = ""
+    ) -> Json:
         capture_id = self._new_id("")
         now = now_iso()
+        related = {"order_id": order_id, **({"authorization_id": authorization_id} if authorization_id else {})}
+        # A capture of an authorization points "up" to it; a captured order's capture to the order.
+        up = f"/v2/checkout/orders/{order_id}"
+        if authorization_id:
+            up = f"/v2/payments/authorizations/{authorization_id}"
         capture = {
             "id": capture_id,
             "status": "COMPLETED",
@@ -602,12 +770,13 @@ class PayPalImitation:
             "final_capture": final,
             "custom_id": unit.get("custom_id", ""),
             "seller_protection": {"status": "ELIGIBLE"},
+            "supplementary_data": {"related_ids": related},
             "create_time": now,
             "update_time": now,
             "links": [
                 self._link(f"/v2/payments/captures/{capture_id}", "self"),
                 self._link(f"/v2/payments/captures/{capture_id}/refund", "refund", "POST"),
-                self._link(f"/v2/checkout/orders/{order_id}", "up"),
+                self._link(up, "up"),
             ],
         }
         self.captures[capture_id] = (order_id, capture)
@@ -635,6 +804,8 @@ class PayPalImitation:
         order = self._order(order_id)
         if order["intent"] != intent:
             raise unprocessable("ACTION_DOES_NOT_MATCH_INTENT", f"Order intent is {order['intent']}.")
+        if order["status"] == "COMPLETED" and intent == "AUTHORIZE":
+            raise unprocessable("ORDER_ALREADY_AUTHORIZED", "Order already authorized.")
         if order["status"] == "COMPLETED":
             raise unprocessable("ORDER_ALREADY_CAPTURED", "Order already captured.")
         if order["status"] != "APPROVED":
@@ -677,8 +848,9 @@ class PayPalImitation:
         if amount <= 0 or amount > authorized - captured:
             raise unprocessable("MAX_CAPTURE_AMOUNT_EXCEEDED", "Capture amount exceeds allowable limit.")
         final = bool(body.get("final_capture", False)) or amount == authorized - captured
-        capture = self._new_capture(order["id"], unit, currency, amount, final)
+        capture = self._new_capture(order["id"], unit, currency, amount, final, authorization_id=auth_id)
         unit["payments"].setdefault("captures", []).append(capture)
+        self._emit("PAYMENT.CAPTURE.COMPLETED", "capture", capture, "Payment completed")
         auth["status"] = "CAPTURED" if final else "PARTIALLY_CAPTURED"
         auth["update_time"] = capture["create_time"]
         return 201, capture if self._representation(headers) else {k: capture[k] for k in ("id", "status", "links")}
@@ -695,6 +867,7 @@ class PayPalImitation:
             )
         auth["status"] = "VOIDED"
         auth["update_time"] = now_iso()
+        self._emit("PAYMENT.AUTHORIZATION.VOIDED", "authorization", auth, "A payment authorization was voided")
         return (200, auth) if self._representation(headers) else (204, None)
 
     def _capture(self, capture_id: str) -> tuple[Json, Json]:
@@ -707,6 +880,11 @@ class PayPalImitation:
         return 200, self._capture(capture_id)[1]
 
     def _refund_capture(self, capture_id: str, *, body: Json, headers: dict[str, str], **_: Any):
+        status, refund = self._refund(capture_id, body)
+        self._emit("PAYMENT.CAPTURE.REFUNDED", "refund", refund, "A capture payment was refunded")
+        return status, refund if self._representation(headers) else {k: refund[k] for k in ("id", "status", "links")}
+
+    def _refund(self, capture_id: str, body: Json) -> tuple[int, Json]:
         _, capture = self._capture(capture_id)
         currency, captured = units(capture["amount"])
         refunded = capture.setdefault("_refunded", 0)
@@ -729,7 +907,7 @@ class PayPalImitation:
             "status": "COMPLETED",
             "amount": fmt(currency, amount),
             "note_to_payer": body.get("note_to_payer", ""),
-            "custom_id": body.get("custom_id", ""),
+            **({"custom_id": body["custom_id"]} if body.get("custom_id") else {}),
             "seller_payable_breakdown": {"gross_amount": fmt(currency, amount), "net_amount": fmt(currency, amount)},
             "create_time": now,
             "update_time": now,
@@ -741,14 +919,74 @@ class PayPalImitation:
         capture["_refunded"] = refunded + amount
         capture["status"] = "REFUNDED" if refunded + amount == captured else "PARTIALLY_REFUNDED"
         self.refunds[refund_id] = refund
+        # The order lists its refunds too (purchase_units[].payments.refunds).
+        order = self.orders[self.captures[capture_id][0]]
+        order["purchase_units"][0].setdefault("payments", {}).setdefault("refunds", []).append(refund)
         self.refunds_created += 1
-        return 201, refund if self._representation(headers) else {k: refund[k] for k in ("id", "status", "links")}
+        return 201, refund
 
     def _get_refund(self, refund_id: str, **_: Any) -> tuple[int, Json]:
         refund = self.refunds.get(refund_id)
         if refund is None:
             raise not_found(f"refund {refund_id}")
         return 200, refund
+
+    # ------------------------------------------------------------------ reporting
+
+    def _search_transactions(self, *, query: dict[str, str], **_: Any) -> tuple[int, Json]:
+        """Transaction Search: what moved (or held) money between two dates, as of the last refresh."""
+        try:
+            start = datetime.fromisoformat(query["start_date"].replace("Z", "+00:00"))
+            end = datetime.fromisoformat(query["end_date"].replace("Z", "+00:00"))
+        except (KeyError, ValueError):
+            raise invalid("INVALID_REQUEST", "start_date and end_date are required RFC 3339 date-times") from None
+        if end < start or end - start > timedelta(days=31):
+            raise invalid("INVALID_REQUEST", "Date range is greater than 31 days")
+        refreshed = self.reporting_refreshed_at or datetime.now(UTC) - self.reporting_lag
+        rows = [row for row in self._transaction_rows() if start <= row[0] <= min(end, refreshed)]
+        if query.get("balance_affecting_records_only", "Y") != "N":
+            rows = [row for row in rows if not row[1]["transaction_event_code"].startswith("T13")]
+        if query.get("transaction_currency"):
+            rows = [
+                row for row in rows if row[1]["transaction_amount"]["currency_code"] == query["transaction_currency"]
+            ]
+        bounds = re.match(r"^\[(-?\d+) TO (-?\d+)\]$", query.get("transaction_amount", ""))
+        if bounds is not None:
+            low, high = int(bounds.group(1)), int(bounds.group(2))
+            rows = [row for row in rows if low <= abs(units_signed(row[1]["transaction_amount"])) <= high]
+        size = max(1, min(int(query.get("page_size", "100")), 500))
+        page = max(1, int(query.get("page", "1")))
+        chunk = rows[(page - 1) * size : page * size]
+        return 200, {
+            "transaction_details": [{"transaction_info": info} for _, info in chunk],
+            "account_number": "IMITATIONACCT",
+            "start_date": query["start_date"],
+            "end_date": query["end_date"],
+            "last_refreshed_datetime": now_iso(refreshed),
+            "page": page,
+            "total_items": len(rows),
+            "total_pages": max(1, -(-len(rows) // size)),
+            "links": [],
+        }
+
+    def _transaction_rows(self) -> list[tuple[datetime, Json]]:
+        def row(code: str, resource: Json, sign: int, status: str) -> tuple[datetime, Json]:
+            at = datetime.fromisoformat(resource["create_time"].replace("Z", "+00:00"))
+            amount = dict(resource["amount"])
+            if sign < 0:
+                amount["value"] = "-" + amount["value"]
+            return at, {
+                "transaction_id": resource["id"], "transaction_event_code": code,
+                "transaction_initiation_date": resource["create_time"],
+                "transaction_updated_date": resource.get("update_time", resource["create_time"]),
+                "transaction_amount": amount, "transaction_status": status,
+                "custom_field": resource.get("custom_id", ""),
+            }  # fmt: skip
+
+        rows = [row("T0006", capture, 1, "S") for _, capture in self.captures.values()]
+        rows += [row("T1300", auth, 1, "S") for _, auth in self.authorizations.values()]
+        rows += [row("T1107", refund, -1, "S") for refund in self.refunds.values()]
+        return sorted(rows, key=lambda r: r[0])
 
     # ------------------------------------------------------------------ vault
 
@@ -931,6 +1169,7 @@ class PayPalImitation:
             ],
         }
         self.subscriptions[subscription_id] = _Subscription(data=data, plan=plan)
+        self._emit("BILLING.SUBSCRIPTION.CREATED", "subscription", data, "Subscription created")
         return 201, data
 
     def _get_subscription(self, subscription_id: str, **_: Any) -> tuple[int, Json]:
@@ -949,6 +1188,8 @@ class PayPalImitation:
         sub.data["status"] = to
         sub.data["status_update_time"] = now_iso()
         sub.data["status_change_note"] = body["reason"]
+        kind = {"SUSPENDED": "SUSPENDED", "ACTIVE": "ACTIVATED", "CANCELLED": "CANCELLED"}[to]
+        self._emit(f"BILLING.SUBSCRIPTION.{kind}", "subscription", sub.data, f"Subscription {kind.lower()}")
         return 204, None
 
     def _suspend(self, subscription_id: str, *, body: Json, **_: Any) -> tuple[int, None]:

@@ -12,9 +12,12 @@ params: the stored response with ``Idempotent-Replayed: true``; same key, other 
 (``strict=True``): every POST/DELETE needs an ``Idempotency-Key``; currencies must be lower
 case.
 
-Knobs: ``fail_next``, ``timeout_after_effect_next``, ``refund_mode`` + ``settle_refund``.
+Knobs: ``fail_next``, ``timeout_after_effect_next``, ``garble_next``, ``refund_mode`` +
+``settle_refund``, ``end_trial``.
 Counters: ``requests`` (log), ``requests_to``, ``payment_intents_created``,
-``charges_created``, ``objects(kind)``; events are listed at ``/v1/events``.
+``charges_created``, ``objects(kind)``; events are listed at ``/v1/events``, PaymentIntents
+(by customer and creation time) and refunds (by PaymentIntent or charge) at their list
+endpoints, newest first, reading current data as Stripe's list APIs do.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -91,6 +95,15 @@ class StripeApiError(Exception):
 
 def _invalid(message: str, param: str | None = None, code: str | None = None, status: int = 400) -> StripeApiError:
     return StripeApiError(status, "invalid_request_error", message, param=param, code=code)
+
+
+def _empty_string(param: str) -> StripeApiError:
+    """Stripe's answer to ``param=""`` where an empty value would mean "unset" and cannot."""
+    message = (
+        f"You passed an empty string for '{param}'. We assume empty values are an attempt to unset a parameter; "
+        f"however '{param}' cannot be unset. You should remove '{param}' from your request or supply a non-empty value."
+    )
+    return _invalid(message, param=param, code="parameter_invalid_empty")
 
 
 def parse_form(pairs: list[tuple[str, str]]) -> Obj:
@@ -193,6 +206,7 @@ class StripeImitation:
         self.base_url = ""
         self._lock = threading.RLock()
         self._faults: list[_Fault] = []
+        self._garbles: list[tuple[str, Callable[[Obj], Obj | bytes]]] = []
         self._store = _Store()
         self._stopping = threading.Event()
         self._server: uvicorn.Server | None = None
@@ -237,6 +251,7 @@ class StripeImitation:
         with self._lock:
             self._store = _Store()
             self._faults.clear()
+            self._garbles.clear()
             self.requests.clear()
             self.refund_mode = "succeeded"
 
@@ -261,6 +276,16 @@ class StripeImitation:
         """
         with self._lock:
             self._faults.append(_Fault(path_prefix, 0, "", 1, stall=True))
+
+    def garble_next(self, path_prefix: str, garble: Callable[[Obj], Obj | bytes]) -> None:
+        """The next answer under ``path_prefix`` passes through ``garble`` on its way out.
+
+        The effect and the stored idempotent answer are untouched (a proxy or a new field
+        format mangled one answer): a retry with the same key gets the real one. ``bytes``
+        from ``garble`` are sent as the body as they are (not JSON at all).
+        """
+        with self._lock:
+            self._garbles.append((path_prefix, garble))
 
     def settle_refund(self, refund_id: str, status: str, failure_reason: str = "declined") -> Obj:
         """Moves a pending refund to ``succeeded`` or ``failed`` (returning the money's reservation)."""
@@ -304,6 +329,11 @@ class StripeImitation:
         with self._lock:
             self.requests.append(record)
             record.status, payload, out_headers, stall = self._handle(record)
+            garble = next((g for g in self._garbles if request.url.path.startswith(g[0])), None)
+            if garble is not None and record.status < 400:
+                self._garbles.remove(garble)
+                garbled = garble[1](json.loads(payload))
+                payload = garbled if isinstance(garbled, bytes) else json.dumps(garbled).encode()
         if stall:  # meant to outlast the client's timeout; stop() releases it
             deadline = time.monotonic() + self.stall_seconds
             while time.monotonic() < deadline and not self._stopping.is_set():
@@ -483,6 +513,12 @@ class StripeImitation:
             raise _invalid("Amount must be at least the minimum charge amount.", param=param, code="amount_too_small")
         if currency in _THREE_DECIMAL and amount % 10:
             raise _invalid("Three-decimal currency amounts must end in 0.", param=param, code="invalid_amount")
+        if currency == "isk" and amount % 100:
+            message = (
+                "Invalid amount. Currency ISK has become effectively zero-decimal and charged amounts must be evenly "
+                "divisible by 100. See https://stripe.com/docs/currencies#special-cases for more information."
+            )
+            raise _invalid(message, param=param, code="invalid_charge_amount_no_decimal_compatible")
 
     def _charge(self, intent_id: str | None, customer: str | None, pm: Obj, amount: int, currency: str) -> Obj:
         """One attempt to move money; ``_behaviour`` is the card's test behaviour."""
@@ -598,6 +634,8 @@ class StripeImitation:
         if remaining <= 0:
             raise _invalid(f"Charge {pi['latest_charge']} has already been refunded.", code="charge_already_refunded")
         amount = _int(p, "amount", remaining)
+        if "amount" in p:
+            self._check_amount(amount, pi["currency"])
         if amount > remaining:
             message = f"Refund amount ({amount}) is greater than unrefunded amount on charge ({remaining})"
             raise _invalid(message, param="amount", code="amount_too_large")
@@ -650,8 +688,9 @@ class StripeImitation:
         count = _int(rec, "interval_count", 1) if rec else 0
         recurring = {"interval": rec["interval"], "interval_count": count, "usage_type": "licensed"} if rec else None
         price = self._new(
-            "price", "price", product=product["id"], unit_amount=amount, currency=currency, recurring=recurring,
-            type="recurring" if rec else "one_time", active=True, metadata={}, nickname=p.get("nickname"),
+            "price", "price", product=product["id"], unit_amount=amount, unit_amount_decimal=str(amount),
+            currency=currency, recurring=recurring, type="recurring" if rec else "one_time", active=True,
+            metadata={}, nickname=p.get("nickname"), billing_scheme="per_unit",
         )  # fmt: skip
         self._merge_metadata(price, p)
         self._event("price.created", price, key=key)
@@ -664,6 +703,8 @@ class StripeImitation:
         currency, total = sub["currency"], sum(line["amount"] for line in lines)
         for line in lines:
             line.update(object="line_item", currency=currency, period={"start": start, "end": end})
+            unit = line["amount"] // max(1, line["quantity"])
+            line.setdefault("pricing", {"type": "price_details", "unit_amount_decimal": str(unit)})
             line["parent"]["subscription_item_details"]["subscription"] = sub["id"]
         details = {"subscription": sub["id"], "metadata": dict(sub["metadata"])}
         parent = {"type": "subscription_details", "subscription_details": details}
@@ -681,9 +722,9 @@ class StripeImitation:
         else:
             customer = self._store.objects[sub["customer"]]
             pm_id = sub["default_payment_method"] or customer["invoice_settings"]["default_payment_method"]
-            pm = self._store.objects[pm_id]
             inv["attempted"] = True
-            if self._charge(None, customer["id"], pm, total, currency)["status"] == "succeeded":
+            pm = self._store.objects.get(pm_id) if pm_id else None  # without one the invoice stays open
+            if pm is not None and self._charge(None, customer["id"], pm, total, currency)["status"] == "succeeded":
                 inv.update(status="paid", amount_paid=total, amount_remaining=0)
         self._event("invoice.paid" if inv["status"] == "paid" else "invoice.payment_failed", inv, key=key)
         return inv
@@ -704,7 +745,14 @@ class StripeImitation:
         return price
 
     def _create_subscription(self, p: Obj, key: str | None) -> Obj:
+        for param in ("customer", "default_payment_method"):
+            if p.get(param) == "":
+                raise _empty_string(param)
         customer = self._get("customer", "customer", obj_id=p.get("customer", ""))
+        end_behavior = ((p.get("trial_settings") or {}).get("end_behavior") or {}).get("missing_payment_method")
+        if end_behavior not in (None, "cancel", "create_invoice", "pause"):
+            param = "trial_settings[end_behavior][missing_payment_method]"
+            raise _invalid(f"Invalid {param}: must be one of cancel, create_invoice, or pause", param=param)
         items = p.get("items") or []
         if not items:
             raise _invalid("Missing required param: items.", param="items", code="parameter_missing")
@@ -724,6 +772,7 @@ class StripeImitation:
             "sub", "subscription", customer=customer["id"], status="incomplete", default_payment_method=pm_id,
             cancel_at_period_end=False, billing_cycle_anchor=end if trial_end else now, start_date=now,
             collection_method="charge_automatically", currency=prices[0]["currency"], metadata={},
+            trial_settings={"end_behavior": {"missing_payment_method": end_behavior or "create_invoice"}},
             **dict.fromkeys(_SUB_NULLS), _items=[], _period_start=now, _period_end=end,
         )  # fmt: skip
         if trial_end:
@@ -755,6 +804,10 @@ class StripeImitation:
         if not obj_id:
             return self._create_subscription(p, key)
         sub = self._get("subscription", "subscription_exposed_id", obj_id=obj_id)
+        if action == "resume":
+            return self._resume_subscription(sub, p, key)
+        if action:
+            raise _invalid(f"Unrecognized request URL (POST: /v1/subscriptions/{obj_id}/{action}).", status=404)
         if sub["status"] in ("canceled", "incomplete_expired"):
             raise _invalid("A canceled subscription can only update its cancellation_details and metadata.")
         previous: Obj = {}
@@ -775,6 +828,69 @@ class StripeImitation:
             previous["items"] = self._public(sub)["items"]
             self._change_items(sub, p, key)
         self._event("customer.subscription.updated", sub, previous, key=key)
+        return self._public(sub)
+
+    def _new_period(self, sub: Obj, start: int, reason: str, key: str | None) -> Obj:
+        """Starts a billing period at ``start`` (anchor reset) and invoices it."""
+        items = [self._store.objects[i] for i in sub["_items"]]
+        price = self._store.objects[items[0]["price"]]
+        end = add_interval(start, price["recurring"]["interval"], price["recurring"]["interval_count"])
+        sub.update(_period_start=start, _period_end=end, billing_cycle_anchor=start)
+        lines = []
+        for item in items:
+            item.update(current_period_start=start, current_period_end=end)
+            item_price = self._store.objects[item["price"]]
+            amount = item_price["unit_amount"] * item["quantity"]
+            lines.append(self._line(f"{item['quantity']} x {item_price['id']}", amount, item["quantity"], item["id"],
+                                    proration=False))  # fmt: skip
+        lines.extend(sub.pop("_pending_prorations", []))
+        return self._invoice(sub, reason, lines, start, end, key)
+
+    def end_trial(self, subscription_id: str) -> Obj:
+        """The trial ends now (a test clock passing ``trial_end``).
+
+        With a payment method the first period is invoiced and charged. Without one, Stripe
+        follows ``trial_settings.end_behavior.missing_payment_method``: ``pause`` sets the
+        subscription's own status to ``paused`` (no invoice), ``cancel`` cancels it,
+        ``create_invoice`` (the default) leaves an open invoice and the subscription past_due.
+        """
+        with self._lock:
+            sub = self._get("subscription", obj_id=subscription_id)
+            if sub["status"] != "trialing":
+                raise RuntimeError(f"subscription {subscription_id} is {sub['status']}, not trialing")
+            now = self._now()
+            previous = {"status": "trialing", "trial_end": sub["trial_end"]}
+            sub["trial_end"] = now
+            customer = self._store.objects[sub["customer"]]
+            has_method = bool(sub["default_payment_method"] or customer["invoice_settings"]["default_payment_method"])
+            behavior = sub["trial_settings"]["end_behavior"]["missing_payment_method"]
+            if not has_method and behavior == "pause":
+                sub.update(status="paused", _period_start=now)
+                self._event("customer.subscription.paused", sub, previous)
+            elif not has_method and behavior == "cancel":
+                sub.update(status="canceled", canceled_at=now, ended_at=now)
+                self._event("customer.subscription.deleted", sub, previous)
+            else:
+                paid = self._new_period(sub, now, "subscription_cycle", None)["status"] == "paid"
+                sub["status"] = "active" if paid else "past_due"
+                self._event("customer.subscription.updated", sub, previous)
+            return self._public(sub)
+
+    def _resume_subscription(self, sub: Obj, p: Obj, key: str | None) -> Obj:
+        """``POST /v1/subscriptions/{id}/resume``: only for Stripe's own ``paused`` status.
+
+        The billing cycle anchor resets to now (the default) and the new period is invoiced:
+        paid, the subscription is active; not paid, past_due (``resume_on_payment_attempt``).
+        """
+        if sub["status"] != "paused":
+            raise _invalid(f"Only paused subscriptions can be resumed; this subscription is {sub['status']}.")
+        anchor = p.get("billing_cycle_anchor", "now")
+        anchor = anchor.get("type", "now") if isinstance(anchor, dict) else anchor
+        if anchor not in ("now", "unchanged"):
+            raise _invalid(f"Invalid billing_cycle_anchor: {anchor}", param="billing_cycle_anchor")
+        paid = self._new_period(sub, self._now(), "subscription_update", key)["status"] == "paid"
+        sub["status"] = "active" if paid else "past_due"
+        self._event("customer.subscription.resumed", sub, {"status": "paused"}, key=key)
         return self._public(sub)
 
     def _change_items(self, sub: Obj, p: Obj, key: str | None) -> None:
@@ -822,12 +938,39 @@ class StripeImitation:
             invoices = [i for i in invoices if i["customer"] == p["customer"]]
         return self._list(invoices, p, "/v1/invoices")
 
+    @staticmethod
+    def _created_in(items: list[Obj], p: Obj) -> list[Obj]:
+        """Stripe's ``created`` filter: an exact timestamp or a ``gt``/``gte``/``lt``/``lte`` range."""
+        created = p.get("created")
+        if created is None:
+            return items
+        if not isinstance(created, dict):
+            return [o for o in items if o["created"] == int(created)]
+        bounds = {op: int(v) for op, v in created.items() if op in ("gt", "gte", "lt", "lte")}
+        checks = {
+            "gt": lambda c, b: c > b, "gte": lambda c, b: c >= b, "lt": lambda c, b: c < b, "lte": lambda c, b: c <= b,
+        }  # fmt: skip
+        return [o for o in items if all(checks[op](o["created"], b) for op, b in bounds.items())]
+
+    def _get_payment_intents(self, obj_id: str, action: str, p: Obj, key: str | None) -> Obj:
+        """GET /v1/payment_intents: list, newest first, by ``customer`` and ``created``."""
+        intents = [o for o in self._store.objects.values() if o["object"] == "payment_intent"]
+        if p.get("customer"):
+            intents = [i for i in intents if i["customer"] == p["customer"]]
+        return self._list(self._created_in(intents, p), p, "/v1/payment_intents")
+
+    def _get_refunds(self, obj_id: str, action: str, p: Obj, key: str | None) -> Obj:
+        """GET /v1/refunds: list, newest first, by ``payment_intent`` or ``charge``."""
+        refunds = [o for o in self._store.objects.values() if o["object"] == "refund"]
+        if p.get("payment_intent"):
+            refunds = [r for r in refunds if r["payment_intent"] == p["payment_intent"]]
+        if p.get("charge"):
+            refunds = [r for r in refunds if r["charge"] == p["charge"]]
+        return self._list(self._created_in(refunds, p), p, "/v1/refunds")
+
     def _get_events(self, obj_id: str, action: str, p: Obj, key: str | None) -> Obj:
         events = [o for o in self._store.objects.values() if o["object"] == "event"]
         types = p.get("types") or ([p["type"]] if p.get("type") else None)
         if types:
             events = [e for e in events if e["type"] in types]
-        created = p.get("created")
-        if isinstance(created, dict) and created.get("gte"):
-            events = [e for e in events if e["created"] >= int(created["gte"])]
-        return self._list(events, p, "/v1/events")
+        return self._list(self._created_in(events, p), p, "/v1/events")

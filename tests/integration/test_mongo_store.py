@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from billing_service.adapters.mongo import store as store_module
+from billing_service.adapters.mongo import writes as writes_module
 from billing_service.adapters.mongo.codecs import decode, encode
 from billing_service.adapters.mongo.store import MongoBillingStore
 from billing_service.domain.common import AuditEvent, Processor
@@ -95,7 +96,7 @@ def payment(customer_id: str, **kw: Any) -> Payment:
         "updated_at": _t(2),
         "processor_id": "pi_3Xyz",
         "amount_capturable": 1999,
-        "next_action": NextAction(client_secret="pi_3Xyz_secret_abc", redirect_url="https://hooks.example/3ds"),
+        "next_action": NextAction(redirect_url="https://hooks.example/3ds"),
         "failure": PaymentFailure(code="card_declined", decline_code="insufficient_funds", message="nope"),
         "off_session": True,
         "dispute_ids": ["dp_1", "dp_2"],
@@ -189,6 +190,20 @@ def audit(resource_id: str, action: str = "thing.created", *, at: datetime = T0)
     )
 
 
+@pytest.fixture(params=["bulk", "one_by_one"], autouse=True)
+def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both ways a transaction is sent: MongoDB 8.0's one ``bulkWrite``
+    command, and one command per write (older servers)."""
+    if request.param == "one_by_one":
+        monkeypatch.setattr(store_module, "supports_bulk_write", lambda client: False)
+    return str(request.param)
+
+
+def write_command(path: str, command: str) -> str:
+    """The command that carries an ``insert``/``update`` on ``path``."""
+    return "bulkWrite" if path == "bulk" else command
+
+
 async def raw(store: MongoBillingStore, collection: str, query: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     return await store.database[collection].find(query or {}).to_list()
 
@@ -229,7 +244,11 @@ async def test_audit_event_round_trips(store: MongoBillingStore) -> None:
 
 async def test_documents_use_plain_bson(store: MongoBillingStore) -> None:
     cus = customer()
-    pay = payment(cus.id, amount=Money(10**15, "USD"))
+    pay = payment(
+        cus.id,
+        amount=Money(10**15, "USD"),
+        next_action=NextAction(client_secret="pi_3Xyz_secret_abc", redirect_url="https://hooks.example/3ds"),
+    )
     await store.commit([Insert(pay)], [])
     (doc,) = await raw(store, "payments")
     assert doc["_id"] == pay.id
@@ -238,7 +257,9 @@ async def test_documents_use_plain_bson(store: MongoBillingStore) -> None:
     assert isinstance(doc["amount"]["amount_minor"], int)  # bson.Int64 for large values, never a float
     assert doc["status"] == "requires_action"
     assert type(doc["status"]) is str
-    assert doc["next_action"] == {"client_secret": "pi_3Xyz_secret_abc", "redirect_url": "https://hooks.example/3ds"}
+    # A client secret is handed to the caller, never stored.
+    assert doc["next_action"] == {"redirect_url": "https://hooks.example/3ds"}
+    assert (await store.get(Payment, pay.id)).next_action == NextAction(redirect_url="https://hooks.example/3ds")  # type: ignore[union-attr]
     assert doc["version"] == 1
 
 
@@ -296,8 +317,10 @@ async def test_update_of_missing_entity_conflicts(store: MongoBillingStore) -> N
     assert await store.get(Customer, cus.id) is None
 
 
-@pytest.mark.parametrize("command", ["insert", "update"])
-async def test_server_failure_mid_commit_writes_nothing(store: MongoBillingStore, mongo_client, command: str) -> None:
+@pytest.mark.parametrize("command", ["insert", "update", "commitTransaction"])
+async def test_server_failure_mid_commit_writes_nothing(
+    store: MongoBillingStore, mongo_client, command: str, write_path: str
+) -> None:
     cus = customer()
     await store.commit([Insert(cus)], [])
     pay = payment(cus.id)
@@ -305,8 +328,9 @@ async def test_server_failure_mid_commit_writes_nothing(store: MongoBillingStore
     changes: list[Change] = [Insert(pay), Update(cus)]
     events = [audit(pay.id, "payment.created")]
 
+    outbox_before = await raw(store, "event_outbox")
     # 8 (UnknownError) is not transient: the transaction must fail, not be retried.
-    await fail_next(mongo_client, command, 8)
+    await fail_next(mongo_client, command if command == "commitTransaction" else write_command(write_path, command), 8)
     try:
         with pytest.raises(StoreUnavailable):
             await store.commit(changes, events)
@@ -318,6 +342,7 @@ async def test_server_failure_mid_commit_writes_nothing(store: MongoBillingStore
     assert stored is not None
     assert (stored.name, stored.version) == ("Ada Lovelace", 1)
     assert await raw(store, "audit_events") == []
+    assert await raw(store, "event_outbox") == outbox_before  # no billing event either
     assert (pay.version, cus.version) == (0, 1)
 
     await store.commit(changes, events)
@@ -327,23 +352,25 @@ async def test_server_failure_mid_commit_writes_nothing(store: MongoBillingStore
     assert len(await raw(store, "audit_events")) == 1
 
 
-async def test_transient_failure_is_retried_transparently(store: MongoBillingStore, mongo_client, monkeypatch) -> None:
+async def test_transient_failure_is_retried_transparently(
+    store: MongoBillingStore, mongo_client, monkeypatch, write_path: str
+) -> None:
     # Without retries the injected write conflict surfaces as a conflict (proves it fires).
-    monkeypatch.setattr(store_module, "_TXN_ATTEMPTS", 1)
+    monkeypatch.setattr(writes_module, "_TXN_ATTEMPTS", 1)
     lost = customer()
-    await fail_next(mongo_client, "insert", 112, ("TransientTransactionError",))
+    await fail_next(mongo_client, write_command(write_path, "insert"), 112, ("TransientTransactionError",))
     try:
         with pytest.raises(ConcurrencyConflict):
             await store.commit([Insert(lost)], [])
     finally:
         await fail_off(mongo_client)
     assert await store.get(Customer, lost.id) is None
-    monkeypatch.undo()
+    monkeypatch.setattr(writes_module, "_TXN_ATTEMPTS", 5)
 
     cus = customer()
     # A write conflict is transient: the whole transaction reruns. (91 ShutdownInProgress
     # works too, but makes the driver rediscover the server for ~10 s.)
-    await fail_next(mongo_client, "insert", 112, ("TransientTransactionError",))
+    await fail_next(mongo_client, write_command(write_path, "insert"), 112, ("TransientTransactionError",))
     try:
         await store.commit([Insert(cus)], [audit(cus.id)])
     finally:

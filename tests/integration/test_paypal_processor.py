@@ -6,12 +6,12 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
 
-from billing_service.adapters.processors import paypal_mapping as m
-from billing_service.adapters.processors.paypal import PayPalPaymentProcessor, PayPalSettings
+from billing_service.adapters.processors.paypal import PayPalPaymentProcessor, PayPalSettings, mapping, wire
 from billing_service.adapters.processors.retry import RetryPolicy
 from billing_service.domain.common import Processor
 from billing_service.domain.customers import Customer, PaymentMethodType
@@ -122,27 +122,27 @@ def plan(*, trial_days: int = 0, price: Money | None = None, refs: dict[str, str
 
 
 def test_amounts_are_converted_exactly() -> None:
-    assert m.paypal_value(Money(1234, "USD")) == "12.34"
-    assert m.paypal_value(Money(5, "USD")) == "0.05"
-    assert m.paypal_value(Money(500, "JPY")) == "500"
-    assert m.paypal_value(Money(10**15, "USD")) == "10000000000000.00"
-    assert m.paypal_value(Money(15000, "HUF")) == "150"  # PayPal takes whole forint
-    assert m.minor_units("12.34", "USD") == 1234
-    assert m.minor_units("12.3", "USD") == 1230
-    assert m.minor_units("12", "USD") == 1200
-    assert m.minor_units("500", "JPY") == 500
-    assert m.minor_units("150", "HUF") == 15000
-    assert m.minor_units("0.10", "USD") == 10
-    assert m.minor_units("-1.50", "EUR") == -150
+    assert wire.paypal_value(Money(1234, "USD")) == "12.34"
+    assert wire.paypal_value(Money(5, "USD")) == "0.05"
+    assert wire.paypal_value(Money(500, "JPY")) == "500"
+    assert wire.paypal_value(Money(10**15, "USD")) == "10000000000000.00"
+    assert wire.paypal_value(Money(15000, "HUF")) == "150"  # PayPal takes whole forint
+    assert wire.minor_units("12.34", "USD") == 1234
+    assert wire.minor_units("12.3", "USD") == 1230
+    assert wire.minor_units("12", "USD") == 1200
+    assert wire.minor_units("500", "JPY") == 500
+    assert wire.minor_units("150", "HUF") == 15000
+    assert wire.minor_units("0.10", "USD") == 10
+    assert wire.minor_units("-1.50", "EUR") == -150
     with pytest.raises(ProcessorError):
-        m.minor_units("1.234", "USD")
+        wire.minor_units("1.234", "USD")
     with pytest.raises(ProcessorError):
-        m.minor_units("1e3", "USD")
+        wire.minor_units("1e3", "USD")
     with pytest.raises(InvalidArgument) as kwd:
-        m.paypal_value(Money(1234, "KWD"))
+        wire.paypal_value(Money(1234, "KWD"))
     assert kwd.value.reason == "AMOUNT_NOT_SUPPORTED_BY_PROCESSOR"
     with pytest.raises(InvalidArgument) as huf:
-        m.paypal_value(Money(15050, "HUF"))
+        wire.paypal_value(Money(15050, "HUF"))
     assert huf.value.reason == "AMOUNT_NOT_SUPPORTED_BY_PROCESSOR"
 
 
@@ -342,6 +342,61 @@ async def test_partial_then_full_refund(processor: PayPalPaymentProcessor, paypa
     assert replay.processor_id == rest.processor_id and paypal_api.refunds_created == 2
 
 
+async def test_refunds_name_their_order_amount_and_our_refund_id(
+    processor: PayPalPaymentProcessor, paypal_api: PayPalImitation
+) -> None:
+    """What mirroring a refund made outside the service needs: the order (through the capture,
+    and for an authorization's capture through the authorization) and the exact amount."""
+    pm = await vaulted(processor, paypal_api, "card")
+    auth = await processor.create_payment(payment(pm, Money(2000, "JPY"), manual=True), idempotency_key="k-auth")
+    await processor.capture_payment(auth.processor_id, Money(2000, "JPY"), idempotency_key="k-cap")
+    capture = paypal_api.orders[auth.processor_id]["purchase_units"][0]["payments"]["captures"][0]
+    capture.pop("supplementary_data")  # only the "up" link to the authorization is left to follow
+    outside = paypal_api.dashboard_refund(capture["id"], "500")
+    state = await processor.get_refund(outside["id"])
+    assert (state.processor_payment_id, state.amount_minor, state.refund_id) == (auth.processor_id, 500, "")
+
+    ours = await processor.create_refund(
+        RefundRequest("re_ours", auth.processor_id, Money(300, "JPY"), RefundReason.UNSPECIFIED),
+        idempotency_key="k-re",
+    )
+    assert (ours.processor_payment_id, ours.amount_minor, ours.refund_id) == (auth.processor_id, 300, "re_ours")
+    again = await processor.get_refund(ours.processor_id)
+    assert (again.processor_payment_id, again.amount_minor, again.refund_id) == (auth.processor_id, 300, "re_ours")
+
+
+@pytest.mark.parametrize(
+    ("paid", "refunded", "sent"),
+    [
+        (Money(150000, "HUF"), Money(15000, "HUF"), "150"),  # two ISO decimals, whole forint at PayPal
+        (Money(2000, "JPY"), Money(700, "JPY"), "700"),
+        (Money(2500, "USD"), Money(701, "USD"), "7.01"),
+    ],
+)
+async def test_amounts_round_trip_through_payments_and_refunds(
+    processor: PayPalPaymentProcessor, paypal_api: PayPalImitation, paid: Money, refunded: Money, sent: str
+) -> None:
+    pm = await vaulted(processor, paypal_api, "card")
+    state = await processor.create_payment(payment(pm, paid), idempotency_key=f"k-{paid.currency}")
+    assert state.amount_captured == paid.amount_minor
+    refund = await processor.create_refund(
+        RefundRequest("re_rt", state.processor_id, refunded, RefundReason.UNSPECIFIED), idempotency_key="k-rt"
+    )
+    assert paypal_api.posts()[-1].body["amount"] == {"currency_code": paid.currency, "value": sent}
+    assert (
+        refund.amount_minor == (await processor.get_refund(refund.processor_id)).amount_minor == refunded.amount_minor
+    )
+
+
+def test_a_refund_custom_id_copied_from_the_capture_is_not_our_refund_id() -> None:
+    refund = {"id": "R1", "status": "COMPLETED", "amount": {"currency_code": "USD", "value": "7.00"}}
+    inherited = mapping.refund_state(
+        refund | {"custom_id": "pay_1"}, processor_payment_id="O1", payment_custom_id="pay_1"
+    )
+    assert (inherited.refund_id, inherited.amount_minor, inherited.processor_payment_id) == ("", 700, "O1")
+    assert mapping.refund_state(refund | {"custom_id": "re_1"}, payment_custom_id="pay_1").refund_id == "re_1"
+
+
 # --------------------------------------------------------------------------- plans and subscriptions
 
 
@@ -506,6 +561,97 @@ async def test_timeout_after_capture_then_retry_captures_once(
     attempts = [r for r in paypal_api.posts() if r.path.endswith("/capture")]
     assert [r.request_id for r in attempts] == ["k-t-cap", "k-t-cap"]
     assert paypal_api.captures_created == 1
+
+
+async def _raw_client(api: PayPalImitation) -> tuple[httpx.AsyncClient, dict[str, str]]:
+    client = httpx.AsyncClient(base_url=api.base_url)
+    token = await client.post(
+        "/v1/oauth2/token", data={"grant_type": "client_credentials"}, auth=(api.client_id, api.client_secret)
+    )
+    return client, {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+
+async def test_an_order_is_completed_under_one_key_so_a_retry_after_the_webhook_converges(
+    processor: PayPalPaymentProcessor, paypal_api: PayPalImitation
+) -> None:
+    """create_payment's completion failed; a CHECKOUT.ORDER.APPROVED re-read completed the order;
+    the caller's retry completes again. One key per order: PayPal replays, one capture."""
+    paypal_api.complete_vaulted_orders = False
+    pm = await vaulted(processor, paypal_api)
+    paypal_api.fail_next("/v2/checkout/orders/", times=3)  # the capture call, never reached
+    with pytest.raises(ProcessorUnavailable):
+        await processor.create_payment(payment(pm, Money(1000, "USD")), idempotency_key="k-two")
+    [order_id] = paypal_api.orders
+    assert paypal_api.orders[order_id]["status"] == "APPROVED"
+    by_webhook = await processor.get_payment(order_id)
+    assert by_webhook.status is PaymentStatus.SUCCEEDED
+    retried = await processor.create_payment(payment(pm, Money(1000, "USD")), idempotency_key="k-two")
+    assert (retried.processor_id, retried.status, retried.amount_captured) == (order_id, PaymentStatus.SUCCEEDED, 1000)
+    assert paypal_api.captures_created == 1
+    completions = {r.request_id for r in paypal_api.posts() if r.path.endswith("/capture")}
+    assert completions == {f"{order_id}:complete"}
+
+
+@pytest.mark.parametrize("manual", [False, True])
+async def test_an_order_completed_under_another_key_is_read_and_converged(
+    processor: PayPalPaymentProcessor, paypal_api: PayPalImitation, manual: bool
+) -> None:
+    """ORDER_ALREADY_CAPTURED / ORDER_ALREADY_AUTHORIZED is not a failure: read the order."""
+    paypal_api.complete_vaulted_orders = False
+    pm = await vaulted(processor, paypal_api)
+    paypal_api.fail_next("/v2/checkout/orders/", times=3)
+    with pytest.raises(ProcessorUnavailable):
+        await processor.create_payment(payment(pm, Money(1000, "USD"), manual=manual), idempotency_key="k-other")
+    [order_id] = paypal_api.orders
+    client, headers = await _raw_client(paypal_api)
+    try:
+        verb = "authorize" if manual else "capture"
+        done = await client.post(
+            f"/v2/checkout/orders/{order_id}/{verb}", headers={**headers, "PayPal-Request-Id": "someone-else"}
+        )
+        assert done.status_code == 201
+    finally:
+        await client.aclose()
+    state = await processor.create_payment(payment(pm, Money(1000, "USD"), manual=manual), idempotency_key="k-other")
+    expected = PaymentStatus.REQUIRES_CAPTURE if manual else PaymentStatus.SUCCEEDED
+    assert (state.processor_id, state.status) == (order_id, expected)
+    assert paypal_api.captures_created == (0 if manual else 1)
+
+
+def _unknown_capture_currency(order: dict[str, Any]) -> dict[str, Any]:
+    order["purchase_units"][0]["payments"]["captures"][0]["amount"]["currency_code"] = "XTS"
+    return order
+
+
+async def test_an_answer_we_cannot_read_is_a_retryable_processor_fault_that_keeps_the_order_id(
+    processor: PayPalPaymentProcessor, paypal_api: PayPalImitation
+) -> None:
+    """PayPal took the money but its answer does not parse: not the caller's fault
+    (INVALID_ARGUMENT), a processor fault that names the order so it stays findable."""
+    pm = await vaulted(processor, paypal_api, "card")
+    paypal_api.garble_next("/v2/checkout/orders", _unknown_capture_currency)
+    with pytest.raises(ProcessorError) as info:
+        await processor.create_payment(payment(pm, Money(1000, "USD")), idempotency_key="k-garbled")
+    [order_id] = paypal_api.orders
+    assert (info.value.reason, info.value.retryable) == ("PROCESSOR_BAD_RESPONSE", True)
+    assert info.value.metadata["processor_payment_id"] == order_id
+    retried = await processor.create_payment(payment(pm, Money(1000, "USD")), idempotency_key="k-garbled")
+    assert (retried.processor_id, retried.status, paypal_api.captures_created) == (order_id, PaymentStatus.SUCCEEDED, 1)
+
+    paypal_api.garble_next(f"/v2/checkout/orders/{order_id}", lambda order: {"status": "COMPLETED"})
+    with pytest.raises(ProcessorError) as no_id:
+        await processor.get_payment(order_id)
+    assert (no_id.value.reason, no_id.value.retryable) == ("PROCESSOR_BAD_RESPONSE", True)
+
+
+def test_order_amounts_are_read_only_when_the_status_needs_them() -> None:
+    garbage = {"status": "COMPLETED", "amount": {"currency_code": "XTS", "value": "1.00"}}
+    for status, expected in (
+        ("VOIDED", PaymentStatus.CANCELED),
+        ("PAYER_ACTION_REQUIRED", PaymentStatus.REQUIRES_ACTION),
+    ):
+        order = {"id": "O1", "status": status, "purchase_units": [{"payments": {"captures": [garbage]}}]}
+        assert mapping.payment_state(order).status is expected
 
 
 async def test_oauth_token_is_fetched_once_and_reused(paypal_api: PayPalImitation) -> None:

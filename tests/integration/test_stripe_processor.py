@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -300,6 +301,119 @@ async def test_refunds_immediate_and_pending(processor: StripePaymentProcessor, 
     assert info.value.reason == "AMOUNT_TOO_LARGE"
 
 
+@pytest.mark.parametrize(
+    ("ours", "at_stripe"),
+    [
+        (Money(700, "ISK"), 70000),  # ISO zero-decimal, two decimals at Stripe
+        (Money(1500, "JPY"), 1500),  # zero-decimal both
+        (Money(12340, "KWD"), 12340),  # three decimals, last digit 0
+        (Money(150000, "HUF"), 150000),  # two decimals both (whole forint only for payouts)
+        (Money(5000, "MGA"), 50),  # ISO two decimals, zero-decimal at Stripe
+    ],
+)
+async def test_refund_amounts_come_back_through_the_currency_scale(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation, ours: Money, at_stripe: int
+) -> None:
+    """Every amount read back from Stripe goes through the conversion used to send it."""
+    cus, pm = await setup_card(processor)
+    paid = await processor.create_payment(_in(cus, pm, ours * 2), idempotency_key=key())
+    assert paid.amount_captured == ours.amount_minor * 2
+    refund = await processor.create_refund(
+        RefundRequest("re_scale", paid.processor_id, ours, RefundReason.UNSPECIFIED), idempotency_key=key()
+    )
+    assert stripe_api.objects("refund")[-1]["amount"] == at_stripe
+    assert (refund.amount_minor, refund.processor_payment_id) == (ours.amount_minor, paid.processor_id)
+    again = await processor.get_refund(refund.processor_id)
+    assert again.amount_minor == ours.amount_minor and again.refund_id == "re_scale"
+
+
+async def test_stripe_refuses_fractional_isk_and_so_do_we(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    cus, pm = await setup_card(processor)
+    form = {
+        "amount": "70050",
+        "currency": "isk",
+        "customer": cus,
+        "payment_method": pm,
+        "confirm": "true",
+        "automatic_payment_methods[enabled]": "true",
+        "automatic_payment_methods[allow_redirects]": "never",
+    }
+    raw = await _raw_post(stripe_api, "/v1/payment_intents", **form)
+    assert raw.status_code == 400
+    assert raw.json()["error"]["code"] == "invalid_charge_amount_no_decimal_compatible"
+
+
+async def _raw_post(api: StripeImitation, path: str, **form: str) -> Any:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=api.base_url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        return await http.post(path, data=form, headers={"Idempotency-Key": key()})
+
+
+async def test_an_answer_we_cannot_read_is_a_retryable_processor_fault_that_keeps_the_intent_id(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    cus, pm = await setup_card(processor)
+    stripe_api.garble_next("/v1/payment_intents", lambda pi: {k: v for k, v in pi.items() if k != "currency"})
+    with pytest.raises(ProcessorError) as info:
+        await processor.create_payment(payment(cus, pm), idempotency_key="k-garbled")
+    [intent] = stripe_api.objects("payment_intent")
+    assert (info.value.reason, info.value.retryable) == ("PROCESSOR_BAD_RESPONSE", True)
+    assert info.value.metadata["processor_payment_id"] == intent["id"]
+    again = await processor.create_payment(payment(cus, pm), idempotency_key="k-garbled")
+    assert (again.processor_id, again.status, stripe_api.charges_created) == (intent["id"], PaymentStatus.SUCCEEDED, 1)
+
+    stripe_api.garble_next(f"/v1/payment_intents/{intent['id']}", lambda pi: pi | {"amount_received": "a lot"})
+    with pytest.raises(ProcessorError) as unreadable:
+        await processor.get_payment(intent["id"])
+    assert (unreadable.value.reason, unreadable.value.retryable) == ("PROCESSOR_BAD_RESPONSE", True)
+
+
+async def test_a_success_the_sdk_cannot_decode_is_retried_with_the_same_key(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    cus, pm = await setup_card(processor)
+    stripe_api.garble_next("/v1/payment_intents", lambda pi: b"<html>an overloaded proxy</html>")
+    state = await processor.create_payment(payment(cus, pm), idempotency_key="k-html")
+    assert state.status is PaymentStatus.SUCCEEDED and stripe_api.charges_created == 1
+    attempts = stripe_api.requests_to("POST", "/v1/payment_intents")
+    assert [r.headers["idempotency-key"] for r in attempts] == ["k-html", "k-html"]
+
+
+async def test_a_currency_we_do_not_know_in_an_invoice_is_the_processors_fault(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    cus, pm = await setup_card(processor)
+    basic = plan()
+    basic.processor_refs = await processor.create_plan(basic, idempotency_key=key())
+    sub = await processor.create_subscription(
+        SubscriptionRequest("sub_x", cus, pm, basic, quantity=1, trial_end=None), idempotency_key=key()
+    )
+
+    def unknown_currency(page: dict[str, Any]) -> dict[str, Any]:
+        for invoice in page["data"]:
+            invoice["currency"] = "xts"
+            for line in invoice["lines"]["data"]:
+                line["currency"] = "xts"
+        return page
+
+    stripe_api.garble_next("/v1/invoices", unknown_currency)
+    with pytest.raises(ProcessorError) as info:
+        await processor.list_invoices(sub.processor_id)
+    assert (info.value.reason, info.value.retryable) == ("PROCESSOR_BAD_RESPONSE", True)
+
+
+def test_amounts_read_back_must_be_exact_in_our_minor_units() -> None:
+    from billing_service.adapters.processors.stripe import mapping as stripe_mapping
+
+    assert stripe_mapping.from_stripe_amount(70000, "isk") == 700
+    with pytest.raises(ProcessorError) as info:
+        stripe_mapping.from_stripe_amount(70050, "isk")  # a fraction of a krona cannot be ours
+    assert info.value.reason == "PROCESSOR_BAD_RESPONSE"
+
+
 # --- retries, timeouts, idempotency, auth ---------------------------------------------------
 
 
@@ -462,6 +576,71 @@ async def test_trial_subscription_and_declined_first_invoice(processor: StripePa
     assert open_invoice.status is InvoiceStatus.OPEN and open_invoice.amount_paid.is_zero()
 
 
+async def test_no_payment_method_is_omitted_not_sent_empty(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    """Stripe refuses an empty string for a field that cannot be unset (``default_payment_method``)."""
+    cus, _ = await setup_card(processor)
+    basic = plan()
+    basic.processor_refs = await processor.create_plan(basic, idempotency_key=key())
+    trial_end = datetime.now(UTC).replace(microsecond=0) + timedelta(days=7)
+    sub = await processor.create_subscription(
+        SubscriptionRequest("sub_nopm", cus, "", basic, quantity=1, trial_end=trial_end), idempotency_key=key()
+    )
+    assert sub.status is SubscriptionStatus.TRIALING
+    [sent] = stripe_api.requests_to("POST", "/v1/subscriptions")
+    assert "default_payment_method" not in sent.params
+    raw = await _raw_post(stripe_api, "/v1/subscriptions", customer=cus, default_payment_method="",
+                          **{"items[0][price]": basic.processor_refs["stripe"], "trial_period_days": "3"})  # fmt: skip
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "default_payment_method"
+
+
+async def test_a_trial_that_ended_without_a_payment_method_is_resumed_through_stripes_resume_endpoint(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    """Stripe's own ``paused`` status (not ``pause_collection``) is left only through
+    ``POST /v1/subscriptions/{id}/resume``; clearing ``pause_collection`` leaves it paused."""
+    cus, pm = await setup_card(processor)
+    basic = plan()
+    basic.processor_refs = await processor.create_plan(basic, idempotency_key=key())
+    trial_end = datetime.now(UTC).replace(microsecond=0) + timedelta(days=7)
+    sub = await processor.create_subscription(
+        SubscriptionRequest("sub_trial", cus, "", basic, quantity=2, trial_end=trial_end), idempotency_key=key()
+    )
+    [sent] = stripe_api.requests_to("POST", "/v1/subscriptions")
+    assert sent.params["trial_settings"] == {"end_behavior": {"missing_payment_method": "pause"}}
+    stripe_api.end_trial(sub.processor_id)
+    paused = await processor.get_subscription(sub.processor_id)
+    assert paused.status is SubscriptionStatus.PAUSED and stripe_api.objects("subscription")[-1]["status"] == "paused"
+
+    await _raw_post(stripe_api, f"/v1/customers/{cus}", **{"invoice_settings[default_payment_method]": pm})
+    resumed = await processor.resume_subscription(sub.processor_id, idempotency_key=key())
+    assert resumed.status is SubscriptionStatus.ACTIVE
+    assert stripe_api.requests_to("POST", f"/v1/subscriptions/{sub.processor_id}/resume")
+    newest = (await processor.list_invoices(sub.processor_id))[0]
+    assert newest.status is InvoiceStatus.PAID and newest.amount_paid == Money(3000, "USD")
+
+    # Collection paused by us (pause_collection) is still resumed by clearing it.
+    await processor.pause_subscription(sub.processor_id, idempotency_key=key())
+    again = await processor.resume_subscription(sub.processor_id, idempotency_key=key())
+    assert again.status is SubscriptionStatus.ACTIVE
+    assert stripe_api.requests_to("POST", f"/v1/subscriptions/{sub.processor_id}")[-1].params == {
+        "pause_collection": ""
+    }
+
+
+async def test_the_subscription_state_names_the_price_and_quantity(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    cus, pm = await setup_card(processor)
+    basic = plan()
+    basic.processor_refs = await processor.create_plan(basic, idempotency_key=key())
+    sub = await processor.create_subscription(
+        SubscriptionRequest("sub_q", cus, pm, basic, quantity=3, trial_end=None), idempotency_key=key()
+    )
+    assert (sub.processor_plan_id, sub.quantity) == (basic.processor_refs["stripe"], 3)
+
+
 async def test_invoice_pagination(processor: StripePaymentProcessor, stripe_api: StripeImitation) -> None:
     cus, pm = await setup_card(processor)
     basic = plan()
@@ -472,7 +651,7 @@ async def test_invoice_pagination(processor: StripePaymentProcessor, stripe_api:
     for quantity in range(2, 5):
         change = SubscriptionChange(plan=None, quantity=quantity, proration=ProrationBehavior.ALWAYS_INVOICE)
         await processor.update_subscription(sub.processor_id, change, idempotency_key=key())
-    import billing_service.adapters.processors.stripe as adapter
+    import billing_service.adapters.processors.stripe.subscriptions as adapter
 
     original = adapter._PAGE_SIZE
     adapter._PAGE_SIZE = 2

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from billing_service.entrypoints.grpc_api.base import current_caller
+from billing_service.observability.context import current_caller
 from billing_service.observability.logging import current_request_id, redact, setup_logging
 
 VISA = "4242424242424242"

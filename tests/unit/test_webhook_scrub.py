@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from billing_service.entrypoints.webhooks.inbox import scrub_payload
+from billing_service.service_layer.event_intake import scrub_payload
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "stripe"
 

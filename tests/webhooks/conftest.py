@@ -35,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from billing_service.adapters.mongo.inbox import MongoWebhookInbox
 from billing_service.adapters.processors.paypal import PayPalPaymentProcessor, PayPalSettings
+from billing_service.adapters.processors.paypal.webhooks import PayPalWebhookVerifier
 from billing_service.adapters.processors.retry import RetryPolicy
 from billing_service.adapters.processors.stripe import StripePaymentProcessor, StripeSettings
 from billing_service.bootstrap import Runtime, bootstrap
@@ -43,9 +44,8 @@ from billing_service.domain.common import Processor
 from billing_service.domain.payments import Payment
 from billing_service.entrypoints.webhooks.app import Sidecar, create_app
 from billing_service.entrypoints.webhooks.cli import bind
-from billing_service.entrypoints.webhooks.paypal import PayPalWebhookVerifier
-from billing_service.entrypoints.webhooks.stripe import StripeWebhookVerifier
 from billing_service.entrypoints.webhooks.worker import InboxWorkers, WorkerSettings
+from billing_service.observability.metrics import WebhookMetrics
 from billing_service.service_layer.ports import PaymentProcessor, WebhookStatus
 from tests.imitations.paypal_api import PayPalImitation
 from tests.imitations.stripe_api import StripeImitation
@@ -200,12 +200,18 @@ def paypal_api() -> Iterator[PayPalImitation]:
 
 
 def stripe_processor(api: StripeImitation) -> StripePaymentProcessor:
-    return StripePaymentProcessor(StripeSettings(secret_key=STRIPE_KEY, api_base=api.base_url), retry_policy=FAST)
+    """The Stripe adapter on the imitation, verifying deliveries signed with either test secret."""
+    settings = StripeSettings(secret_key=STRIPE_KEY, api_base=api.base_url, webhook_secrets=(WHSEC, WHSEC_NEXT))
+    return StripePaymentProcessor(settings, retry_policy=FAST)
 
 
-def paypal_processor(api: PayPalImitation) -> PayPalPaymentProcessor:
-    settings = PayPalSettings(client_id=api.client_id, client_secret=api.client_secret, base_url=api.base_url)
-    return PayPalPaymentProcessor(settings, retry_policy=FAST)
+def paypal_processor(api: PayPalImitation, pki: TestPki) -> PayPalPaymentProcessor:
+    """The PayPal adapter on the imitation, verifying deliveries signed by this run's test CA."""
+    settings = PayPalSettings(
+        client_id=api.client_id, client_secret=api.client_secret, base_url=api.base_url, webhook_id=PAYPAL_WEBHOOK_ID
+    )
+    verifier = PayPalWebhookVerifier(PAYPAL_WEBHOOK_ID, environment="sandbox", trust_roots=[pki.ca], fetch=pki.fetch)
+    return PayPalPaymentProcessor(settings, retry_policy=FAST, webhook_verifier=verifier)
 
 
 # --------------------------------------------------------------------------- the sidecar
@@ -222,6 +228,7 @@ class RunningSidecar:
     stripe: StripePaymentProcessor
     paypal: PayPalPaymentProcessor
     pki: TestPki
+    metrics: WebhookMetrics
 
     async def post_stripe(self, event: dict[str, Any] | bytes, **sign: Any) -> httpx.Response:
         body = event if isinstance(event, bytes) else json.dumps(event).encode()
@@ -265,7 +272,7 @@ async def make_sidecar(
     async def start(
         *, workers: int = 2, max_attempts: int = 5, retry_base: float = 0.05, max_body: int = 64 * 1024
     ) -> RunningSidecar:
-        stripe_adapter, paypal_adapter = stripe_processor(stripe_api), paypal_processor(paypal_api)
+        stripe_adapter, paypal_adapter = stripe_processor(stripe_api), paypal_processor(paypal_api, pki)
         procs: dict[Processor, PaymentProcessor] = {Processor.STRIPE: stripe_adapter, Processor.PAYPAL: paypal_adapter}
         settings = Settings(mongodb_database=database, default_processor=Processor.STRIPE)
         runtime = await bootstrap(settings, processors=procs, mongodb_uri=mongo_uri)
@@ -283,12 +290,10 @@ async def make_sidecar(
             inbox=inbox,
             clock=runtime.deps.clock,
             ping=runtime.store.ping,
-            stripe=StripeWebhookVerifier(secrets=(WHSEC, WHSEC_NEXT)),
-            paypal=PayPalWebhookVerifier(
-                PAYPAL_WEBHOOK_ID, environment="sandbox", trust_roots=[pki.ca], fetch=pki.fetch
-            ),
+            verifiers=runtime.processors,
             max_body_bytes=max_body,
             workers=pool if workers else None,
+            metrics=WebhookMetrics(),
         )
         sock = bind("127.0.0.1:0")
         server = uvicorn.Server(uvicorn.Config(create_app(sidecar), log_level="warning", lifespan="on"))
@@ -298,7 +303,7 @@ async def make_sidecar(
             await asyncio.sleep(0.01)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         running = RunningSidecar(
-            url, runtime, inbox, httpx.AsyncClient(timeout=10), stripe_adapter, paypal_adapter, pki
+            url, runtime, inbox, httpx.AsyncClient(timeout=10), stripe_adapter, paypal_adapter, pki, sidecar.metrics
         )
         started.append((server, task, running))
         return running

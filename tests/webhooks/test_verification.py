@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from billing_service.entrypoints.webhooks.inbox import SignatureError
-from billing_service.entrypoints.webhooks.paypal import CERT_SUBJECTS, PayPalWebhookVerifier, check_cert_url
+from billing_service.adapters.processors.paypal.webhooks import CERT_SUBJECTS, PayPalWebhookVerifier, check_cert_url
+from billing_service.domain.processor_events import SignatureError
 from tests.webhooks.conftest import (
     PAYPAL_WEBHOOK_ID,
     WHSEC,

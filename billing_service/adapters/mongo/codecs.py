@@ -11,7 +11,9 @@ field to a domain entity needs no change here. Rules:
   are handled recursively.
 
 Fields missing from a stored document fall back to the dataclass default, so documents
-written before a field existed still load; unknown keys are ignored.
+written before a field existed still load; unknown keys are ignored. A field declared
+with ``metadata={"stored": False}`` (a client secret) is never written and always loads
+as its default.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class _FieldCodec:
     encode: _Encoder
     decode: _Decoder
     has_default: bool
+    stored: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -157,7 +160,10 @@ def _class_codec(cls: type[Any]) -> _ClassCodec:
     for f in dataclasses.fields(cls):
         enc, dec = _codecs_for(hints[f.name])
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        built.append(_FieldCodec(f.name, field_to_key(f.name), enc, dec, has_default))
+        stored = f.metadata.get("stored", True) is not False
+        if not stored and not has_default:
+            raise CodecError(f"{cls.__name__}.{f.name} is never stored, so it needs a default")
+        built.append(_FieldCodec(f.name, field_to_key(f.name), enc, dec, has_default, stored))
     codec = _ClassCodec(cls, tuple(built), {fc.name: fc for fc in built})
     _CACHE[cls] = codec
     return codec
@@ -168,7 +174,7 @@ def encode(obj: Any) -> dict[str, Any]:
     if isinstance(obj, Money):
         return _encode_money(obj)
     codec = _class_codec(type(obj))
-    return {fc.key: fc.encode(getattr(obj, fc.name)) for fc in codec.fields}
+    return {fc.key: fc.encode(getattr(obj, fc.name)) for fc in codec.fields if fc.stored}
 
 
 def decode(cls: type[T], doc: Mapping[str, Any]) -> T:
@@ -182,7 +188,7 @@ def decode(cls: type[T], doc: Mapping[str, Any]) -> T:
     codec = _class_codec(cls)
     kwargs: dict[str, Any] = {}
     for fc in codec.fields:
-        if fc.key in doc:
+        if fc.key in doc and fc.stored:
             kwargs[fc.name] = fc.decode(doc[fc.key])
         elif not fc.has_default:
             raise CodecError(f"{cls.__name__} document {doc.get('_id')!r} lacks required field {fc.key!r}")

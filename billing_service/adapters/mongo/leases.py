@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,3 +47,20 @@ class MongoLeases:
             await self._coll.delete_one({"_id": name, "owner": owner})
         except PyMongoError as exc:
             raise StoreUnavailable(f"lease {name}: {type(exc).__name__}") from exc
+
+    async def load_state(self, name: str) -> dict[str, str]:
+        """The state the lease's holders keep with it (e.g. the reconciler's cursors), or {}."""
+        try:
+            doc = await self._coll.find_one({"_id": name}, {"state": 1})
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"lease {name}: {type(exc).__name__}") from exc
+        state = (doc or {}).get("state") or {}
+        return {str(k): str(v) for k, v in state.items()}
+
+    async def save_state(self, name: str, owner: str, state: Mapping[str, str]) -> bool:
+        """Saves ``state`` with the lease if ``owner`` still holds it; False otherwise."""
+        try:
+            result = await self._coll.update_one({"_id": name, "owner": owner}, {"$set": {"state": dict(state)}})
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"lease {name}: {type(exc).__name__}") from exc
+        return result.matched_count == 1

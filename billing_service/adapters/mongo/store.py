@@ -3,30 +3,46 @@
 Every state change and its audit events are written in one multi-document transaction,
 with optimistic concurrency on each document's ``version``. Any driver failure is turned
 into ``StoreUnavailable`` here, so no PyMongo type crosses the port.
+
+Operations run inside :meth:`MongoBillingStore.deadline` are bounded by the caller's
+budget with the driver's client-side operation timeout (``pymongo.timeout``), so a dead
+store fails them with ``StoreUnavailable`` in time instead of after the driver's 5 s
+server selection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC
 from typing import Any, Final
 
 from bson import Binary
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError, ServerSelectionTimeoutError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from billing_service.adapters.mongo.budget import budget, time_limit, unavailable
 from billing_service.adapters.mongo.codecs import decode, encode, encode_filter_value
+from billing_service.adapters.mongo.event_consumers import MongoEventConsumers
+from billing_service.adapters.mongo.event_log import OUTBOX, MongoEventLog
+from billing_service.adapters.mongo.idempotency import (
+    FENCES,
+    IDEMPOTENCY,
+    MongoIdempotencyRecords,
+    fence_write,
+    idempotency_key,
+)
+from billing_service.adapters.mongo.outbox import OutboxWriter
+from billing_service.adapters.mongo.writes import Write, apply_writes, in_transaction, supports_bulk_write
 from billing_service.domain.common import AuditEvent
 from billing_service.domain.customers import Customer, PaymentMethod
 from billing_service.domain.disputes import Dispute
@@ -34,16 +50,16 @@ from billing_service.domain.errors import ConcurrencyConflict, StoreUnavailable
 from billing_service.domain.payments import Payment, Refund
 from billing_service.domain.subscriptions import Invoice, Plan, Subscription
 from billing_service.service_layer.ports import (
+    E2,
+    Between,
     Change,
     E,
-    Entity,
-    IdempotencyOutcome,
-    IdempotencyRecord,
+    Fence,
     Insert,
     Page,
 )
 
-__all__ = ["COLLECTIONS", "MongoBillingStore"]
+__all__ = ["COLLECTIONS", "MongoBillingStore", "idempotency_key"]
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +77,11 @@ COLLECTIONS: Final[Mapping[type[Any], str]] = {
     Dispute: "disputes",
     AuditEvent: "audit_events",
 }
-# A lease that ended before any clock reading: a released claim is taken over at once.
-_LEASE_RELEASED = datetime(1970, 1, 1, tzinfo=UTC)
-_IDEMPOTENCY = "idempotency"
 _META = "meta"
+# Marks which side of ``get_pair``'s union a document came from.
+_SIDE = "__side"
 _PAGE_SECRET_ID = "page_token_secret"  # noqa: S105 - a document id, not a secret
 
-# Whole-transaction attempts on TransientTransactionError (write conflicts, elections).
-_TXN_ATTEMPTS = 5
-# commitTransaction retries on UnknownTransactionCommitResult (safe: commit is idempotent).
-_COMMIT_ATTEMPTS = 3
 _WRITE_CONFLICT = 112
 
 _NON_EMPTY = {"processor_id": {"$gt": ""}}
@@ -83,6 +94,7 @@ _BY_PROCESSOR_ID = [("processor_id", ASCENDING), ("processor", ASCENDING)]
 _INDEXES: Final[Mapping[str, list[IndexModel]]] = {
     "customers": [IndexModel([("email", ASCENDING)], name="email")],
     "payment_methods": [IndexModel([("customer_id", ASCENDING)], name="customer_id")],
+    "plans": [IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id")],
     "payments": [
         IndexModel([("customer_id", ASCENDING), ("_id", DESCENDING)], name="customer_id__id"),
         IndexModel(
@@ -94,23 +106,36 @@ _INDEXES: Final[Mapping[str, list[IndexModel]]] = {
             name="processor_id",
             partialFilterExpression=_NON_EMPTY,
         ),
+        # Reconciliation's "due for a lookup by our id" query (almost always empty).
+        IndexModel([("lookup_after", ASCENDING)], name="lookup_after"),
     ],
     "refunds": [
         IndexModel([("payment_id", ASCENDING)], name="payment_id"),
+        IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id"),
+        IndexModel([("lookup_after", ASCENDING)], name="lookup_after"),
         # One record per processor refund, even when a refund made outside the service is
         # mirrored from two events (refund.created and charge.refunded) at once.
         IndexModel(_BY_PROCESSOR_ID, name="processor_id_unique", unique=True, partialFilterExpression=_NON_EMPTY),
     ],
     "subscriptions": [
         IndexModel([("customer_id", ASCENDING)], name="customer_id"),
+        # List filters (status alone, or customer and status), newest first.
+        IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id"),
+        IndexModel(
+            [("customer_id", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], name="customer_status__id"
+        ),
         IndexModel(
             _BY_PROCESSOR_ID,
             name="processor_id",
             partialFilterExpression=_NON_EMPTY,
         ),
+        # Reconciliation's sweeps: by status (rotating slice), and renewals due by status.
+        IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id"),
+        IndexModel([("status", ASCENDING), ("current_period_end", ASCENDING)], name="status_period_end"),
     ],
     "invoices": [
         IndexModel([("subscription_id", ASCENDING)], name="subscription_id"),
+        IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id"),
         IndexModel([("customer_id", ASCENDING)], name="customer_id"),
         # A processor invoice is mirrored once; empty processor ids stay out of the index.
         IndexModel(
@@ -122,11 +147,13 @@ _INDEXES: Final[Mapping[str, list[IndexModel]]] = {
     ],
     "disputes": [
         IndexModel([("payment_id", ASCENDING)], name="payment_id"),
+        IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="status__id"),
         # One record per processor dispute, even when created and closed events race.
         IndexModel(_BY_PROCESSOR_ID, name="processor_id_unique", unique=True, partialFilterExpression=_NON_EMPTY),
     ],
     "audit_events": [IndexModel([("resource_id", ASCENDING), ("_id", ASCENDING)], name="resource_id__id")],
-    _IDEMPOTENCY: [IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0)],
+    IDEMPOTENCY: [IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0)],
+    FENCES: [IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0)],
 }
 
 
@@ -137,31 +164,7 @@ def _collection_name(kind: type[Any]) -> str:
         raise TypeError(f"{kind!r} is not a stored entity type") from None
 
 
-def idempotency_key(caller: str, method: str, request_id: str) -> str:
-    """Returns the stored key of (caller, method, request_id): a fixed-size sha256 hex digest."""
-    raw = "\x1f".join((caller, method, request_id))
-    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
-
-
-@asynccontextmanager
-async def _unavailable(what: str) -> AsyncIterator[None]:
-    """Turns any driver failure into ``StoreUnavailable``."""
-    try:
-        yield
-    except PyMongoError as exc:
-        log.warning("store %s failed: %s", what, exc)
-        raise StoreUnavailable(f"store {what} failed: {type(exc).__name__}") from exc
-
-
-class _Conflict(Exception):
-    """Internal: an Update lost its version check; aborts the transaction."""
-
-    def __init__(self, entity: Entity) -> None:
-        super().__init__(entity.id)
-        self.entity = entity
-
-
-class MongoBillingStore:
+class MongoBillingStore(MongoIdempotencyRecords):
     """The billing store over MongoDB (or any MongoDB-wire server with transactions).
 
     Args:
@@ -178,6 +181,12 @@ class MongoBillingStore:
         )
         self._secret: bytes | None = None
         self._secret_lock = asyncio.Lock()
+        self._outbox = OutboxWriter(self._db)
+        #: The event log and durable consumers on the same database (EventService).
+        self.events = MongoEventLog(client, database)
+        self.consumers = MongoEventConsumers(client, database)
+        #: Called after every commit that wrote events (wakes a local sequencer).
+        self.on_events: Callable[[], None] | None = None
 
     @classmethod
     def connect(cls, uri: str, database: str, *, timeout_ms: int = 5000) -> MongoBillingStore:
@@ -216,27 +225,71 @@ class MongoBillingStore:
 
     async def ensure_indexes(self) -> None:
         """Creates every collection index; safe to call on every start."""
-        async with _unavailable("ensure_indexes"):
+        async with unavailable("ensure_indexes"):
             for name, models in _INDEXES.items():
                 await self._coll(name).create_indexes(models)
+        await self.events.ensure_indexes()
+        await self.consumers.ensure_indexes()
+
+    @property
+    def unaudited_changes(self) -> int:
+        """Changes committed without an audit event about them (each logged as an error)."""
+        return self._outbox.unaudited_changes
+
+    @contextmanager
+    def deadline(self, seconds: float, *, cleanup_seconds: float = 0.0) -> Iterator[None]:
+        """Every store operation started in the block ends within ``seconds`` from now.
+
+        An operation that would overrun fails with ``StoreUnavailable`` (the driver's
+        client-side operation timeout: server selection, connection and the server's
+        ``maxTimeMS`` alike). Operations started after the end still get
+        ``cleanup_seconds`` each, or a second while the driver still sees the store.
+        """
+        with budget(seconds, cleanup_seconds, self.seems_reachable):
+            yield
+
+    def seems_reachable(self) -> bool:
+        """False when the driver already knows it has no writable server (no I/O).
+
+        The driver's monitor sees a killed server's connection close at once; a hung one
+        is only found by a timed-out ``ping``.
+        """
+        return self._client.topology_description.has_writable_server()
 
     async def ping(self) -> None:
         """Raises ``StoreUnavailable`` unless the server answers."""
-        async with _unavailable("ping"):
+        async with unavailable("ping"):
             await self._client.admin.command("ping")
 
     # ------------------------------------------------------------------ reads
 
     async def get(self, kind: type[E], entity_id: str) -> E | None:
         """Loads one entity by id."""
-        async with _unavailable("get"):
+        async with unavailable("get"):
             doc = await self._coll(_collection_name(kind)).find_one({"_id": entity_id})
         return None if doc is None else decode(kind, doc)
+
+    async def get_pair(
+        self, first: type[E], first_id: str, second: type[E2], second_id: str
+    ) -> tuple[E | None, E2 | None]:
+        """Loads two entities by id in one aggregate (each side matched on its ``_id`` index)."""
+        pipeline: list[Doc] = [
+            {"$match": {"_id": first_id}},
+            {"$addFields": {_SIDE: 0}},
+            {"$unionWith": {"coll": _collection_name(second),
+                            "pipeline": [{"$match": {"_id": second_id}}, {"$addFields": {_SIDE: 1}}]}},
+        ]  # fmt: skip
+        async with unavailable("get"):
+            cursor = await self._coll(_collection_name(first)).aggregate(pipeline)
+            docs = await cursor.to_list()
+        found: dict[int, Doc] = {d.pop(_SIDE): d for d in docs}
+        a, b = found.get(0), found.get(1)
+        return (None if a is None else decode(first, a)), (None if b is None else decode(second, b))
 
     async def find_one(self, kind: type[E], filters: Mapping[str, Any]) -> E | None:
         """Loads the newest entity whose attributes equal ``filters``."""
         query = self._query(kind, filters)
-        async with _unavailable("find_one"):
+        async with unavailable("find_one"):
             doc = await self._coll(_collection_name(kind)).find_one(query, sort=[("_id", DESCENDING)])
         return None if doc is None else decode(kind, doc)
 
@@ -259,12 +312,19 @@ class MongoBillingStore:
     @staticmethod
     def _query(kind: type[Any], filters: Mapping[str, Any]) -> Doc:
         _collection_name(kind)
-        return dict(encode_filter_value(kind, name, value) for name, value in filters.items())
+        query: Doc = {}
+        for name, value in filters.items():
+            if isinstance(value, Between):
+                query.update(_between(kind, name, value))
+            else:
+                key, encoded = encode_filter_value(kind, name, value)
+                query[key] = encoded
+        return query
 
     async def _page(self, collection: str, query: Doc, direction: int, limit: int) -> list[Doc]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        async with _unavailable("list"):
+        async with unavailable("list"):
             # One extra document tells whether another page exists.
             cursor = self._coll(collection).find(query).sort("_id", direction).limit(limit + 1)
             return await cursor.to_list()
@@ -277,26 +337,70 @@ class MongoBillingStore:
 
     # ----------------------------------------------------------------- writes
 
-    async def commit(self, changes: Sequence[Change], events: Sequence[AuditEvent]) -> None:
-        """Writes all changes and audit events in one transaction.
+    async def commit(
+        self, changes: Sequence[Change], events: Sequence[AuditEvent], *, fences: Sequence[Fence] = ()
+    ) -> None:
+        """Writes all changes, their audit events, their billing events and fences in one transaction.
 
-        In-memory versions are bumped only once the transaction has committed.
+        The billing events (``event_outbox``) are derived here from the changes and audit
+        events (``adapters.mongo.outbox``), so every committed change has its events and
+        no event exists without its committed change.
+
+        In-memory versions are bumped only once the transaction has committed. Each fence
+        is one write on its request's idempotency record (see ``adapters.mongo.idempotency``),
+        first in the transaction. On a server with ``bulkWrite`` the whole transaction is
+        two round trips (see ``adapters.mongo.writes``).
 
         Raises:
             ConcurrencyConflict: An Update lost its version check or an Insert's id (or a
                 unique key) exists; nothing was written.
+            ClaimConflict: A fence's claim found its record already claimed.
+            RequestInProgress: A fence's record was taken over by another execution.
             StoreUnavailable: The server failed. The transaction is all-or-nothing; only a
                 commit whose outcome stayed unknown after retries may have been applied.
         """
-        if not changes and not events:
+        if not changes and not events and not fences:
             return
+        # Documents are encoded once, before any I/O, so a codec bug cannot half-run a txn.
+        writes = [fence_write(f) for f in fences]
+        for change in changes:
+            doc = encode(change.entity)
+            name = _collection_name(type(change.entity))
+            if isinstance(change, Insert):
+                doc["version"] = 1
+                writes.append(Write(name, "insert", doc))
+            else:
+                doc["version"] = change.entity.version + 1
+                conflict = ConcurrencyConflict(
+                    f"{type(change.entity).__name__} {change.entity.id} was changed concurrently",
+                    metadata={"resource_id": change.entity.id},
+                )
+                writes.append(
+                    Write(name, "replace", doc, filter={"_id": change.entity.id, "version": change.entity.version},
+                          unmatched=conflict)
+                )  # fmt: skip
+        writes.extend(Write(COLLECTIONS[AuditEvent], "insert", encode(e)) for e in events)
+        # The commit's billing events, derived from the very documents it writes.
+        written = writes[len(fences) : len(fences) + len(changes)]
+        entity_writes = [(c, w.collection, w.doc) for c, w in zip(changes, written, strict=True)]
+        outbox = await self._outbox.documents(entity_writes, events)
+        writes.extend(Write(OUTBOX, "insert", doc) for doc in outbox)
+        await self._transact(writes)
+        for change in changes:
+            change.entity.version = 1 if isinstance(change, Insert) else change.entity.version + 1
+        if outbox and self.on_events is not None:
+            self.on_events()
+
+    async def _transact(self, writes: list[Write]) -> None:
+        """Applies ``writes`` in one transaction, mapping driver errors to the port's."""
+        bulk = supports_bulk_write(self._client)
+
+        async def apply(session: AsyncClientSession) -> None:
+            await apply_writes(self._db, session, writes, bulk=bulk)
+
         try:
-            await self._run_transaction(changes, events)
-        except _Conflict as exc:
-            raise ConcurrencyConflict(
-                f"{type(exc.entity).__name__} {exc.entity.id} was changed concurrently",
-                metadata={"resource_id": exc.entity.id},
-            ) from None
+            with time_limit():
+                await in_transaction(self._client, apply)
         except DuplicateKeyError as exc:
             raise ConcurrencyConflict("a resource with the same id or unique key already exists") from exc
         except OperationFailure as exc:
@@ -306,179 +410,6 @@ class MongoBillingStore:
         except PyMongoError as exc:
             log.warning("store commit failed: %s", exc)
             raise StoreUnavailable(f"store commit failed: {type(exc).__name__}") from exc
-        for change in changes:
-            change.entity.version = 1 if isinstance(change, Insert) else change.entity.version + 1
-
-    async def _run_transaction(self, changes: Sequence[Change], events: Sequence[AuditEvent]) -> None:
-        # Documents are encoded once, before any I/O, so a codec bug cannot half-run a txn.
-        writes: list[tuple[Change, str, Doc]] = []
-        for change in changes:
-            doc = encode(change.entity)
-            doc["version"] = 1 if isinstance(change, Insert) else change.entity.version + 1
-            writes.append((change, _collection_name(type(change.entity)), doc))
-        audit_docs = [encode(e) for e in events]
-
-        async with self._client.start_session() as session:
-            for attempt in range(1, _TXN_ATTEMPTS + 1):
-                await session.start_transaction(
-                    read_concern=ReadConcern("snapshot"), write_concern=WriteConcern(w="majority")
-                )
-                try:
-                    await self._apply(session, writes, audit_docs)
-                    await self._commit_with_retry(session)
-                    return
-                except BaseException as exc:
-                    if session.in_transaction:
-                        try:
-                            await session.abort_transaction()
-                        except PyMongoError:
-                            log.debug("abort_transaction failed", exc_info=True)
-                    if (
-                        isinstance(exc, PyMongoError)
-                        and exc.has_error_label("TransientTransactionError")
-                        # A selection timeout already waited the full budget: report it now.
-                        and not isinstance(exc, ServerSelectionTimeoutError)
-                        and attempt < _TXN_ATTEMPTS
-                    ):
-                        # Write conflicts and failovers: rerun the whole transaction. A lost
-                        # version check then surfaces as a clean conflict on the next pass.
-                        await asyncio.sleep(0.005 * attempt)
-                        continue
-                    raise
-
-    async def _apply(
-        self, session: AsyncClientSession, writes: list[tuple[Change, str, Doc]], audit_docs: list[Doc]
-    ) -> None:
-        for change, coll_name, doc in writes:
-            coll = self._coll(coll_name)
-            if isinstance(change, Insert):
-                await coll.insert_one(doc, session=session)
-            else:
-                result = await coll.replace_one(
-                    {"_id": change.entity.id, "version": change.entity.version}, doc, session=session
-                )
-                if result.matched_count == 0:
-                    raise _Conflict(change.entity)
-        if audit_docs:
-            await self._coll(COLLECTIONS[AuditEvent]).insert_many(audit_docs, ordered=True, session=session)
-
-    async def _commit_with_retry(self, session: AsyncClientSession) -> None:
-        for attempt in range(1, _COMMIT_ATTEMPTS + 1):
-            try:
-                await session.commit_transaction()
-                return
-            except PyMongoError as exc:
-                if exc.has_error_label("UnknownTransactionCommitResult") and attempt < _COMMIT_ATTEMPTS:
-                    continue
-                raise
-
-    # ------------------------------------------------------------ idempotency
-
-    async def idempotency_begin(
-        self,
-        *,
-        caller: str,
-        method: str,
-        request_id: str,
-        fingerprint: str,
-        resource_id: str,
-        owner: str,
-        now: datetime,
-        lease_seconds: float,
-        ttl_seconds: float,
-    ) -> tuple[IdempotencyOutcome, IdempotencyRecord]:
-        """Claims a request key, or reports who holds it (see the port's docstring)."""
-        key = idempotency_key(caller, method, request_id)
-        coll = self._coll(_IDEMPOTENCY)
-        lease_until = now + timedelta(seconds=lease_seconds)
-        expires_at = now + timedelta(seconds=ttl_seconds)
-        fresh: Doc = {
-            "_id": key,
-            "caller": caller,
-            "method": method,
-            "request_id": request_id,
-            "fingerprint": fingerprint,
-            "resource_id": resource_id,
-            "owner": owner,
-            "state": "in_progress",
-            "created_at": now,
-            "lease_until": lease_until,
-            "expires_at": expires_at,
-            "attempts": 1,
-        }
-        async with _unavailable("idempotency_begin"):
-            # A few rounds: the record we collide with may vanish (released, expired) under us.
-            for _ in range(5):
-                try:
-                    await coll.insert_one(fresh)
-                    return IdempotencyOutcome.STARTED, _record(fresh)
-                except DuplicateKeyError:
-                    pass
-                existing = await coll.find_one({"_id": key})
-                if existing is None:
-                    continue
-                if existing["expires_at"] <= now:
-                    # Past its TTL but not yet reaped by the TTL monitor: treat as absent.
-                    await coll.delete_one({"_id": key, "expires_at": existing["expires_at"]})
-                    continue
-                if existing["fingerprint"] != fingerprint:
-                    return IdempotencyOutcome.MISMATCH, _record(existing)
-                if existing["state"] == "completed":
-                    return IdempotencyOutcome.COMPLETED, _record(existing)
-                if existing["lease_until"] > now:
-                    return IdempotencyOutcome.IN_PROGRESS, _record(existing)
-                # The executor's lease ran out (it crashed or hung): take over, keeping
-                # the original resource_id so a re-execution does not create a twin.
-                taken = await coll.find_one_and_update(
-                    {"_id": key, "owner": existing["owner"], "state": "in_progress", "lease_until": {"$lte": now}},
-                    {
-                        "$set": {
-                            "owner": owner,
-                            "lease_until": lease_until,
-                            "expires_at": max(expires_at, existing["expires_at"]),
-                        },
-                        "$inc": {"attempts": 1},
-                    },
-                    return_document=ReturnDocument.AFTER,
-                )
-                if taken is not None:
-                    return IdempotencyOutcome.STARTED, _record(taken)
-                current = await coll.find_one({"_id": key})
-                if current is None:
-                    continue
-                if current["state"] == "completed":
-                    return IdempotencyOutcome.COMPLETED, _record(current)
-                return IdempotencyOutcome.IN_PROGRESS, _record(current)
-        raise StoreUnavailable("idempotency record kept changing under us; try again")
-
-    async def idempotency_complete(
-        self, key: str, owner: str, *, response: bytes | None, error: dict[str, Any] | None
-    ) -> None:
-        """Stores the final result if we still own the key; a lost lease is logged, not raised."""
-        async with _unavailable("idempotency_complete"):
-            result = await self._coll(_IDEMPOTENCY).update_one(
-                {"_id": key, "owner": owner, "state": "in_progress"},
-                {
-                    "$set": {
-                        "state": "completed",
-                        "response": None if response is None else Binary(response),
-                        "error": error,
-                    }
-                },
-            )
-        if result.matched_count == 0:
-            log.warning("idempotency record %s no longer owned by %s; result not stored", key, owner)
-
-    async def idempotency_release(self, key: str, owner: str) -> None:
-        """Ends our lease at once so the next retry takes over.
-
-        The record is kept, not deleted: the retry must reuse its ``resource_id`` (and so
-        the same processor keys) to resume the work instead of creating a twin resource.
-        """
-        async with _unavailable("idempotency_release"):
-            await self._coll(_IDEMPOTENCY).update_one(
-                {"_id": key, "owner": owner, "state": "in_progress"}, {"$set": {"lease_until": _LEASE_RELEASED}}
-            )
 
     # ------------------------------------------------------------------- meta
 
@@ -493,7 +424,7 @@ class MongoBillingStore:
 
     async def _load_or_create_secret(self) -> bytes:
         coll = self._coll(_META)
-        async with _unavailable("page_token_secret"):
+        async with unavailable("page_token_secret"):
             doc = await coll.find_one({"_id": _PAGE_SECRET_ID})
             if doc is None:
                 # Another replica may win the insert race; then we read its secret.
@@ -505,20 +436,17 @@ class MongoBillingStore:
         return bytes(doc["value"])
 
 
-def _record(doc: Mapping[str, Any]) -> IdempotencyRecord:
-    response = doc.get("response")
-    return IdempotencyRecord(
-        key=doc["_id"],
-        caller=doc["caller"],
-        method=doc["method"],
-        request_id=doc["request_id"],
-        fingerprint=doc["fingerprint"],
-        resource_id=doc["resource_id"],
-        owner=doc["owner"],
-        state=doc["state"],
-        created_at=doc["created_at"],
-        lease_until=doc["lease_until"],
-        response=None if response is None else bytes(response),
-        error=doc.get("error"),
-        attempts=doc.get("attempts", 1),
-    )
+def _between(kind: type[Any], name: str, window: Between) -> Doc:
+    """The range condition of one :class:`Between` filter (an open window matches all)."""
+    bounds: Doc = {}
+    key = name
+    for bound, op in (
+        (window.lower, "$gte" if window.lower_inclusive else "$gt"),
+        (window.upper, "$lte" if window.upper_inclusive else "$lt"),
+    ):
+        if bound is not None:
+            key, bounds[op] = encode_filter_value(kind, name, bound)
+    if not bounds:
+        encode_filter_value(kind, name, None)  # still refuses an unknown field name
+        return {}
+    return {key: bounds}

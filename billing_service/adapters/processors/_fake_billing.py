@@ -7,10 +7,7 @@ Refusals are raised as ``ProcessorError`` before anything is changed.
 
 from __future__ import annotations
 
-import itertools
 import secrets
-from collections import defaultdict
-from collections.abc import Iterator
 from datetime import datetime
 
 from billing_service.adapters.processors._fake_records import (
@@ -30,6 +27,7 @@ from billing_service.adapters.processors._fake_records import (
     processor_error,
     prorate,
 )
+from billing_service.adapters.processors._fake_state import Table
 from billing_service.domain.errors import NotSupportedByProcessor
 from billing_service.domain.money import Money
 from billing_service.domain.payments import CaptureMethod, NextAction, PaymentFailure, PaymentStatus, RefundStatus
@@ -44,23 +42,31 @@ class FakeLedger:
 
     Attributes:
         charges: Every attempt to move money, declines included, in order.
+        counters: The last number handed out per id prefix; kept with the state, so a
+            restarted fake never hands out an id twice.
     """
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self._counters: defaultdict[str, Iterator[int]] = defaultdict(lambda: itertools.count(1))
-        self.customers: dict[str, CustomerRecord] = {}
-        self.payment_methods: dict[str, PaymentMethodRecord] = {}
-        self.payments: dict[str, PaymentRecord] = {}
-        self.refunds: dict[str, RefundRecord] = {}
-        self.prices: dict[str, PriceRecord] = {}
-        self.subscriptions: dict[str, SubscriptionRecord] = {}
-        self.invoices: dict[str, InvoiceRecord] = {}
+        self.counters: dict[str, int] = {}
+        # Tables remember the rows an operation touched, so only those are persisted.
+        self.customers: Table[CustomerRecord] = Table()
+        self.payment_methods: Table[PaymentMethodRecord] = Table()
+        self.payments: Table[PaymentRecord] = Table()
+        self.refunds: Table[RefundRecord] = Table()
+        self.prices: Table[PriceRecord] = Table()
+        self.subscriptions: Table[SubscriptionRecord] = Table()
+        self.invoices: Table[InvoiceRecord] = Table()
         self.charges: list[FakeCharge] = []
+
+    def next_number(self, counter: str) -> int:
+        """Returns 1, 2, 3... per counter name."""
+        self.counters[counter] = self.counters.get(counter, 0) + 1
+        return self.counters[counter]
 
     def new_id(self, prefix: str) -> str:
         """Returns ``<prefix>_fake_<n>``, counting per prefix."""
-        return f"{prefix}_fake_{next(self._counters[prefix])}"
+        return f"{prefix}_fake_{self.next_number(prefix)}"
 
     # -- lookups (each raises RESOURCE_MISSING_AT_PROCESSOR) ----------------------
 
@@ -109,12 +115,21 @@ class FakeLedger:
     # -- payments ---------------------------------------------------------------
 
     def charge(
-        self, method: PaymentMethodRecord, amount: Money, capture: CaptureMethod, *, off_session: bool, key: str
+        self,
+        method: PaymentMethodRecord,
+        amount: Money,
+        capture: CaptureMethod,
+        *,
+        off_session: bool,
+        key: str,
+        our_id: str = "",
     ) -> PaymentRecord:
         """Creates and confirms a payment intent; a decline leaves it FAILED (no raise)."""
         if amount.amount_minor <= 0:
             raise invalid("amount must be positive")
-        payment = PaymentRecord(self.new_id("pi"), method.customer_id, method.id, amount, capture, method.profile)
+        payment = PaymentRecord(
+            self.new_id("pi"), method.customer_id, method.id, amount, capture, method.profile, our_id=our_id
+        )
         self.payments[payment.id] = payment
         profile = method.profile
         if profile.decline_code:
@@ -181,7 +196,7 @@ class FakeLedger:
 
     # -- refunds ------------------------------------------------------------------
 
-    def refund_payment(self, payment: PaymentRecord, amount: Money) -> RefundRecord:
+    def refund_payment(self, payment: PaymentRecord, amount: Money, our_id: str = "") -> RefundRecord:
         """Refunds part of what was captured; PENDING if the token settles refunds later."""
         if payment.status is not PaymentStatus.SUCCEEDED or payment.amount_captured == 0:
             raise conflict(f"payment is {payment.status.value}; nothing captured to refund", payment.id)
@@ -194,7 +209,7 @@ class FakeLedger:
             )
         outcome = payment.profile.refund_outcome
         status = RefundStatus.SUCCEEDED if outcome is None else RefundStatus.PENDING
-        refund = RefundRecord(self.new_id("re"), payment.id, amount, status, settles_to=outcome)
+        refund = RefundRecord(self.new_id("re"), payment.id, amount, status, settles_to=outcome, our_id=our_id)
         self.refunds[refund.id] = refund
         if status is RefundStatus.SUCCEEDED:
             payment.amount_refunded += amount.amount_minor
@@ -318,7 +333,7 @@ class FakeLedger:
             sub.pending_lines.append(InvoiceLine("Credit from a previous invoice", Money(total, currency), 1))
             total = 0
         invoice = InvoiceRecord(
-            self.new_id("in"), next(self._counters["invoice_seq"]), sub.id, InvoiceStatus.OPEN,
+            self.new_id("in"), self.next_number("invoice_seq"), sub.id, InvoiceStatus.OPEN,
             Money(total, currency), Money.zero(currency), start, end, lines, created,
         )  # fmt: skip
         self.invoices[invoice.id] = invoice

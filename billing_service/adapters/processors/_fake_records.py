@@ -7,7 +7,6 @@ these records and ``fake.FakePaymentProcessor`` exposes them through the port's 
 from __future__ import annotations
 
 import calendar
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -105,16 +104,6 @@ TEST_TOKENS: dict[str, TokenProfile] = {
     "pm_card_refundPending": _card("visa", "7726", refund_outcome=RefundStatus.SUCCEEDED),
     "pm_paypal": TokenProfile(PaymentMethodType.PAYPAL),
 }
-
-# 13-19 digits, optionally grouped by spaces or dashes, anywhere in the token: a caller that
-# sends a PAN by mistake must be refused before the value is kept anywhere.
-_PAN = re.compile(r"(?:\d[ -]?){12,18}\d")
-
-
-def looks_like_card_number(token: str) -> bool:
-    """True when ``token`` contains what could be a raw card number."""
-    return _PAN.search(token) is not None
-
 
 # ---------------------------------------------------------------------------
 # Calendar and proration arithmetic
@@ -215,6 +204,7 @@ class PaymentRecord:
     amount_refund_pending: int = 0
     next_action: NextAction | None = None
     failure: PaymentFailure | None = None
+    our_id: str = ""  # the billing payment id sent with the create (Stripe keeps it in metadata)
 
     @property
     def refundable(self) -> int:
@@ -243,15 +233,17 @@ class RefundRecord:
     status: RefundStatus
     settles_to: RefundStatus | None = None
     failure_reason: str = ""
+    our_id: str = ""  # the billing refund id sent with the create; "" for a dashboard refund
 
     def state(self) -> ProcessorRefundState:
-        """The port's view of this refund."""
+        """The port's view of this refund (our id echoed back, as Stripe's metadata does)."""
         return ProcessorRefundState(
             processor_id=self.id,
             status=self.status,
             failure_reason=self.failure_reason,
             processor_payment_id=self.payment_id,
             amount_minor=self.amount.amount_minor,
+            refund_id=self.our_id,
         )
 
 
@@ -310,6 +302,8 @@ class SubscriptionRecord:
             trial_end=self.trial_end,
             cancel_at_period_end=self.cancel_at_period_end,
             canceled_at=self.canceled_at,
+            processor_plan_id=self.price.id,
+            quantity=self.quantity,
         )
 
 

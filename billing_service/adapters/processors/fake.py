@@ -2,28 +2,34 @@
 
 ``FakePaymentProcessor`` offers the same verbs as the Stripe and PayPal adapters and keeps
 Stripe's semantics where they matter to our use cases: idempotency keys (a repeat returns
-the first result, a reused key with other parameters is refused), Stripe's test tokens
+the first result, a reused key with other parameters is refused, a key is forgotten after
+24 hours), Stripe's test tokens
 (``pm_card_visa``, ``pm_card_chargeDeclined``...), manual capture, refunds that settle
 later, and subscriptions billed on the injected clock, like Stripe test clocks.
 
 Beyond the port it has a few test handles: ``complete_action`` (the buyer finishes 3-D
 Secure), ``settle_refunds``, ``process_renewals`` / ``advance_clock_to``, ``fail_next``
 (fault injection) and the effect records ``charges_created`` and ``effects``.
+
+It sends no events, so its event verbs say so: ``verify_webhook`` refuses every delivery
+(``SignatureError``: nothing can be signed by it), ``parse_event`` acts on no type, and
+``list_events`` raises ``NotSupportedByProcessor`` (backfill and reconciliation skip it).
+Its use cases converge on its truth through the same re-reads as the real processors'.
+
+Built with a ``state`` store (as ``bootstrap`` does for the running service), it keeps its
+records, id counters and idempotency keys there, like a processor: ids are never handed
+out twice and nothing is forgotten across restarts, and processes on one store share it.
+Without one (unit tests) it lives in memory only.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import dataclasses
-import hashlib
-from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from typing import TypeVar, cast
+from typing import Any
 
-from billing_service.adapters.processors._fake_billing import FakeLedger
+from billing_service.adapters.processors._fake_machinery import FakeMachinery
 from billing_service.adapters.processors._fake_records import (
     TEST_TOKENS,
     CustomerRecord,
@@ -31,30 +37,34 @@ from billing_service.adapters.processors._fake_records import (
     PaymentMethodRecord,
     PriceRecord,
     conflict,
-    invalid,
-    looks_like_card_number,
     processor_error,
 )
+from billing_service.domain.card_data import contains_card_number
 from billing_service.domain.common import Processor
 from billing_service.domain.customers import Customer
-from billing_service.domain.errors import BillingError, PaymentDeclined, ProcessorError
+from billing_service.domain.errors import NotSupportedByProcessor, PaymentDeclined
 from billing_service.domain.money import Money
 from billing_service.domain.payments import (
     PaymentStatus,
     ProcessorPaymentState,
     ProcessorRefundState,
 )
+from billing_service.domain.processor_events import ProcessorEvent, SignatureError, VerifiedEvent
 from billing_service.domain.subscriptions import (
     Plan,
     ProcessorInvoiceState,
     ProcessorSubscriptionState,
     SubscriptionStatus,
 )
-from billing_service.service_layer.clock import ManualClock, SystemClock
+from billing_service.service_layer.clock import ManualClock
 from billing_service.service_layer.ports import (
     AttachedPaymentMethod,
-    Clock,
+    LookupOutcome,
+    PaymentLookup,
+    PaymentLookupResult,
     PaymentRequest,
+    RefundLookup,
+    RefundLookupResult,
     RefundRequest,
     SubscriptionChange,
     SubscriptionRequest,
@@ -62,59 +72,16 @@ from billing_service.service_layer.ports import (
 
 __all__ = ["FakeCharge", "FakePaymentProcessor"]
 
-T = TypeVar("T")
 _S = SubscriptionStatus
 PRICE_REF = Processor.FAKE.value
 PRODUCT_REF = f"{Processor.FAKE.value}_product"
-
-# Verbs ``fail_next`` accepts: the port's verbs, so a typo in a test fails loudly.
-_VERBS = frozenset(
-    {
-        "create_customer", "update_customer", "attach_payment_method", "detach_payment_method",
-        "create_payment", "get_payment", "capture_payment", "cancel_payment", "create_refund",
-        "get_refund", "create_plan", "archive_plan", "create_subscription", "get_subscription",
-        "update_subscription", "cancel_subscription", "pause_subscription", "resume_subscription",
-        "list_invoices",
-    }
-)  # fmt: skip
 
 
 def _price_ref(plan: Plan) -> str:
     return plan.processor_refs.get(PRICE_REF, "")
 
 
-def _canonical(value: object) -> object:
-    """A stable, order-independent form of request parameters for fingerprinting."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return (type(value).__name__, [(f.name, _canonical(getattr(value, f.name))) for f in dataclasses.fields(value)])
-    if isinstance(value, Mapping):
-        return sorted((str(k), _canonical(v)) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return [_canonical(v) for v in value]
-    return repr(value)
-
-
-def _fingerprint(operation: str, params: object) -> str:
-    # A digest rather than the parameters themselves: nothing a caller sent is retained.
-    return hashlib.sha256(repr((operation, _canonical(params))).encode()).hexdigest()
-
-
-@dataclass
-class _Stored:
-    """The first outcome of an idempotency key: a result or a final error."""
-
-    fingerprint: str
-    result: object = None
-    error: BillingError | None = None
-
-
-@dataclass(frozen=True)
-class _Fault:
-    error: ProcessorError
-    after_effect: bool
-
-
-class FakePaymentProcessor:
+class FakePaymentProcessor(FakeMachinery):
     """An in-memory ``PaymentProcessor`` with Stripe-like behaviour.
 
     Attributes:
@@ -122,86 +89,26 @@ class FakePaymentProcessor:
             ``FakeCharge.succeeded``), in order. Replays never add to it.
         effects: How many times each write verb actually executed; replays of a stored
             idempotency key and faults injected before the effect are not counted.
+
+    Args:
+        clock: Time source for subscriptions and timestamps; a ``ManualClock`` makes
+            renewals controllable with ``advance_clock_to``.
+        state: Where records, id counters and idempotency keys are kept (None: memory).
     """
 
     name: Processor = Processor.FAKE
-
-    def __init__(self, clock: Clock | None = None) -> None:
-        """Creates an empty processor.
-
-        Args:
-            clock: Time source for subscriptions and timestamps; a ``ManualClock`` makes
-                renewals controllable with ``advance_clock_to``.
-        """
-        self._clock: Clock = clock or SystemClock()
-        self._ledger = FakeLedger(self._clock)
-        self._lock = asyncio.Lock()
-        self._idempotency: dict[str, _Stored] = {}
-        self._faults: defaultdict[str, deque[_Fault]] = defaultdict(deque)
-        self.effects: Counter[str] = Counter()
+    verifies_webhooks = False  # it sends no webhooks
 
     @property
     def charges_created(self) -> list[FakeCharge]:
         """Every attempt to move money, in order (see the class docstring)."""
         return self._ledger.charges
 
-    # -- machinery ----------------------------------------------------------
-
-    def _take_fault(self, operation: str) -> _Fault | None:
-        queue = self._faults.get(operation)
-        return queue.popleft() if queue else None
-
-    async def _write(self, operation: str, key: str, params: object, effect: Callable[[], T]) -> T:
-        """Runs ``effect`` once per idempotency key, replaying its first outcome afterwards."""
-        if not key:
-            raise invalid(f"{operation} needs an idempotency key")
-        fault = self._take_fault(operation)
-        if fault is not None and not fault.after_effect:
-            raise fault.error  # the request never reached the processor
-        fingerprint = _fingerprint(operation, params)
-        async with self._lock:
-            stored = self._idempotency.get(key)
-            if stored is None:
-                outcome = self._execute(operation, key, fingerprint, effect)
-            elif stored.fingerprint != fingerprint:
-                raise processor_error(
-                    "IDEMPOTENCY_KEY_REUSED_AT_PROCESSOR",
-                    f"idempotency key was already used for another operation or other {operation} parameters",
-                    idempotency_key=key,
-                )
-            else:
-                # Copies, so neither the caller nor a later replay can alter what is stored.
-                outcome = _Stored(fingerprint, copy.deepcopy(stored.result), copy.deepcopy(stored.error))
-        if fault is not None:
-            raise fault.error  # the effect happened, then the connection dropped
-        if outcome.error is not None:
-            raise outcome.error
-        return cast(T, outcome.result)
-
-    def _execute(self, operation: str, key: str, fingerprint: str, effect: Callable[[], object]) -> _Stored:
-        self.effects[operation] += 1
-        try:
-            # A copy: the caller must not share mutable parts with the fake's records.
-            outcome = _Stored(fingerprint, result=copy.deepcopy(effect()))
-        except BillingError as exc:  # declines and refusals are final results too, as at Stripe
-            outcome = _Stored(fingerprint, error=exc)
-            if isinstance(exc, ProcessorError) and exc.retryable:
-                return outcome  # transient failures are not remembered: a retry runs again
-        self._idempotency[key] = copy.deepcopy(outcome)
-        return outcome
-
     def _price(self, plan: Plan) -> PriceRecord:
         # Same reason as the Stripe and PayPal adapters: the plan was never mirrored here.
         if (price := self._ledger.prices.get(_price_ref(plan))) is None:
             raise processor_error("PLAN_NOT_AT_PROCESSOR", f"plan {plan.id} has no fake price", plan_id=plan.id)
         return price
-
-    async def _read(self, operation: str, read: Callable[[], T]) -> T:
-        fault = self._take_fault(operation)
-        if fault is not None:
-            raise fault.error
-        async with self._lock:
-            return copy.deepcopy(read())
 
     # -- customers and payment methods --------------------------------------
 
@@ -238,7 +145,7 @@ class FakePaymentProcessor:
             ProcessorError: INVALID_PAYMENT_METHOD_TOKEN for an unknown token or anything
                 that looks like a raw card number (refused before it is kept anywhere).
         """
-        if looks_like_card_number(token):
+        if contains_card_number(token):
             raise processor_error("INVALID_PAYMENT_METHOD_TOKEN", "payment method token looks like a raw card number")
 
         def effect() -> AttachedPaymentMethod:
@@ -278,8 +185,9 @@ class FakePaymentProcessor:
         def effect() -> ProcessorPaymentState:
             method = self._ledger.chargeable_method(request.processor_customer_id, request.processor_payment_method_id)
             payment = self._ledger.charge(
-                method, request.amount, request.capture_method, off_session=request.off_session, key=idempotency_key
-            )
+                method, request.amount, request.capture_method, off_session=request.off_session,
+                key=idempotency_key, our_id=request.payment_id,
+            )  # fmt: skip
             if payment.status is PaymentStatus.FAILED and payment.failure is not None:
                 raise PaymentDeclined(
                     payment.failure.message,
@@ -326,10 +234,13 @@ class FakePaymentProcessor:
         Returns:
             The new state: REQUIRES_CAPTURE or SUCCEEDED per capture method, or FAILED.
         """
-        async with self._lock:
+
+        def step() -> ProcessorPaymentState:
             payment = self._ledger.payment(processor_payment_id)
             self._ledger.complete_action(payment, succeed=succeed)
             return copy.deepcopy(payment.state())
+
+        return await self._transact(step)
 
     # -- refunds ----------------------------------------------------------------
 
@@ -346,13 +257,35 @@ class FakePaymentProcessor:
 
         def effect() -> ProcessorRefundState:
             payment = self._ledger.payment(request.processor_payment_id)
-            return self._ledger.refund_payment(payment, request.amount).state()
+            return self._ledger.refund_payment(payment, request.amount, our_id=request.refund_id).state()
 
         return await self._write("create_refund", idempotency_key, request, effect)
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefundState:
         """Returns the refund's current state."""
         return await self._read("get_refund", lambda: self._ledger.refund(processor_refund_id).state())
+
+    async def find_payment(self, lookup: PaymentLookup) -> PaymentLookupResult:
+        """Finds the payment created for our id; the fake's records are always current."""
+
+        def read() -> PaymentLookupResult:
+            for payment in self._ledger.payments.values():
+                if payment.our_id == lookup.payment_id:
+                    return PaymentLookupResult(LookupOutcome.FOUND, payment.state())
+            return PaymentLookupResult(LookupOutcome.ABSENT)
+
+        return await self._read("find_payment", read)
+
+    async def find_refund(self, lookup: RefundLookup) -> RefundLookupResult:
+        """Finds the refund created for our id on the named payment."""
+
+        def read() -> RefundLookupResult:
+            for refund in self._ledger.refunds.values():
+                if refund.our_id == lookup.refund_id and refund.payment_id == lookup.processor_payment_id:
+                    return RefundLookupResult(LookupOutcome.FOUND, refund.state())
+            return RefundLookupResult(LookupOutcome.ABSENT)
+
+        return await self._read("find_refund", read)
 
     async def settle_refunds(self) -> list[ProcessorRefundState]:
         """Test helper: settles every PENDING refund as its token dictates.
@@ -363,8 +296,7 @@ class FakePaymentProcessor:
         Returns:
             The refunds that changed, in creation order.
         """
-        async with self._lock:
-            return [refund.state() for refund in copy.deepcopy(self._ledger.settle_refunds())]
+        return await self._transact(lambda: [refund.state() for refund in copy.deepcopy(self._ledger.settle_refunds())])
 
     # -- plans ----------------------------------------------------------------------
 
@@ -519,8 +451,7 @@ class FakePaymentProcessor:
         Returns:
             The invoices created, oldest first.
         """
-        async with self._lock:
-            return [invoice.state() for invoice in copy.deepcopy(self._ledger.renew_due())]
+        return await self._transact(lambda: [invoice.state() for invoice in copy.deepcopy(self._ledger.renew_due())])
 
     async def advance_clock_to(self, when: datetime) -> list[ProcessorInvoiceState]:
         """Test helper: moves a ``ManualClock`` to ``when``, then runs ``process_renewals``.
@@ -536,21 +467,24 @@ class FakePaymentProcessor:
         self._clock.advance(when - self._clock.now())
         return await self.process_renewals()
 
-    # -- faults and lifecycle ------------------------------------------------------------
+    # -- events: the fake sends none --------------------------------------------------------
 
-    def fail_next(self, operation: str, error: ProcessorError, *, after_effect: bool = False) -> None:
-        """Makes the next call of ``operation`` raise ``error``.
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> VerifiedEvent:
+        """Refuses every delivery: the fake processor sends no webhooks."""
+        raise SignatureError("the fake processor sends no webhooks")
 
-        Args:
-            operation: A port verb, e.g. ``create_payment``. Calls queue up per verb.
-            error: What to raise (set ``retryable`` as a real failure would).
-            after_effect: Apply the effect and store the idempotent result first, then raise:
-                "charged, then the connection dropped". A retry with the same key gets the
-                stored result.
-        """
-        if operation not in _VERBS:
-            raise ValueError(f"unknown processor verb {operation!r}")
-        self._faults[operation].append(_Fault(error, after_effect))
+    def parse_event(self, event_type: str, payload: Mapping[str, Any]) -> ProcessorEvent | None:
+        """None: the fake sends no events, so no type means anything to it."""
+        return None
+
+    async def list_events(self, since: datetime, *, page_size: int = 100) -> AsyncIterator[VerifiedEvent]:
+        """Raises ``NotSupportedByProcessor``: the fake keeps no event list."""
+        raise NotSupportedByProcessor(
+            "the fake processor keeps no event list", metadata={"processor": Processor.FAKE.value}
+        )
+        yield  # never reached: it only makes this an async generator, like the other adapters'
+
+    # -- lifecycle ------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Nothing to release."""

@@ -10,14 +10,53 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from billing_service.domain.errors import ProcessorError, ProcessorUnavailable
+from billing_service.domain.errors import BillingError, ProcessorError, ProcessorUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+BAD_RESPONSE = "PROCESSOR_BAD_RESPONSE"
+# What reading an answer of an unexpected shape raises: a missing field, a wrong type, a
+# number that is not one, a currency or amount the domain refuses (InvalidArgument).
+_PARSE_ERRORS = (BillingError, KeyError, IndexError, TypeError, ValueError, AttributeError, ArithmeticError)
+
+
+def bad_response(
+    processor: str, what: str, *, ids: Mapping[str, str] | None = None, detail: str = ""
+) -> ProcessorError:
+    """A processor answer we cannot read: the processor's fault (never the caller's), retryable.
+
+    Whatever the call did at the processor stands, and a retry with the same idempotency key
+    gets the same effect replayed; so the error carries every id that could be read (e.g.
+    ``processor_payment_id``) for the caller to keep its record findable.
+    """
+    meta = {"processor": processor, **{k: v for k, v in (ids or {}).items() if v}}
+    return ProcessorError(
+        f"{processor} answered {what} in a form we cannot read" + (f" ({detail})" if detail else ""),
+        reason=BAD_RESPONSE,
+        retryable=True,
+        metadata=meta,
+    )
+
+
+def parsed(processor: str, what: str, read: Callable[..., T], *args: Any, ids: Mapping[str, str] | None = None) -> T:
+    """Runs ``read(*args)`` on a processor answer; any failure to read it is ``bad_response``.
+
+    Only pure translation belongs in ``read``: errors from processor calls (declines, refusals)
+    must not pass through here, or a refusal would turn into a retryable fault.
+    """
+    try:
+        return read(*args)
+    except _PARSE_ERRORS as exc:
+        if isinstance(exc, ProcessorError) and exc.reason != BAD_RESPONSE:
+            raise
+        known = dict(exc.metadata) if isinstance(exc, ProcessorError) else {}
+        detail = exc.message if isinstance(exc, BillingError) else type(exc).__name__
+        raise bad_response(processor, what, ids={**known, **(ids or {})}, detail=detail) from exc
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,15 @@ Modes (``BILLING_AUTH_MODE``):
       name the same caller. grpcio cannot ask for an *optional* client certificate, so
       when ``BILLING_TLS_CLIENT_CA`` is set the handshake requires one from everybody.
 
-Authorization: :data:`METHOD_PERMISSIONS` is the one table from RPC to permission group;
+Authorization: :data:`METHOD_PERMISSIONS` maps each RPC to its permission group, as declared
+by the RPC's entry in ``billing.py`` / ``subscriptions.py`` / ``event_service.py``;
 ``admin`` grants everything. Health is open to everybody; reflection (when enabled) to any
 authenticated caller. A method missing from the table is refused to everybody (fail
 closed; a test checks the table covers every RPC of both services).
 
 Outcomes: no or invalid credentials -> ``UNAUTHENTICATED``; authenticated but not
 allowed -> ``PERMISSION_DENIED``; each with one ``google.rpc.ErrorInfo``. On success the
-caller's name is put in :data:`~billing_service.entrypoints.grpc_api.base.current_caller`
+caller's name is put in :data:`~billing_service.observability.context.current_caller`
 for the call, so audit events and idempotency keys carry it. Tokens are compared in
 constant time and never logged.
 """
@@ -44,12 +45,15 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import grpc
-from billing.v1 import billing_service_pb2, subscription_service_pb2
+from billing.v1 import billing_service_pb2, event_service_pb2, subscription_service_pb2
 
 from billing_service.config import CALLER_NAME, ConfigError, Settings
 from billing_service.domain.errors import BillingError, PermissionDenied, Unauthenticated
 from billing_service.entrypoints.grpc_api import errors
-from billing_service.entrypoints.grpc_api.base import current_caller
+from billing_service.entrypoints.grpc_api.billing import BILLING
+from billing_service.entrypoints.grpc_api.event_service import EVENTS
+from billing_service.entrypoints.grpc_api.subscriptions import SUBSCRIPTIONS
+from billing_service.observability.context import current_caller
 
 log = logging.getLogger(__name__)
 
@@ -64,43 +68,10 @@ else:
 
 ADMIN: Final = "admin"
 
-_B = "/billing.v1.BillingService/"
-_S = "/billing.v1.SubscriptionService/"
-
-#: RPC full name -> the permission group a caller needs for it (``admin`` covers all).
+#: RPC full name -> the permission group a caller needs for it (``admin`` covers all), read
+#: from the RPC tables of both servicers, so a new RPC cannot be added without one.
 METHOD_PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType(
-    {
-        _B + "CreateCustomer": "customers:write",
-        _B + "GetCustomer": "customers:read",
-        _B + "UpdateCustomer": "customers:write",
-        _B + "ListCustomers": "customers:read",
-        _B + "AttachPaymentMethod": "customers:write",
-        _B + "ListPaymentMethods": "customers:read",
-        _B + "DetachPaymentMethod": "customers:write",
-        _B + "CreatePayment": "payments:write",
-        _B + "GetPayment": "payments:read",
-        _B + "ListPayments": "payments:read",
-        _B + "CapturePayment": "payments:write",
-        _B + "CancelPayment": "payments:write",
-        _B + "CreateRefund": "refunds:write",
-        _B + "GetRefund": "payments:read",
-        _B + "ListRefunds": "payments:read",
-        _B + "ListAuditEvents": "audit:read",
-        _B + "ListDisputes": "payments:read",
-        _S + "CreatePlan": "plans:write",
-        _S + "GetPlan": "subscriptions:read",
-        _S + "ListPlans": "subscriptions:read",
-        _S + "ArchivePlan": "plans:write",
-        _S + "CreateSubscription": "subscriptions:write",
-        _S + "GetSubscription": "subscriptions:read",
-        _S + "ListSubscriptions": "subscriptions:read",
-        _S + "UpdateSubscription": "subscriptions:write",
-        _S + "CancelSubscription": "subscriptions:write",
-        _S + "PauseSubscription": "subscriptions:write",
-        _S + "ResumeSubscription": "subscriptions:write",
-        _S + "GetInvoice": "subscriptions:read",
-        _S + "ListInvoices": "subscriptions:read",
-    }
+    {**BILLING.permissions(), **SUBSCRIPTIONS.permissions(), **EVENTS.permissions()}
 )
 
 #: Every permission name ``BILLING_CALLER_PERMISSIONS`` may grant.
@@ -111,9 +82,9 @@ _REFLECTION_PREFIX: Final = "/grpc.reflection."
 
 
 def service_methods() -> list[str]:
-    """Full names of every RPC of both billing services, from their descriptors."""
+    """Full names of every RPC of the billing services, from their descriptors."""
     out: list[str] = []
-    for module in (billing_service_pb2, subscription_service_pb2):
+    for module in (billing_service_pb2, subscription_service_pb2, event_service_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             out.extend(f"/{service.full_name}/{method.name}" for method in service.methods)
     return out

@@ -1,35 +1,21 @@
-"""Shared plumbing of the servicers: error mapping, deadlines and idempotent writes."""
+"""What the runner and the interceptors share: request digests and the strings a request carries."""
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import hashlib
-import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
-from billing_service.domain.card_data import contains_card_number, refuse_card_data
-from billing_service.domain.errors import BillingError, InvalidArgument
-from billing_service.entrypoints.grpc_api import errors
-from billing_service.service_layer.core import Deps
-from billing_service.service_layer.idempotency import Idempotency, RequestContext, validate_request_id
-
-log = logging.getLogger(__name__)
+from billing_service.domain.card_data import contains_card_number
 
 if TYPE_CHECKING:
     Ctx = grpc.aio.ServicerContext[Any, Any]
 else:
     Ctx = grpc.aio.ServicerContext
 
-R = TypeVar("R", bound=Message)
-T = TypeVar("T")
-
-# Set by the authentication interceptor; "anonymous" when auth is off.
-current_caller: contextvars.ContextVar[str] = contextvars.ContextVar("current_caller", default="anonymous")
+M = TypeVar("M", bound=Message)
 
 
 def fingerprint(request: Message) -> str:
@@ -65,85 +51,19 @@ def string_fields(message: Message, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-class Servicer:
-    """Base of both servicers.
-
-    Args:
-        deps: Ports for the use cases.
-        idempotency: Runs mutating requests at most once per request_id.
-    """
-
-    def __init__(self, deps: Deps, idempotency: Idempotency) -> None:
-        self.deps = deps
-        self.idem = idempotency
-
-    async def _guard(self, context: Ctx, method: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Runs ``call`` within the caller's deadline and maps its errors to rich statuses."""
-        remaining = context.time_remaining()
-        try:
-            if remaining is None:
-                return await call()
-            async with asyncio.timeout(max(remaining, 0.001)):
-                return await call()
-        except BillingError as exc:
-            await context.abort_with_status(errors.to_status(exc))  # type: ignore[attr-defined]
-        except TimeoutError:
-            await context.abort_with_status(errors.deadline_status(method))  # type: ignore[attr-defined]
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            if context.code() is not None and context.code() != grpc.StatusCode.OK:
-                raise  # an abort already in flight
-            log.exception("unexpected error", extra={"method": method})
-            await context.abort_with_status(errors.internal_status(method))  # type: ignore[attr-defined]
-        raise AssertionError("unreachable")  # abort_with_status always raises
-
-    async def _read(self, context: Ctx, method: str, call: Callable[[], Awaitable[R]]) -> R:
-        """Runs a read-only use case."""
-        return await self._guard(context, method, call)
-
-    async def _mutate(
-        self,
-        context: Ctx,
-        request: Message,
-        *,
-        method: str,
-        resource_prefix: str,
-        response_type: type[R],
-        prepare: Callable[[], Callable[[RequestContext], Awaitable[R]]],
-    ) -> R:
-        """Runs a mutating use case exactly once per (caller, method, request_id).
-
-        ``prepare`` parses and validates the request (raising ``InvalidArgument`` before
-        anything is stored) and returns the work to execute.
-        """
-
-        async def run() -> R:
-            # Card data is refused before anything else looks at the request, so it is
-            # never stored, logged or echoed back.
-            refuse_card_data(string_fields(request))
-            request_id = validate_request_id(getattr(request, "request_id", ""))
-            execute = prepare()
-
-            async def work(ctx: RequestContext) -> bytes:
-                response = await execute(ctx)
-                return response.SerializeToString(deterministic=True)
-
-            data = await self.idem.run(
-                caller=current_caller.get(),
-                method=method,
-                request_id=request_id,
-                fingerprint=fingerprint(request),
-                resource_prefix=resource_prefix,
-                work=work,
-            )
-            return response_type.FromString(data)
-
-        return await self._guard(context, method, run)
+def without_client_secrets(message: M) -> M:
+    """A copy of ``message`` with every ``client_secret`` cleared (what may be stored)."""
+    clone = type(message)()
+    clone.CopyFrom(message)
+    _clear_client_secrets(clone)
+    return clone
 
 
-def require(value: str, field_path: str) -> str:
-    """Raises InvalidArgument when a required string field is empty."""
-    if not value:
-        raise InvalidArgument.field(field_path, "is required")
-    return value
+def _clear_client_secrets(message: Message) -> None:
+    for desc, value in message.ListFields():
+        if desc.message_type is None:
+            if desc.name == "client_secret":
+                message.ClearField(desc.name)  # type: ignore[arg-type]
+        elif not desc.message_type.GetOptions().map_entry:
+            for item in value if desc.is_repeated else [value]:
+                _clear_client_secrets(item)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from billing.v1 import billing_service_pb2 as bpb
-from billing.v1 import common_pb2 as cpb
-from billing.v1 import subscription_service_pb2 as spb
+from billing.v1 import billing_service_pb2, common_pb2, subscription_service_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -38,37 +36,53 @@ from billing_service.domain.subscriptions import (
     Subscription,
     SubscriptionStatus,
 )
+from billing_service.service_layer.previews import PaymentMethodPreview
 
 PROCESSOR_TO_PB = {
-    Processor.STRIPE: cpb.PROCESSOR_STRIPE,
-    Processor.PAYPAL: cpb.PROCESSOR_PAYPAL,
-    Processor.FAKE: cpb.PROCESSOR_FAKE,
+    Processor.STRIPE: common_pb2.PROCESSOR_STRIPE,
+    Processor.PAYPAL: common_pb2.PROCESSOR_PAYPAL,
+    Processor.FAKE: common_pb2.PROCESSOR_FAKE,
 }
 PROCESSOR_FROM_PB = {v: k for k, v in PROCESSOR_TO_PB.items()}
-PAYMENT_STATUS_TO_PB = {s: bpb.PaymentStatus.Value(f"PAYMENT_STATUS_{s.name}") for s in PaymentStatus}
+PAYMENT_STATUS_TO_PB = {s: billing_service_pb2.PaymentStatus.Value(f"PAYMENT_STATUS_{s.name}") for s in PaymentStatus}
 PAYMENT_STATUS_FROM_PB = {v: k for k, v in PAYMENT_STATUS_TO_PB.items()}
-REFUND_STATUS_TO_PB = {s: bpb.RefundStatus.Value(f"REFUND_STATUS_{s.name}") for s in RefundStatus}
+REFUND_STATUS_TO_PB = {s: billing_service_pb2.RefundStatus.Value(f"REFUND_STATUS_{s.name}") for s in RefundStatus}
 REFUND_REASON_TO_PB = {
-    r: bpb.RefundReason.Value(f"REFUND_REASON_{r.name}") for r in RefundReason if r is not RefundReason.UNSPECIFIED
-} | {RefundReason.UNSPECIFIED: bpb.REFUND_REASON_UNSPECIFIED}
+    r: billing_service_pb2.RefundReason.Value(f"REFUND_REASON_{r.name}")
+    for r in RefundReason
+    if r is not RefundReason.UNSPECIFIED
+} | {RefundReason.UNSPECIFIED: billing_service_pb2.REFUND_REASON_UNSPECIFIED}
 REFUND_REASON_FROM_PB = {v: k for k, v in REFUND_REASON_TO_PB.items()}
-CAPTURE_TO_PB = {CaptureMethod.AUTOMATIC: bpb.CAPTURE_METHOD_AUTOMATIC, CaptureMethod.MANUAL: bpb.CAPTURE_METHOD_MANUAL}
-CAPTURE_FROM_PB = {v: k for k, v in CAPTURE_TO_PB.items()} | {bpb.CAPTURE_METHOD_UNSPECIFIED: CaptureMethod.AUTOMATIC}
-PM_TYPE_TO_PB = {t: bpb.PaymentMethodType.Value(f"PAYMENT_METHOD_TYPE_{t.name}") for t in PaymentMethodType}
-PM_STATUS_TO_PB = {s: bpb.PaymentMethodStatus.Value(f"PAYMENT_METHOD_STATUS_{s.name}") for s in PaymentMethodStatus}
-INTERVAL_TO_PB = {i: spb.Interval.Value(f"INTERVAL_{i.name}") for i in Interval}
+CAPTURE_TO_PB = {
+    CaptureMethod.AUTOMATIC: billing_service_pb2.CAPTURE_METHOD_AUTOMATIC,
+    CaptureMethod.MANUAL: billing_service_pb2.CAPTURE_METHOD_MANUAL,
+}
+CAPTURE_FROM_PB = {v: k for k, v in CAPTURE_TO_PB.items()} | {
+    billing_service_pb2.CAPTURE_METHOD_UNSPECIFIED: CaptureMethod.AUTOMATIC
+}
+PM_TYPE_TO_PB = {
+    t: billing_service_pb2.PaymentMethodType.Value(f"PAYMENT_METHOD_TYPE_{t.name}") for t in PaymentMethodType
+}
+PM_STATUS_TO_PB = {
+    s: billing_service_pb2.PaymentMethodStatus.Value(f"PAYMENT_METHOD_STATUS_{s.name}") for s in PaymentMethodStatus
+}
+INTERVAL_TO_PB = {i: subscription_service_pb2.Interval.Value(f"INTERVAL_{i.name}") for i in Interval}
 INTERVAL_FROM_PB = {v: k for k, v in INTERVAL_TO_PB.items()}
-PLAN_STATUS_TO_PB = {s: spb.PlanStatus.Value(f"PLAN_STATUS_{s.name}") for s in PlanStatus}
-SUB_STATUS_TO_PB = {s: spb.SubscriptionStatus.Value(f"SUBSCRIPTION_STATUS_{s.name}") for s in SubscriptionStatus}
+PLAN_STATUS_TO_PB = {s: subscription_service_pb2.PlanStatus.Value(f"PLAN_STATUS_{s.name}") for s in PlanStatus}
+SUB_STATUS_TO_PB = {
+    s: subscription_service_pb2.SubscriptionStatus.Value(f"SUBSCRIPTION_STATUS_{s.name}") for s in SubscriptionStatus
+}
 SUB_STATUS_FROM_PB = {v: k for k, v in SUB_STATUS_TO_PB.items()}
 PRORATION_FROM_PB = {
-    spb.PRORATION_BEHAVIOR_UNSPECIFIED: ProrationBehavior.CREATE_PRORATIONS,
-    spb.PRORATION_BEHAVIOR_CREATE_PRORATIONS: ProrationBehavior.CREATE_PRORATIONS,
-    spb.PRORATION_BEHAVIOR_NONE: ProrationBehavior.NONE,
-    spb.PRORATION_BEHAVIOR_ALWAYS_INVOICE: ProrationBehavior.ALWAYS_INVOICE,
+    subscription_service_pb2.PRORATION_BEHAVIOR_UNSPECIFIED: ProrationBehavior.CREATE_PRORATIONS,
+    subscription_service_pb2.PRORATION_BEHAVIOR_CREATE_PRORATIONS: ProrationBehavior.CREATE_PRORATIONS,
+    subscription_service_pb2.PRORATION_BEHAVIOR_NONE: ProrationBehavior.NONE,
+    subscription_service_pb2.PRORATION_BEHAVIOR_ALWAYS_INVOICE: ProrationBehavior.ALWAYS_INVOICE,
 }
-INVOICE_STATUS_TO_PB = {s: spb.InvoiceStatus.Value(f"INVOICE_STATUS_{s.name}") for s in InvoiceStatus}
-DISPUTE_STATUS_TO_PB = {s: bpb.DisputeStatus.Value(f"DISPUTE_STATUS_{s.name}") for s in DisputeStatus}
+INVOICE_STATUS_TO_PB = {
+    s: subscription_service_pb2.InvoiceStatus.Value(f"INVOICE_STATUS_{s.name}") for s in InvoiceStatus
+}
+DISPUTE_STATUS_TO_PB = {s: billing_service_pb2.DisputeStatus.Value(f"DISPUTE_STATUS_{s.name}") for s in DisputeStatus}
 
 
 # ---------------------------------------------------------------------------
@@ -82,9 +96,25 @@ def enum_in(value: int, table: dict[int, object], field_path: str) -> None:
         raise InvalidArgument.field(field_path, f"unknown value {value}")
 
 
+def payment_status_filter(value: int, field_path: str = "status") -> PaymentStatus | None:
+    """Parses a list's optional PaymentStatus filter (UNSPECIFIED: any status)."""
+    if not value:
+        return None
+    enum_in(value, PAYMENT_STATUS_FROM_PB, field_path)  # type: ignore[arg-type]
+    return PAYMENT_STATUS_FROM_PB[value]  # type: ignore[index]
+
+
+def subscription_status_filter(value: int, field_path: str = "status") -> SubscriptionStatus | None:
+    """Parses a list's optional SubscriptionStatus filter (UNSPECIFIED: any status)."""
+    if not value:
+        return None
+    enum_in(value, SUB_STATUS_FROM_PB, field_path)  # type: ignore[arg-type]
+    return SUB_STATUS_FROM_PB[value]  # type: ignore[index]
+
+
 def processor_from_pb(value: int, field_path: str, *, required: bool = False) -> Processor | None:
     """Parses an optional Processor enum."""
-    if value == cpb.PROCESSOR_UNSPECIFIED:
+    if value == common_pb2.PROCESSOR_UNSPECIFIED:
         if required:
             raise InvalidArgument.field(field_path, "is required")
         return None
@@ -92,7 +122,7 @@ def processor_from_pb(value: int, field_path: str, *, required: bool = False) ->
     return PROCESSOR_FROM_PB[value]  # type: ignore[index]
 
 
-def money_from_pb(msg: cpb.Money, field_path: str, *, present: bool, required: bool = True) -> Money | None:
+def money_from_pb(msg: common_pb2.Money, field_path: str, *, present: bool, required: bool = True) -> Money | None:
     """Parses a positive Money; ``present`` is the parent's HasField result."""
     if not present:
         if required:
@@ -110,16 +140,16 @@ def ts(value: datetime | None) -> Timestamp | None:
     return out
 
 
-def money_pb(value: Money) -> cpb.Money:
+def money_pb(value: Money) -> common_pb2.Money:
     """Converts Money to its message."""
-    return cpb.Money(amount_minor=value.amount_minor, currency=value.currency)
+    return common_pb2.Money(amount_minor=value.amount_minor, currency=value.currency)
 
 
-def _refs(refs: dict[str, str]) -> list[cpb.ProcessorReference]:
+def _refs(refs: dict[str, str]) -> list[common_pb2.ProcessorReference]:
     out = []
     for name, ref in sorted(refs.items()):
         if name in {p.value for p in Processor}:
-            out.append(cpb.ProcessorReference(processor=PROCESSOR_TO_PB[Processor(name)], id=ref))
+            out.append(common_pb2.ProcessorReference(processor=PROCESSOR_TO_PB[Processor(name)], id=ref))
     return out
 
 
@@ -128,9 +158,9 @@ def _refs(refs: dict[str, str]) -> list[cpb.ProcessorReference]:
 # ---------------------------------------------------------------------------
 
 
-def customer_pb(c: Customer) -> bpb.Customer:
+def customer_pb(c: Customer) -> billing_service_pb2.Customer:
     """Customer message."""
-    return bpb.Customer(
+    return billing_service_pb2.Customer(
         id=c.id,
         email=c.email,
         name=c.name,
@@ -143,14 +173,14 @@ def customer_pb(c: Customer) -> bpb.Customer:
     )
 
 
-def payment_method_pb(m: PaymentMethod) -> bpb.PaymentMethod:
+def payment_method_pb(m: PaymentMethod) -> billing_service_pb2.PaymentMethod:
     """PaymentMethod message (display data only)."""
     card = (
-        bpb.CardDetails(brand=m.brand, last4=m.last4, exp_month=m.exp_month, exp_year=m.exp_year)
+        billing_service_pb2.CardDetails(brand=m.brand, last4=m.last4, exp_month=m.exp_month, exp_year=m.exp_year)
         if m.type is PaymentMethodType.CARD
         else None
     )
-    return bpb.PaymentMethod(
+    return billing_service_pb2.PaymentMethod(
         id=m.id,
         customer_id=m.customer_id,
         processor=PROCESSOR_TO_PB[m.processor],
@@ -163,20 +193,31 @@ def payment_method_pb(m: PaymentMethod) -> bpb.PaymentMethod:
     )
 
 
-def _next_action(n: NextAction | None) -> cpb.NextAction | None:
+def payment_method_preview_pb(m: PaymentMethodPreview) -> billing_service_pb2.PaymentMethod:
+    """A validate_only preview of an attach: no id, and no type or card until the processor answers."""
+    return billing_service_pb2.PaymentMethod(
+        customer_id=m.customer_id,
+        processor=PROCESSOR_TO_PB[m.processor],
+        status=billing_service_pb2.PAYMENT_METHOD_STATUS_ATTACHED,
+    )
+
+
+def _next_action(n: NextAction | None) -> common_pb2.NextAction | None:
     if n is None:
         return None
-    return cpb.NextAction(client_secret=n.client_secret, redirect_url=n.redirect_url)
+    return common_pb2.NextAction(client_secret=n.client_secret, redirect_url=n.redirect_url)
 
 
-def payment_pb(p: Payment) -> bpb.Payment:
+def payment_pb(p: Payment) -> billing_service_pb2.Payment:
     """Payment message."""
     failure = (
-        bpb.PaymentFailure(code=p.failure.code, decline_code=p.failure.decline_code, message=p.failure.message)
+        billing_service_pb2.PaymentFailure(
+            code=p.failure.code, decline_code=p.failure.decline_code, message=p.failure.message
+        )
         if p.failure
         else None
     )
-    return bpb.Payment(
+    return billing_service_pb2.Payment(
         id=p.id,
         customer_id=p.customer_id,
         payment_method_id=p.payment_method_id,
@@ -186,6 +227,7 @@ def payment_pb(p: Payment) -> bpb.Payment:
         amount_capturable=money_pb(p.money(p.amount_capturable)),
         amount_captured=money_pb(p.money(p.amount_captured)),
         amount_refunded=money_pb(p.money(p.amount_refunded)),
+        amount_refund_pending=money_pb(p.money(p.amount_refund_pending)),
         capture_method=CAPTURE_TO_PB[p.capture_method],
         status=PAYMENT_STATUS_TO_PB[p.status],
         description=p.description,
@@ -198,9 +240,9 @@ def payment_pb(p: Payment) -> bpb.Payment:
     )
 
 
-def refund_pb(r: Refund) -> bpb.Refund:
+def refund_pb(r: Refund) -> billing_service_pb2.Refund:
     """Refund message."""
-    return bpb.Refund(
+    return billing_service_pb2.Refund(
         id=r.id,
         payment_id=r.payment_id,
         processor=PROCESSOR_TO_PB[r.processor],
@@ -215,13 +257,13 @@ def refund_pb(r: Refund) -> bpb.Refund:
     )
 
 
-def dispute_pb(d: Dispute) -> bpb.Dispute:
+def dispute_pb(d: Dispute) -> billing_service_pb2.Dispute:
     """Dispute message, with the time from opening to resolution once closed."""
     resolution = None
     if d.time_to_resolution is not None:
         resolution = Duration()
         resolution.FromTimedelta(d.time_to_resolution)
-    return bpb.Dispute(
+    return billing_service_pb2.Dispute(
         id=d.id,
         payment_id=d.payment_id,
         processor=PROCESSOR_TO_PB[d.processor],
@@ -237,9 +279,9 @@ def dispute_pb(d: Dispute) -> bpb.Dispute:
     )
 
 
-def audit_event_pb(e: AuditEvent) -> cpb.AuditEvent:
+def audit_event_pb(e: AuditEvent) -> common_pb2.AuditEvent:
     """AuditEvent message."""
-    return cpb.AuditEvent(
+    return common_pb2.AuditEvent(
         id=e.id,
         caller=e.caller,
         request_id=e.request_id,
@@ -253,9 +295,9 @@ def audit_event_pb(e: AuditEvent) -> cpb.AuditEvent:
     )
 
 
-def plan_pb(p: Plan) -> spb.Plan:
+def plan_pb(p: Plan) -> subscription_service_pb2.Plan:
     """Plan message."""
-    return spb.Plan(
+    return subscription_service_pb2.Plan(
         id=p.id,
         name=p.name,
         description=p.description,
@@ -271,9 +313,9 @@ def plan_pb(p: Plan) -> spb.Plan:
     )
 
 
-def subscription_pb(s: Subscription) -> spb.Subscription:
+def subscription_pb(s: Subscription) -> subscription_service_pb2.Subscription:
     """Subscription message."""
-    return spb.Subscription(
+    return subscription_service_pb2.Subscription(
         id=s.id,
         customer_id=s.customer_id,
         plan_id=s.plan_id,
@@ -289,15 +331,15 @@ def subscription_pb(s: Subscription) -> spb.Subscription:
         cancel_time=ts(s.canceled_at),
         pause_time=ts(s.paused_at),
         metadata=s.metadata,
-        next_action=cpb.NextAction(redirect_url=s.approval_url) if s.approval_url else None,
+        next_action=common_pb2.NextAction(redirect_url=s.approval_url) if s.approval_url else None,
         create_time=ts(s.created_at),
         update_time=ts(s.updated_at),
     )
 
 
-def invoice_pb(i: Invoice) -> spb.Invoice:
+def invoice_pb(i: Invoice) -> subscription_service_pb2.Invoice:
     """Invoice message."""
-    return spb.Invoice(
+    return subscription_service_pb2.Invoice(
         id=i.id,
         subscription_id=i.subscription_id,
         customer_id=i.customer_id,
@@ -309,7 +351,7 @@ def invoice_pb(i: Invoice) -> spb.Invoice:
         period_start=ts(i.period_start),
         period_end=ts(i.period_end),
         lines=[
-            spb.InvoiceLine(
+            subscription_service_pb2.InvoiceLine(
                 description=line.description,
                 amount=money_pb(line.amount),
                 quantity=line.quantity,

@@ -3,6 +3,12 @@
 Every error leaves as a ``google.rpc.Status`` carrying exactly one ``ErrorInfo`` (domain
 ``billing.v1``), plus ``BadRequest`` field violations for bad input and ``RetryInfo`` for
 failures worth retrying. ``INTERNAL`` is reserved for bugs.
+
+The ErrorInfo ``reason`` is always the name of a ``billing.v1.ErrorReason`` value. A reason
+built at run time from a processor's own error code (Stripe's ``code``, PayPal's ``issue``)
+is not one: it is sent as the nearest listed reason of its class (``PROCESSOR_ERROR``,
+``INVALID_ARGUMENT``...) with the processor's code under the metadata key
+``processor_reason``.
 """
 
 from __future__ import annotations
@@ -10,47 +16,86 @@ from __future__ import annotations
 import logging
 
 import grpc
+from billing.v1 import error_reason_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from billing_service.domain import errors as e
+from billing_service.domain.errors import (
+    BillingError,
+    ConcurrencyConflict,
+    FailedPrecondition,
+    FieldViolation,
+    IdempotencyKeyReused,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ProcessorConfigurationError,
+    ProcessorError,
+    RequestInProgress,
+    StoreUnavailable,
+    Unauthenticated,
+)
 
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "billing.v1"
 
+#: Every reason the API may send: the names of billing.v1.ErrorReason, except UNSPECIFIED.
+REASONS: frozenset[str] = frozenset(
+    name for name in error_reason_pb2.ErrorReason.DESCRIPTOR.values_by_name if name != "ERROR_REASON_UNSPECIFIED"
+)
+_INTERNAL = error_reason_pb2.ErrorReason.Name(error_reason_pb2.INTERNAL)
+_DEADLINE_EXCEEDED = error_reason_pb2.ErrorReason.Name(error_reason_pb2.DEADLINE_EXCEEDED)
+_FALLBACK = error_reason_pb2.ErrorReason.Name(error_reason_pb2.FAILED_PRECONDITION)
+PROCESSOR_REASON_KEY = "processor_reason"
+
 # Most specific class first: the first isinstance match wins.
-_TABLE: list[tuple[type[e.BillingError], grpc.StatusCode]] = [
-    (e.IdempotencyKeyReused, grpc.StatusCode.INVALID_ARGUMENT),
-    (e.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (e.NotFound, grpc.StatusCode.NOT_FOUND),
-    (e.RequestInProgress, grpc.StatusCode.ABORTED),
-    (e.ConcurrencyConflict, grpc.StatusCode.ABORTED),
-    (e.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (e.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (e.StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
-    (e.ProcessorConfigurationError, grpc.StatusCode.FAILED_PRECONDITION),
-    (e.ProcessorError, grpc.StatusCode.FAILED_PRECONDITION),  # retryable ones: see status_code()
+_TABLE: list[tuple[type[BillingError], grpc.StatusCode]] = [
+    (IdempotencyKeyReused, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (RequestInProgress, grpc.StatusCode.ABORTED),
+    (ConcurrencyConflict, grpc.StatusCode.ABORTED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ProcessorConfigurationError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ProcessorError, grpc.StatusCode.FAILED_PRECONDITION),  # retryable ones: see status_code()
 ]
 
 # Retry hints for the transient kinds, in seconds.
-_RETRY_AFTER: dict[type[e.BillingError], float] = {
-    e.RequestInProgress: 1.0,
-    e.ConcurrencyConflict: 0.1,
-    e.StoreUnavailable: 1.0,
+_RETRY_AFTER: dict[type[BillingError], float] = {
+    RequestInProgress: 1.0,
+    ConcurrencyConflict: 0.1,
+    StoreUnavailable: 1.0,
 }
 
 
-def status_code(error: e.BillingError) -> grpc.StatusCode:
+def status_code(error: BillingError) -> grpc.StatusCode:
     """Returns the gRPC code for a domain error."""
-    if isinstance(error, e.ProcessorError) and error.retryable:
+    if isinstance(error, ProcessorError) and error.retryable:
         return grpc.StatusCode.UNAVAILABLE
     for cls, code in _TABLE:
         if isinstance(error, cls):
             return code
     return grpc.StatusCode.FAILED_PRECONDITION
+
+
+def wire_reason(error: BillingError) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo reason for ``error`` and any metadata its normalisation adds.
+
+    A listed reason is sent as is; an unlisted one (a processor's own code) is replaced by
+    the reason of the nearest class in the error's hierarchy that has a listed one.
+    """
+    if error.reason in REASONS:
+        return error.reason, {}
+    for cls in type(error).__mro__:
+        reason = cls.__dict__.get("reason")
+        if isinstance(reason, str) and reason in REASONS:
+            return reason, {PROCESSOR_REASON_KEY: error.reason}
+    return _FALLBACK, {PROCESSOR_REASON_KEY: error.reason}
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -59,8 +104,8 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def _retry_after(error: e.BillingError) -> float | None:
-    if isinstance(error, e.ProcessorError) and error.retryable:
+def _retry_after(error: BillingError) -> float | None:
+    if isinstance(error, ProcessorError) and error.retryable:
         return error.retry_after_seconds
     for cls, seconds in _RETRY_AFTER.items():
         if isinstance(error, cls):
@@ -83,22 +128,24 @@ def _clip(text: str, limit: int) -> str:
     return raw[: limit - 3].decode(errors="ignore") + "..."
 
 
-def to_status(error: e.BillingError) -> grpc.Status:
+def to_status(error: BillingError) -> grpc.Status:
     """Builds the rich status for ``error`` (echoed values are clipped to a few hundred bytes)."""
     code = status_code(error)
+    reason, extra = wire_reason(error)
+    metadata = {**extra, **error.metadata}
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
-                reason=error.reason,
+                reason=reason,
                 domain=ERROR_DOMAIN,
-                metadata={_clip(k, _MAX_VALUE): _clip(str(v), _MAX_VALUE) for k, v in error.metadata.items()},
+                metadata={_clip(k, _MAX_VALUE): _clip(str(v), _MAX_VALUE) for k, v in metadata.items()},
             )
         )
     ]
-    violations: list[e.FieldViolation] = []
-    if isinstance(error, e.InvalidArgument):
+    violations: list[FieldViolation] = []
+    if isinstance(error, InvalidArgument):
         violations = error.violations
-    elif isinstance(error, e.NotFound) and error.field_path:
+    elif isinstance(error, NotFound) and error.field_path:
         details.append(
             _pack(
                 error_details_pb2.ResourceInfo(
@@ -131,7 +178,7 @@ def to_status(error: e.BillingError) -> grpc.Status:
 
 def internal_status(method: str) -> grpc.Status:
     """Status for an unexpected exception (a bug); details stay in our logs."""
-    info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"method": method})
+    info = error_details_pb2.ErrorInfo(reason=_INTERNAL, domain=ERROR_DOMAIN, metadata={"method": method})
     return rpc_status.to_status(
         status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; it has been logged", details=[_pack(info)])
     )
@@ -139,7 +186,7 @@ def internal_status(method: str) -> grpc.Status:
 
 def deadline_status(method: str) -> grpc.Status:
     """Status for work cut off by the caller's deadline."""
-    info = error_details_pb2.ErrorInfo(reason="DEADLINE_EXCEEDED", domain=ERROR_DOMAIN, metadata={"method": method})
+    info = error_details_pb2.ErrorInfo(reason=_DEADLINE_EXCEEDED, domain=ERROR_DOMAIN, metadata={"method": method})
     return rpc_status.to_status(
         status_pb2.Status(
             code=code_pb2.DEADLINE_EXCEEDED,

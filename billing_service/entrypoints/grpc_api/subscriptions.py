@@ -1,264 +1,173 @@
-"""SubscriptionService: plans, subscriptions and invoices."""
+"""SubscriptionService: plans, subscriptions and invoices.
+
+One entry per RPC (see :mod:`.runner`); required fields are enforced from the schema's
+annotations, so the decoders only convert and run the commands' own validation.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from billing.v1 import subscription_service_pb2 as pb
-from billing.v1 import subscription_service_pb2_grpc as pb_grpc
+from billing.v1 import subscription_service_pb2
 
 from billing_service.domain.errors import InvalidArgument
-from billing_service.domain.subscriptions import Interval
-from billing_service.entrypoints.grpc_api import convert as cv
-from billing_service.entrypoints.grpc_api.base import Ctx, Servicer, require
-from billing_service.service_layer import subscriptions as su
-from billing_service.service_layer.idempotency import RequestContext
+from billing_service.entrypoints.grpc_api import convert
+from billing_service.entrypoints.grpc_api.runner import Read, Runner, Service, Write
+from billing_service.service_layer import previews, subscriptions
+from billing_service.service_layer.core import Deps
+from billing_service.service_layer.idempotency import Idempotency
 
-_SVC = "/billing.v1.SubscriptionService/"
+# -- decoders: request -> validated command ------------------------------------------
 
 
-class SubscriptionServicer(Servicer, pb_grpc.SubscriptionServiceServicer):
-    """Implements billing.v1.SubscriptionService over the use cases."""
+def _create_plan(r: subscription_service_pb2.CreatePlanRequest) -> subscriptions.CreatePlan:
+    convert.enum_in(r.interval, convert.INTERVAL_FROM_PB, "interval")  # type: ignore[arg-type]
+    if r.interval_count < 0:
+        raise InvalidArgument.field("interval_count", "must not be negative")
+    if r.trial_period_days < 0:
+        raise InvalidArgument.field("trial_period_days", "must not be negative")
+    price = convert.money_from_pb(r.price, "price", present=r.HasField("price"))
+    assert price is not None
+    cmd = subscriptions.CreatePlan(
+        name=r.name,
+        description=r.description,
+        price=price,
+        interval=convert.INTERVAL_FROM_PB[r.interval],
+        interval_count=r.interval_count or 1,
+        trial_period_days=r.trial_period_days,
+        metadata=dict(r.metadata),
+    )
+    cmd.validate()
+    return cmd
 
-    async def CreatePlan(self, request: pb.CreatePlanRequest, context: Ctx) -> pb.CreatePlanResponse:
-        """Creates a plan."""
 
-        def prepare() -> Callable[[RequestContext], Awaitable[pb.CreatePlanResponse]]:
-            if request.interval == pb.INTERVAL_UNSPECIFIED:
-                raise InvalidArgument.field("interval", "is required")
-            cv.enum_in(request.interval, cv.INTERVAL_FROM_PB, "interval")  # type: ignore[arg-type]
-            if request.interval_count < 0:
-                raise InvalidArgument.field("interval_count", "must not be negative")
-            if request.trial_period_days < 0:
-                raise InvalidArgument.field("trial_period_days", "must not be negative")
-            price = cv.money_from_pb(request.price, "price", present=request.HasField("price"))
-            assert price is not None
-            interval: Interval = cv.INTERVAL_FROM_PB[request.interval]
-            cmd = su.CreatePlan(
-                name=request.name,
-                description=request.description,
-                price=price,
-                interval=interval,
-                interval_count=request.interval_count or 1,
-                trial_period_days=request.trial_period_days,
-                metadata=dict(request.metadata),
-            )
-            cmd.validate()
+def _create_subscription(r: subscription_service_pb2.CreateSubscriptionRequest) -> subscriptions.CreateSubscription:
+    if r.quantity < 0:
+        raise InvalidArgument.field("quantity", "must not be negative")
+    cmd = subscriptions.CreateSubscription(
+        customer_id=r.customer_id,
+        plan_id=r.plan_id,
+        payment_method_id=r.payment_method_id,
+        quantity=r.quantity or 1,
+        trial_period_days=r.trial_period_days if r.HasField("trial_period_days") else None,
+        metadata=dict(r.metadata),
+    )
+    cmd.validate()
+    return cmd
 
-            async def run(ctx: RequestContext) -> pb.CreatePlanResponse:
-                return pb.CreatePlanResponse(plan=cv.plan_pb(await su.create_plan(self.deps, ctx, cmd)))
 
-            return run
+def _update_subscription(r: subscription_service_pb2.UpdateSubscriptionRequest) -> subscriptions.UpdateSubscription:
+    convert.enum_in(r.proration_behavior, convert.PRORATION_FROM_PB, "proration_behavior")  # type: ignore[arg-type]
+    cmd = subscriptions.UpdateSubscription(
+        subscription_id=r.subscription_id,
+        plan_id=r.plan_id,
+        quantity=r.quantity,
+        proration=convert.PRORATION_FROM_PB[r.proration_behavior],
+    )
+    cmd.validate()
+    return cmd
 
-        return await self._mutate(
-            context, request, method=_SVC + "CreatePlan", resource_prefix="plan",
-            response_type=pb.CreatePlanResponse, prepare=prepare,
-        )  # fmt: skip
 
-    async def GetPlan(self, request: pb.GetPlanRequest, context: Ctx) -> pb.GetPlanResponse:
-        """Returns a plan."""
+# -- the RPCs -------------------------------------------------------------------------
 
-        async def run() -> pb.GetPlanResponse:
-            return pb.GetPlanResponse(
-                plan=cv.plan_pb(await su.get_plan(self.deps, require(request.plan_id, "plan_id")))
-            )
+SUBSCRIPTIONS = Service(
+    subscription_service_pb2.DESCRIPTOR.services_by_name["SubscriptionService"],
+    [
+        Write(
+            "CreatePlan", subscription_service_pb2.CreatePlanRequest, "plans:write", "plan",
+            _create_plan, subscriptions.create_plan,
+            lambda p: subscription_service_pb2.CreatePlanResponse(plan=convert.plan_pb(p)),
+            preview=previews.preview_plan,
+        ),
+        Read(
+            "GetPlan", subscription_service_pb2.GetPlanRequest, "subscriptions:read",
+            lambda deps, r: subscriptions.get_plan(deps, r.plan_id),
+            lambda p: subscription_service_pb2.GetPlanResponse(plan=convert.plan_pb(p)),
+        ),
+        Read(
+            "ListPlans", subscription_service_pb2.ListPlansRequest, "subscriptions:read",
+            lambda deps, r: subscriptions.list_plans(
+                deps, include_archived=r.include_archived, page_size=r.page_size, page_token=r.page_token,
+                filter_expr=r.filter,
+            ),
+            lambda page: subscription_service_pb2.ListPlansResponse(
+                plans=map(convert.plan_pb, page[0]), next_page_token=page[1]
+            ),
+        ),
+        Write(
+            "ArchivePlan", subscription_service_pb2.ArchivePlanRequest, "plans:write", "plan",
+            lambda r: r.plan_id, subscriptions.archive_plan,
+            lambda p: subscription_service_pb2.ArchivePlanResponse(plan=convert.plan_pb(p)),
+        ),
+        Write(
+            "CreateSubscription", subscription_service_pb2.CreateSubscriptionRequest, "subscriptions:write", "sub",
+            _create_subscription, subscriptions.create_subscription,
+            lambda s: subscription_service_pb2.CreateSubscriptionResponse(subscription=convert.subscription_pb(s)),
+            preview=previews.preview_subscription,
+        ),
+        Read(
+            "GetSubscription", subscription_service_pb2.GetSubscriptionRequest, "subscriptions:read",
+            lambda deps, r: subscriptions.get_subscription(deps, r.subscription_id),
+            lambda s: subscription_service_pb2.GetSubscriptionResponse(subscription=convert.subscription_pb(s)),
+        ),
+        Read(
+            "ListSubscriptions", subscription_service_pb2.ListSubscriptionsRequest, "subscriptions:read",
+            lambda deps, r: subscriptions.list_subscriptions(
+                deps, customer_id=r.customer_id, status=convert.subscription_status_filter(r.status),
+                page_size=r.page_size, page_token=r.page_token, filter_expr=r.filter,
+            ),
+            lambda page: subscription_service_pb2.ListSubscriptionsResponse(
+                subscriptions=map(convert.subscription_pb, page[0]), next_page_token=page[1]
+            ),
+        ),
+        Write(
+            "UpdateSubscription", subscription_service_pb2.UpdateSubscriptionRequest, "subscriptions:write", "sub",
+            _update_subscription, subscriptions.update_subscription,
+            lambda s: subscription_service_pb2.UpdateSubscriptionResponse(subscription=convert.subscription_pb(s)),
+        ),
+        Write(
+            "CancelSubscription", subscription_service_pb2.CancelSubscriptionRequest, "subscriptions:write", "sub",
+            lambda r: (r.subscription_id, r.at_period_end),
+            lambda deps, ctx, c: subscriptions.cancel_subscription(deps, ctx, *c),
+            lambda s: subscription_service_pb2.CancelSubscriptionResponse(subscription=convert.subscription_pb(s)),
+        ),
+        Write(
+            "PauseSubscription", subscription_service_pb2.PauseSubscriptionRequest, "subscriptions:write", "sub",
+            lambda r: r.subscription_id, subscriptions.pause_subscription,
+            lambda s: subscription_service_pb2.PauseSubscriptionResponse(subscription=convert.subscription_pb(s)),
+        ),
+        Write(
+            "ResumeSubscription", subscription_service_pb2.ResumeSubscriptionRequest, "subscriptions:write", "sub",
+            lambda r: r.subscription_id, subscriptions.resume_subscription,
+            lambda s: subscription_service_pb2.ResumeSubscriptionResponse(subscription=convert.subscription_pb(s)),
+        ),
+        Read(
+            "GetInvoice", subscription_service_pb2.GetInvoiceRequest, "subscriptions:read",
+            lambda deps, r: subscriptions.get_invoice(deps, r.invoice_id),
+            lambda i: subscription_service_pb2.GetInvoiceResponse(invoice=convert.invoice_pb(i)),
+        ),
+        Read(
+            "ListInvoices", subscription_service_pb2.ListInvoicesRequest, "subscriptions:read",
+            lambda deps, r: subscriptions.list_invoices(
+                deps, customer_id=r.customer_id, subscription_id=r.subscription_id,
+                page_size=r.page_size, page_token=r.page_token, filter_expr=r.filter,
+            ),
+            lambda page: subscription_service_pb2.ListInvoicesResponse(
+                invoices=map(convert.invoice_pb, page[0]), next_page_token=page[1]
+            ),
+        ),
+    ],
+)  # fmt: skip
 
-        return await self._read(context, _SVC + "GetPlan", run)
 
-    async def ListPlans(self, request: pb.ListPlansRequest, context: Ctx) -> pb.ListPlansResponse:
-        """Lists plans."""
+class SubscriptionServicer:
+    """Implements billing.v1.SubscriptionService: one handler per entry of :data:`SUBSCRIPTIONS`.
 
-        async def run() -> pb.ListPlansResponse:
-            items, token = await su.list_plans(
-                self.deps,
-                include_archived=request.include_archived,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
-            return pb.ListPlansResponse(plans=[cv.plan_pb(p) for p in items], next_page_token=token)
+    Args:
+        deps: Ports for the use cases.
+        idempotency: Runs mutating requests at most once per request_id.
+        store_serving: False while health finds the store down (calls then fail at once).
+    """
 
-        return await self._read(context, _SVC + "ListPlans", run)
-
-    async def ArchivePlan(self, request: pb.ArchivePlanRequest, context: Ctx) -> pb.ArchivePlanResponse:
-        """Archives a plan."""
-
-        def prepare() -> Callable[[RequestContext], Awaitable[pb.ArchivePlanResponse]]:
-            plan_id = require(request.plan_id, "plan_id")
-
-            async def run(ctx: RequestContext) -> pb.ArchivePlanResponse:
-                return pb.ArchivePlanResponse(plan=cv.plan_pb(await su.archive_plan(self.deps, ctx, plan_id)))
-
-            return run
-
-        return await self._mutate(
-            context, request, method=_SVC + "ArchivePlan", resource_prefix="plan",
-            response_type=pb.ArchivePlanResponse, prepare=prepare,
-        )  # fmt: skip
-
-    async def CreateSubscription(
-        self, request: pb.CreateSubscriptionRequest, context: Ctx
-    ) -> pb.CreateSubscriptionResponse:
-        """Creates a subscription."""
-
-        def prepare() -> Callable[[RequestContext], Awaitable[pb.CreateSubscriptionResponse]]:
-            if request.quantity < 0:
-                raise InvalidArgument.field("quantity", "must not be negative")
-            cmd = su.CreateSubscription(
-                customer_id=request.customer_id,
-                plan_id=request.plan_id,
-                payment_method_id=request.payment_method_id,
-                quantity=request.quantity or 1,
-                trial_period_days=request.trial_period_days if request.HasField("trial_period_days") else None,
-                metadata=dict(request.metadata),
-            )
-            cmd.validate()
-
-            async def run(ctx: RequestContext) -> pb.CreateSubscriptionResponse:
-                sub = await su.create_subscription(self.deps, ctx, cmd)
-                return pb.CreateSubscriptionResponse(subscription=cv.subscription_pb(sub))
-
-            return run
-
-        return await self._mutate(
-            context, request, method=_SVC + "CreateSubscription", resource_prefix="sub",
-            response_type=pb.CreateSubscriptionResponse, prepare=prepare,
-        )  # fmt: skip
-
-    async def GetSubscription(self, request: pb.GetSubscriptionRequest, context: Ctx) -> pb.GetSubscriptionResponse:
-        """Returns a subscription."""
-
-        async def run() -> pb.GetSubscriptionResponse:
-            sub = await su.get_subscription(self.deps, require(request.subscription_id, "subscription_id"))
-            return pb.GetSubscriptionResponse(subscription=cv.subscription_pb(sub))
-
-        return await self._read(context, _SVC + "GetSubscription", run)
-
-    async def ListSubscriptions(
-        self, request: pb.ListSubscriptionsRequest, context: Ctx
-    ) -> pb.ListSubscriptionsResponse:
-        """Lists subscriptions."""
-
-        async def run() -> pb.ListSubscriptionsResponse:
-            status = None
-            if request.status:
-                cv.enum_in(request.status, cv.SUB_STATUS_FROM_PB, "status")  # type: ignore[arg-type]
-                status = cv.SUB_STATUS_FROM_PB[request.status]
-            items, token = await su.list_subscriptions(
-                self.deps,
-                customer_id=request.customer_id,
-                status=status,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
-            return pb.ListSubscriptionsResponse(
-                subscriptions=[cv.subscription_pb(s) for s in items], next_page_token=token
-            )
-
-        return await self._read(context, _SVC + "ListSubscriptions", run)
-
-    async def UpdateSubscription(
-        self, request: pb.UpdateSubscriptionRequest, context: Ctx
-    ) -> pb.UpdateSubscriptionResponse:
-        """Changes plan and/or quantity."""
-
-        def prepare() -> Callable[[RequestContext], Awaitable[pb.UpdateSubscriptionResponse]]:
-            cv.enum_in(request.proration_behavior, cv.PRORATION_FROM_PB, "proration_behavior")  # type: ignore[arg-type]
-            cmd = su.UpdateSubscription(
-                subscription_id=request.subscription_id,
-                plan_id=request.plan_id,
-                quantity=request.quantity,
-                proration=cv.PRORATION_FROM_PB[request.proration_behavior],
-            )
-            cmd.validate()
-
-            async def run(ctx: RequestContext) -> pb.UpdateSubscriptionResponse:
-                sub = await su.update_subscription(self.deps, ctx, cmd)
-                return pb.UpdateSubscriptionResponse(subscription=cv.subscription_pb(sub))
-
-            return run
-
-        return await self._mutate(
-            context, request, method=_SVC + "UpdateSubscription", resource_prefix="sub",
-            response_type=pb.UpdateSubscriptionResponse, prepare=prepare,
-        )  # fmt: skip
-
-    async def CancelSubscription(
-        self, request: pb.CancelSubscriptionRequest, context: Ctx
-    ) -> pb.CancelSubscriptionResponse:
-        """Cancels a subscription."""
-
-        def prepare() -> Callable[[RequestContext], Awaitable[pb.CancelSubscriptionResponse]]:
-            sub_id = require(request.subscription_id, "subscription_id")
-
-            async def run(ctx: RequestContext) -> pb.CancelSubscriptionResponse:
-                sub = await su.cancel_subscription(self.deps, ctx, sub_id, request.at_period_end)
-                return pb.CancelSubscriptionResponse(subscription=cv.subscription_pb(sub))
-
-            return run
-
-        return await self._mutate(
-            context, request, method=_SVC + "CancelSubscription", resource_prefix="sub",
-            response_type=pb.CancelSubscriptionResponse, prepare=prepare,
-        )  # fmt: skip
-
-    async def PauseSubscription(
-        self, request: pb.PauseSubscriptionRequest, context: Ctx
-    ) -> pb.PauseSubscriptionResponse:
-        """Pauses a subscription."""
-
-        def prepare() -> Callable[[RequestContext], Awaitable[pb.PauseSubscriptionResponse]]:
-            sub_id = require(request.subscription_id, "subscription_id")
-
-            async def run(ctx: RequestContext) -> pb.PauseSubscriptionResponse:
-                sub = await su.pause_subscription(self.deps, ctx, sub_id)
-                return pb.PauseSubscriptionResponse(subscription=cv.subscription_pb(sub))
-
-            return run
-
-        return await self._mutate(
-            context, request, method=_SVC + "PauseSubscription", resource_prefix="sub",
-            response_type=pb.PauseSubscriptionResponse, prepare=prepare,
-        )  # fmt: skip
-
-    async def ResumeSubscription(
-        self, request: pb.ResumeSubscriptionRequest, context: Ctx
-    ) -> pb.ResumeSubscriptionResponse:
-        """Resumes a paused subscription."""
-
-        def prepare() -> Callable[[RequestContext], Awaitable[pb.ResumeSubscriptionResponse]]:
-            sub_id = require(request.subscription_id, "subscription_id")
-
-            async def run(ctx: RequestContext) -> pb.ResumeSubscriptionResponse:
-                sub = await su.resume_subscription(self.deps, ctx, sub_id)
-                return pb.ResumeSubscriptionResponse(subscription=cv.subscription_pb(sub))
-
-            return run
-
-        return await self._mutate(
-            context, request, method=_SVC + "ResumeSubscription", resource_prefix="sub",
-            response_type=pb.ResumeSubscriptionResponse, prepare=prepare,
-        )  # fmt: skip
-
-    async def GetInvoice(self, request: pb.GetInvoiceRequest, context: Ctx) -> pb.GetInvoiceResponse:
-        """Returns an invoice."""
-
-        async def run() -> pb.GetInvoiceResponse:
-            invoice = await su.get_invoice(self.deps, require(request.invoice_id, "invoice_id"))
-            return pb.GetInvoiceResponse(invoice=cv.invoice_pb(invoice))
-
-        return await self._read(context, _SVC + "GetInvoice", run)
-
-    async def ListInvoices(self, request: pb.ListInvoicesRequest, context: Ctx) -> pb.ListInvoicesResponse:
-        """Lists invoices."""
-
-        async def run() -> pb.ListInvoicesResponse:
-            items, token = await su.list_invoices(
-                self.deps,
-                customer_id=request.customer_id,
-                subscription_id=request.subscription_id,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
-            return pb.ListInvoicesResponse(invoices=[cv.invoice_pb(i) for i in items], next_page_token=token)
-
-        return await self._read(context, _SVC + "ListInvoices", run)
+    def __init__(self, deps: Deps, idempotency: Idempotency, store_serving: Callable[[], bool] = lambda: True) -> None:
+        Runner(deps, idempotency, store_serving).bind(self, SUBSCRIPTIONS)

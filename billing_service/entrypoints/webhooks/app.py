@@ -1,17 +1,23 @@
 """The webhook sidecar's ASGI app (Starlette).
 
-``POST /webhooks/stripe`` and ``POST /webhooks/paypal`` accept a delivery only after, in
-this order: the declared size fits (413), the body is JSON (415), the raw body read with
-a cap fits (413), the signature verifies on the raw bytes (400, no details), and the body
-is an event (400). The raw event is then inserted into the inbox and acknowledged with
-200; a redelivery is acknowledged the same way and changes nothing. Nothing is stored for
-a refused request. ``GET /healthz`` answers while the process lives, ``GET /readyz`` only
-while the store answers (with the inbox's depth and lag).
+``POST /webhooks/<processor>`` (``stripe``, ``paypal``: any ``Processor`` name; anything
+else is 404) accepts a delivery only after, in this order: the declared size fits (413),
+the body is JSON (415), the raw body read with a cap fits (413), the processor's verifier
+(its adapter's ``verify_webhook``) checks the signature on the raw bytes (400, no details;
+a processor whose webhooks are not configured here, or that sends none, refuses them
+all), and the body is an event (400:
+strict UTF-8 JSON, one object, nested at most ``processor_events.MAX_DEPTH``).
+The raw event is then inserted into the inbox and acknowledged with 200; a redelivery
+is acknowledged the same way and changes nothing. Nothing is stored for a refused
+request. ``GET /healthz`` answers while the process lives, ``GET /readyz`` only while the
+store answers (with the inbox's depth and lag).
 
 Every delivery is counted in the sidecar's :class:`WebhookMetrics`: received, then either
-rejected (cause ``too_large``, ``bad_content_type``, ``bad_signature``, ``bad_event``,
-``bad_request`` for a malformed Content-Length or a client gone mid-body, or
-``store_unavailable``) or stored / ``duplicate``. While the app runs, a sampler refreshes
+rejected (cause ``too_large``, ``bad_content_type``, ``bad_signature``, ``bad_event``
+for a body that is not a usable event, whatever the parser raised, ``bad_request`` for a
+malformed Content-Length or a client gone mid-body, ``store_unavailable`` or
+``store_error``, both answered 503) or stored / ``duplicate``. No request is ever
+answered 500. While the app runs, a sampler refreshes
 the inbox depth and lag gauges every ``stats_interval_seconds``.
 """
 
@@ -30,13 +36,12 @@ from starlette.routing import Route
 
 from billing_service.domain.common import Processor
 from billing_service.domain.errors import StoreUnavailable
-from billing_service.entrypoints.webhooks import paypal as pp
-from billing_service.entrypoints.webhooks import stripe as st
-from billing_service.entrypoints.webhooks.inbox import BadEvent, ParsedEvent, SignatureError, record
+from billing_service.domain.processor_events import BadEvent, SignatureError, VerifiedEvent
 from billing_service.entrypoints.webhooks.worker import InboxWorkers
-from billing_service.observability.logging import current_request_id
+from billing_service.observability.context import current_request_id
 from billing_service.observability.metrics import WebhookMetrics
-from billing_service.service_layer.ports import Clock, WebhookInbox
+from billing_service.service_layer.event_intake import record
+from billing_service.service_layer.ports import Clock, WebhookInbox, WebhookVerifier
 
 log = logging.getLogger("billing_service.webhooks")
 
@@ -55,8 +60,8 @@ class Sidecar:
         inbox: Where verified events are stored.
         clock: Time source for received_at.
         ping: Raises ``StoreUnavailable`` unless the store answers (readiness).
-        stripe: Stripe verifier (no secrets configured: every Stripe delivery is refused).
-        paypal: PayPal verifier, or None when PayPal webhooks are not configured.
+        verifiers: Who verifies each processor's deliveries: its adapter, or for a processor
+            whose webhooks are configured without API access, a verifier of its own.
         max_body_bytes: Largest accepted body.
         workers: The inbox workers started with the app (None: receive only).
         metrics: Where deliveries are counted (give the workers the same one).
@@ -66,8 +71,7 @@ class Sidecar:
     inbox: WebhookInbox
     clock: Clock
     ping: Callable[[], Awaitable[None]]
-    stripe: st.StripeWebhookVerifier
-    paypal: pp.PayPalWebhookVerifier | None
+    verifiers: Mapping[Processor, WebhookVerifier]
     max_body_bytes: int
     workers: InboxWorkers | None = None
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
@@ -76,6 +80,10 @@ class Sidecar:
 
 def _bad_request() -> Response:
     return PlainTextResponse("bad request", status_code=400)
+
+
+def _retry_later(text: str) -> Response:
+    return PlainTextResponse(text, status_code=503, headers={"Retry-After": "5"})
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -129,13 +137,24 @@ def create_app(sidecar: Sidecar) -> Starlette:
             metrics.rejected(name, "bad_event")
             log.warning("webhook rejected: processor=%s reason=payload", name)
             return _bad_request()
+        except Exception as exc:
+            # Whatever else a body can make the verifier or parser raise is still the body's
+            # fault: a 400 without details, never a 500 with a traceback.
+            metrics.rejected(name, "bad_event")
+            log.warning("webhook rejected: processor=%s reason=%s", name, type(exc).__name__)
+            return _bad_request()
         token = current_request_id.set(event.event_id)
         try:
             created = await record(sidecar.inbox, sidecar.clock, processor, event, body)
         except StoreUnavailable:
             # Not acknowledged: the processor redelivers later.
             metrics.rejected(name, "store_unavailable")
-            return PlainTextResponse("store unavailable", status_code=503, headers={"Retry-After": "5"})
+            return _retry_later("store unavailable")
+        except Exception:
+            # A bug while storing: not acknowledged (the processor redelivers), logged as JSON.
+            metrics.rejected(name, "store_error")
+            log.exception("webhook not stored: processor=%s", name)
+            return _retry_later("not stored")
         finally:
             current_request_id.reset(token)
         if not created:
@@ -144,20 +163,19 @@ def create_app(sidecar: Sidecar) -> Starlette:
             sidecar.workers.wake()
         return JSONResponse({"received": True, "duplicate": not created})
 
-    async def _verify_and_parse(processor: Processor, body: bytes, headers: Mapping[str, str]) -> ParsedEvent:
-        if processor is Processor.STRIPE:
-            sidecar.stripe.verify(body, headers.get("stripe-signature"))
-            return st.parse_event(body)
-        if sidecar.paypal is None:
-            raise SignatureError("PayPal webhooks are not configured")
-        await sidecar.paypal.verify(body, headers)
-        return pp.parse_event(body)
+    async def _verify_and_parse(processor: Processor, body: bytes, headers: Mapping[str, str]) -> VerifiedEvent:
+        verifier = sidecar.verifiers.get(processor)
+        if verifier is None:
+            raise SignatureError(f"{processor.value} webhooks are not configured here")
+        return await verifier.verify_webhook(headers, body)
 
-    async def stripe_webhook(request: Request) -> Response:
-        return await receive(request, Processor.STRIPE)
-
-    async def paypal_webhook(request: Request) -> Response:
-        return await receive(request, Processor.PAYPAL)
+    async def webhook(request: Request) -> Response:
+        try:
+            processor = Processor(request.path_params["processor"])
+        except ValueError:
+            # Before any counting: a path a caller makes up must not become a metric label.
+            return PlainTextResponse("not found", status_code=404)
+        return await receive(request, processor)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -166,7 +184,9 @@ def create_app(sidecar: Sidecar) -> Starlette:
         try:
             await sidecar.ping()
             stats = await sidecar.inbox.stats(now=sidecar.clock.now())
-        except StoreUnavailable:
+        except Exception as exc:
+            if not isinstance(exc, StoreUnavailable):
+                log.warning("readiness check failed", exc_info=True)
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse(
             {
@@ -207,8 +227,7 @@ def create_app(sidecar: Sidecar) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
-            Route("/webhooks/paypal", paypal_webhook, methods=["POST"]),
+            Route("/webhooks/{processor}", webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],

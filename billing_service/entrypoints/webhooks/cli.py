@@ -1,48 +1,51 @@
-"""``billing-service webhooks``: serve the sidecar, replay stored events, backfill from Stripe.
+"""``billing-service webhooks``: serve the sidecar, replay stored events, backfill from the processors.
 
 * ``webhooks`` / ``webhooks serve``: the HTTP sidecar and its inbox workers.
-* ``webhooks replay --event ID [--processor stripe|paypal]``: process one stored event again.
+* ``webhooks replay --event ID [--processor NAME]``: process one stored event again.
 * ``webhooks replay --dead``: make every DEAD event pending again.
-* ``webhooks backfill --since 2026-01-01T00:00:00Z``: list Stripe events created since then
-  (Stripe keeps 30 days) and insert the ones the inbox lacks; the workers then process them.
+* ``webhooks backfill --since 2026-01-01T00:00:00Z [--processor NAME]``: list the events each
+  configured processor created since then (its adapter's ``list_events``; a processor that
+  keeps no event list, like the fake, is skipped) and insert the ones the inbox lacks; the
+  workers then process them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from billing_service.config import ConfigError, Settings
 from billing_service.domain.common import Processor
-from billing_service.entrypoints.webhooks.inbox import scrub_payload
+from billing_service.domain.errors import NotSupportedByProcessor
+from billing_service.service_layer.event_intake import backfill_into
 
-if TYPE_CHECKING:
-    from billing_service.adapters.processors.stripe import StripePaymentProcessor
+__all__ = ["add_parser", "backfill", "backfill_into", "bind", "parse_since", "replay", "run", "serve"]
 
 log = logging.getLogger("billing_service.webhooks")
-
-_BACKFILL_PAGE = 100
 
 
 def add_parser(sub: Any) -> None:
     """Registers the ``webhooks`` command group on the top-level subparsers."""
     webhooks = sub.add_parser("webhooks", help="the webhook sidecar: serve, replay, backfill")
     actions = webhooks.add_subparsers(dest="webhooks_command")
-    actions.add_parser("serve", help="verify, store and process Stripe/PayPal webhooks (the default)")
+    actions.add_parser("serve", help="verify, store and process the processors' webhooks (the default)")
     replay = actions.add_parser("replay", help="process stored events again")
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--event", metavar="ID", help="the processor's event id (evt_..., WH-...)")
     which.add_argument("--dead", action="store_true", help="every event parked as dead")
-    replay.add_argument("--processor", choices=[Processor.STRIPE.value, Processor.PAYPAL.value])
-    backfill = actions.add_parser("backfill", help="fetch missed Stripe events from the Events API")
+    replay.add_argument("--processor", choices=[p.value for p in Processor])
+    backfill = actions.add_parser("backfill", help="fetch missed events from the processors' event lists")
     backfill.add_argument("--since", required=True, metavar="ISO8601", help="e.g. 2026-01-01T00:00:00Z")
+    backfill.add_argument(
+        "--processor",
+        choices=[p.value for p in Processor],
+        help="only this processor (default: every configured one that keeps an event list)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -62,8 +65,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         except ValueError as exc:
             print(f"--since: {exc}")
             return 2
-        inserted, seen = asyncio.run(backfill(settings, since))
-        print(f"backfill: {seen} Stripe event(s) since {since.isoformat()}, {inserted} new", flush=True)
+        only = Processor(args.processor) if args.processor else None
+        try:
+            counts = asyncio.run(backfill(settings, since, only=only))
+        except ConfigError as exc:
+            print(f"backfill: {exc}", flush=True)
+            return 2
+        for name, (inserted, seen) in counts.items():
+            print(f"backfill: {seen} {name.value} event(s) since {since.isoformat()}, {inserted} new", flush=True)
         return 0
     raise ConfigError(f"unknown webhooks command {command}")
 
@@ -72,80 +81,6 @@ def parse_since(value: str) -> datetime:
     """Parses an ISO 8601 time; a time without offset is taken as UTC."""
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-@dataclass
-class _Built:
-    runtime: Any
-    inbox: Any
-
-
-async def _build(settings: Settings, *, mongodb_uri: str | None = None) -> _Built:
-    from billing_service.adapters.mongo.inbox import MongoWebhookInbox
-    from billing_service.bootstrap import bootstrap
-
-    runtime = await bootstrap(settings, mongodb_uri=mongodb_uri)
-    inbox = MongoWebhookInbox(runtime.store.database.client, settings.mongodb_database)
-    try:
-        await inbox.ensure_indexes()
-    except Exception:
-        await runtime.aclose()
-        raise
-    return _Built(runtime, inbox)
-
-
-def build_sidecar(settings: Settings, runtime: Any, inbox: Any) -> Any:
-    """Builds the app's dependencies (verifiers, workers, metrics) from settings.
-
-    The webhook metrics join the runtime's registry (``runtime.metrics``, which already
-    holds the processor-call metrics of this process), so one endpoint serves them all.
-    """
-    from billing_service.entrypoints.webhooks import paypal as pp
-    from billing_service.entrypoints.webhooks.app import Sidecar
-    from billing_service.entrypoints.webhooks.stripe import StripeWebhookVerifier
-    from billing_service.entrypoints.webhooks.worker import InboxWorkers, WorkerSettings
-    from billing_service.observability.metrics import WebhookMetrics
-
-    metrics = WebhookMetrics(runtime.metrics.registry)
-
-    stripe_verifier = StripeWebhookVerifier(
-        secrets=tuple(s.value for s in settings.stripe_webhook_secrets),
-        tolerance_seconds=settings.stripe_webhook_tolerance_seconds,
-    )
-    paypal_verifier = None
-    if settings.paypal_webhook_id:
-        paypal_verifier = pp.PayPalWebhookVerifier(
-            settings.paypal_webhook_id,
-            environment=settings.paypal_environment,
-            trust_roots=pp.load_trust_roots(settings.paypal_cert_ca_file),
-        )
-    workers = None
-    if settings.webhook_workers:
-        workers = InboxWorkers(
-            runtime.deps,
-            inbox,
-            WorkerSettings(
-                workers=settings.webhook_workers,
-                lease_seconds=settings.webhook_lease_seconds,
-                max_attempts=settings.webhook_max_attempts,
-                retry_base_seconds=settings.webhook_retry_base_seconds,
-                retry_max_seconds=settings.webhook_retry_max_seconds,
-                poll_seconds=settings.webhook_poll_seconds,
-            ),
-            metrics=metrics,
-        )
-    return Sidecar(
-        inbox=inbox,
-        clock=runtime.deps.clock,
-        ping=runtime.store.ping,
-        stripe=stripe_verifier,
-        paypal=paypal_verifier,
-        max_body_bytes=settings.webhook_max_body_bytes,
-        workers=workers,
-        metrics=metrics,
-        # The inbox gauges refresh five poll intervals apart, at most every 5 s.
-        stats_interval_seconds=min(5.0, settings.webhook_poll_seconds * 5),
-    )
 
 
 def bind(address: str) -> socket.socket:
@@ -168,13 +103,16 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
     """Serves the sidecar until SIGTERM/SIGINT, then drains the workers."""
     import uvicorn
 
+    from billing_service.bootstrap import bootstrap, build_sidecar
     from billing_service.entrypoints.webhooks.app import create_app
+    from billing_service.entrypoints.webhooks.tls import check_tls_files
     from billing_service.observability.metrics import serve_metrics
 
-    built = await _build(settings, mongodb_uri=mongodb_uri)
+    tls = check_tls_files(settings)  # before anything starts: bad files are a config error
+    runtime = await bootstrap(settings, mongodb_uri=mongodb_uri)
     metrics_server = None
     try:
-        sidecar = build_sidecar(settings, built.runtime, built.inbox)
+        sidecar = build_sidecar(runtime)
         sock = bind(settings.webhook_address)
         if settings.webhook_metrics_port:
             metrics_host = settings.webhook_address.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
@@ -184,10 +122,13 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
         config = uvicorn.Config(
             create_app(sidecar),
             log_level="warning",
+            log_config=None,  # uvicorn's records go to our root handler: JSON, redacted
             access_log=False,  # the app logs processor, event id and type; nothing else
             lifespan="on",
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
             server_header=False,
+            ssl_certfile=tls[0] if tls else None,
+            ssl_keyfile=tls[1] if tls else None,
         )
         server = uvicorn.Server(config)
         # uvicorn captures SIGTERM/SIGINT while serving (graceful shutdown, lifespan stops the
@@ -201,11 +142,13 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
             await asyncio.sleep(0.01)
         if server.started:
             host, port = sock.getsockname()[:2]
-            configured = [p.value for p in (Processor.STRIPE, Processor.PAYPAL) if p in built.runtime.processors]
+            processors = runtime.processors
+            verified = [name.value for name, verifier in sidecar.verifiers.items() if verifier.verifies_webhooks]
             print(
-                f"billing webhook sidecar on http://{host}:{port} (POST /webhooks/stripe, /webhooks/paypal; "
-                f"workers: {settings.webhook_workers}; stripe secrets: {len(settings.stripe_webhook_secrets)}; "
-                f"paypal: {'on' if sidecar.paypal else 'off'}; processors: {', '.join(configured) or 'none'})",
+                f"billing webhook sidecar on {'https' if tls else 'http'}://{host}:{port} "
+                f"(POST /webhooks/<processor>; workers: {settings.webhook_workers}; "
+                f"verifying: {', '.join(verified) or 'none'}; "
+                f"processors: {', '.join(p.value for p in processors) or 'none'})",
                 flush=True,
             )
             if metrics_server is not None:
@@ -216,61 +159,60 @@ async def serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
     finally:
         if metrics_server is not None:
             metrics_server.close()
-        await built.runtime.aclose()
+        await runtime.aclose()
 
 
 async def replay(settings: Settings, *, event_id: str | None, dead: bool, processor: Processor | None = None) -> int:
     """Makes stored events pending again; a running sidecar processes them."""
-    built = await _build(settings)
+    from billing_service.bootstrap import bootstrap
+
+    runtime = await bootstrap(settings)
     try:
-        now = built.runtime.deps.clock.now()
+        now = runtime.deps.clock.now()
         if dead:
-            count: int = await built.inbox.replay_dead(now=now)
-            return count
+            return await runtime.inbox.replay_dead(now=now)
         assert event_id is not None
-        return 1 if await built.inbox.replay(processor, event_id, now=now) else 0
+        return 1 if await runtime.inbox.replay(processor, event_id, now=now) else 0
     finally:
-        await built.runtime.aclose()
+        await runtime.aclose()
 
 
-async def backfill(settings: Settings, since: datetime, *, processor: Any = None) -> tuple[int, int]:
-    """Inserts the Stripe events created since ``since`` that the inbox does not have yet.
+async def backfill(
+    settings: Settings, since: datetime, *, only: Processor | None = None
+) -> dict[Processor, tuple[int, int]]:
+    """Inserts the events each processor created since ``since`` that the inbox does not have yet.
 
-    Events come from Stripe's Events API through the Stripe adapter's own client (its key,
+    Events come from the processor's own event list through its adapter (its credentials,
     base URL and retry policy), so they need no signature: we fetched them ourselves.
 
     Args:
-        processor: A ``StripePaymentProcessor`` to use instead of one built from settings.
+        only: Backfill this processor alone.
 
     Returns:
-        (inserted, seen).
+        Per processor that keeps an event list, (inserted, seen).
+
+    Raises:
+        ConfigError: No configured processor keeps an event list (or ``only`` is not
+            configured, or keeps none).
     """
-    from billing_service.adapters.processors.stripe import StripePaymentProcessor
-    from billing_service.bootstrap import build_processors
+    from billing_service.bootstrap import bootstrap
 
-    built = await _build(settings)
-    adapter = processor
-    owned = False
+    runtime = await bootstrap(settings)
     try:
-        if adapter is None:
-            adapter = build_processors(settings, built.runtime.deps.clock).get(Processor.STRIPE)
-            owned = adapter is not None
-        if not isinstance(adapter, StripePaymentProcessor):
-            raise ConfigError("backfill needs STRIPE_SECRET_KEY (Stripe is not configured)")
-        return await backfill_into(built.inbox, adapter, since, now=built.runtime.deps.clock.now)
+        processors = runtime.processors
+        if only is not None and only not in processors:
+            raise ConfigError(f"backfill: {only.value} is not configured")
+        counts: dict[Processor, tuple[int, int]] = {}
+        for name, source in processors.items():
+            if only is not None and name is not only:
+                continue
+            try:
+                counts[name] = await backfill_into(runtime.inbox, source, since, now=runtime.deps.clock.now)
+            except NotSupportedByProcessor:
+                continue  # keeps no event list (the fake)
+        if not counts:
+            wanted = only.value if only is not None else "a configured processor"
+            raise ConfigError(f"backfill needs {wanted} that keeps an event list")
+        return counts
     finally:
-        if owned and adapter is not None:
-            await adapter.aclose()
-        await built.runtime.aclose()
-
-
-async def backfill_into(inbox: Any, adapter: StripePaymentProcessor, since: datetime, *, now: Any) -> tuple[int, int]:
-    """Inserts every Stripe event since ``since`` into the inbox (duplicates are skipped)."""
-    inserted = seen = 0
-    async for event in adapter.iter_events(since, page_size=_BACKFILL_PAGE):
-        seen += 1
-        body = scrub_payload(json.dumps(event, separators=(",", ":")).encode())
-        if await inbox.insert(Processor.STRIPE, event["id"], event["type"], body, now=now()):
-            inserted += 1
-            log.info("webhook backfilled: processor=stripe event_id=%s type=%s", event["id"], event["type"])
-    return inserted, seen
+        await runtime.aclose()

@@ -527,6 +527,7 @@ class Payment(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     DISPUTE_IDS_FIELD_NUMBER: _builtins.int
+    AMOUNT_REFUND_PENDING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique identifier of the payment, assigned by the service."""
     customer_id: _builtins.str
@@ -561,7 +562,9 @@ class Payment(_message.Message):
 
     @_builtins.property
     def amount_refunded(self) -> _common_pb2.Money:
-        """The total of succeeded refunds, never more than amount_captured."""
+        """The total of succeeded refunds, never more than amount_captured (see also
+        amount_refund_pending).
+        """
 
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -591,6 +594,13 @@ class Payment(_message.Message):
         (see ListDisputes).
         """
 
+    @_builtins.property
+    def amount_refund_pending(self) -> _common_pb2.Money:
+        """The total of refunds requested but not settled yet (PENDING at the
+        processor). It is reserved: amount_captured - amount_refunded -
+        amount_refund_pending is what can still be refunded.
+        """
+
     def __init__(
         self,
         *,
@@ -612,10 +622,11 @@ class Payment(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         dispute_ids: _abc.Iterable[_builtins.str] | None = ...,
+        amount_refund_pending: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "amount_capturable", b"amount_capturable", "amount_captured", b"amount_captured", "amount_refunded", b"amount_refunded", "create_time", b"create_time", "failure", b"failure", "next_action", b"next_action", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "amount_capturable", b"amount_capturable", "amount_captured", b"amount_captured", "amount_refund_pending", b"amount_refund_pending", "amount_refunded", b"amount_refunded", "create_time", b"create_time", "failure", b"failure", "next_action", b"next_action", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "amount_capturable", b"amount_capturable", "amount_captured", b"amount_captured", "amount_refunded", b"amount_refunded", "capture_method", b"capture_method", "create_time", b"create_time", "customer_id", b"customer_id", "description", b"description", "dispute_ids", b"dispute_ids", "failure", b"failure", "id", b"id", "metadata", b"metadata", "next_action", b"next_action", "payment_method_id", b"payment_method_id", "processor", b"processor", "processor_id", b"processor_id", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "amount_capturable", b"amount_capturable", "amount_captured", b"amount_captured", "amount_refund_pending", b"amount_refund_pending", "amount_refunded", b"amount_refunded", "capture_method", b"capture_method", "create_time", b"create_time", "customer_id", b"customer_id", "description", b"description", "dispute_ids", b"dispute_ids", "failure", b"failure", "id", b"id", "metadata", b"metadata", "next_action", b"next_action", "payment_method_id", b"payment_method_id", "processor", b"processor", "processor_id", b"processor_id", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -749,13 +760,16 @@ class CreateCustomerRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     DEFAULT_PROCESSOR_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID recommended). A retry with the same key returns the
     first result; reusing it with different parameters fails with
     INVALID_ARGUMENT / IDEMPOTENCY_KEY_REUSED.
     """
     email: _builtins.str
-    """The customer's email address. Required."""
+    """The customer's email address, used for processor receipts. Optional:
+    empty is accepted; when set it must look like an address.
+    """
     name: _builtins.str
     """The customer's full name or company name. Optional."""
     description: _builtins.str
@@ -763,6 +777,10 @@ class CreateCustomerRequest(_message.Message):
     default_processor: _common_pb2.Processor.ValueType
     """The processor for this customer's payments; UNSPECIFIED means the
     service's configured default processor.
+    """
+    validate_only: _builtins.bool
+    """If true, run every check of a real call and return a preview (empty id),
+    but write nothing, call no processor and leave request_id unused.
     """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -777,10 +795,11 @@ class CreateCustomerRequest(_message.Message):
         description: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         default_processor: _common_pb2.Processor.ValueType = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_processor", b"default_processor", "description", b"description", "email", b"email", "metadata", b"metadata", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_processor", b"default_processor", "description", b"description", "email", b"email", "metadata", b"metadata", "name", b"name", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -873,7 +892,8 @@ class UpdateCustomerRequest(_message.Message):
     @_builtins.property
     def customer(self) -> Global___Customer:
         """The new values. customer.id names the customer to update (required);
-        only the fields listed in update_mask are read.
+        only the fields listed in update_mask are read, output-only fields are
+        ignored.
         """
 
     @_builtins.property
@@ -931,6 +951,7 @@ class ListCustomersRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of customers to return. 0 means the server's default page
     size; the server may cap large values.
@@ -941,16 +962,21 @@ class ListCustomersRequest(_message.Message):
     """
     email: _builtins.str
     """If set, only customers with exactly this email address are returned."""
+    filter: _builtins.str
+    """Optional filter (see the service comment for the syntax). Fields: email (=),
+    create_time (<, <=, >, >=).
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         email: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -994,6 +1020,7 @@ class AttachPaymentMethodRequest(_message.Message):
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     PROCESSOR_FIELD_NUMBER: _builtins.int
     PROCESSOR_TOKEN_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID recommended). A retry with the same key returns the
     first result; reusing it with different parameters fails with
@@ -1009,6 +1036,12 @@ class AttachPaymentMethodRequest(_message.Message):
     """A token created by the processor's client-side SDK, for example Stripe's
     "pm_..." or a PayPal vault setup token. Never raw card data. Required.
     """
+    validate_only: _builtins.bool
+    """If true, check the customer and processor and return a preview (empty id,
+    no card details), but write nothing, call no processor and leave
+    request_id unused. The token itself is only checked by the processor, so
+    a valid preview does not promise that attaching it will succeed.
+    """
     def __init__(
         self,
         *,
@@ -1016,10 +1049,11 @@ class AttachPaymentMethodRequest(_message.Message):
         customer_id: _builtins.str = ...,
         processor: _common_pb2.Processor.ValueType = ...,
         processor_token: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "processor", b"processor", "processor_token", b"processor_token", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "processor", b"processor", "processor_token", b"processor_token", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1050,6 +1084,52 @@ class AttachPaymentMethodResponse(_message.Message):
 Global___AttachPaymentMethodResponse: _TypeAlias = AttachPaymentMethodResponse  # noqa: Y015
 
 @_typing.final
+class GetPaymentMethodRequest(_message.Message):
+    """Request message for BillingService.GetPaymentMethod."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_METHOD_ID_FIELD_NUMBER: _builtins.int
+    payment_method_id: _builtins.str
+    """Identifier of the payment method to return. Required."""
+    def __init__(
+        self,
+        *,
+        payment_method_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_method_id", b"payment_method_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPaymentMethodRequest: _TypeAlias = GetPaymentMethodRequest  # noqa: Y015
+
+@_typing.final
+class GetPaymentMethodResponse(_message.Message):
+    """Response message for BillingService.GetPaymentMethod."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payment_method(self) -> Global___PaymentMethod:
+        """The requested payment method."""
+
+    def __init__(
+        self,
+        *,
+        payment_method: Global___PaymentMethod | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment_method", b"payment_method"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_method", b"payment_method"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPaymentMethodResponse: _TypeAlias = GetPaymentMethodResponse  # noqa: Y015
+
+@_typing.final
 class ListPaymentMethodsRequest(_message.Message):
     """Request message for BillingService.ListPaymentMethods."""
 
@@ -1058,6 +1138,7 @@ class ListPaymentMethodsRequest(_message.Message):
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """The customer whose payment methods to list. Required."""
     page_size: _builtins.int
@@ -1068,16 +1149,21 @@ class ListPaymentMethodsRequest(_message.Message):
     """next_page_token from a previous call to get the next page; empty for the
     first page. Other parameters must match the call that gave the token.
     """
+    filter: _builtins.str
+    """Optional filter (see the service comment for the syntax). Fields: status (=), create_time
+    (<, <=, >, >=).
+    """
     def __init__(
         self,
         *,
         customer_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1199,6 +1285,7 @@ class CreatePaymentRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     OFF_SESSION_FIELD_NUMBER: _builtins.int
     RETURN_URL_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID recommended). A retry with the same key returns the
     first result; reusing it with different parameters fails with
@@ -1222,6 +1309,10 @@ class CreatePaymentRequest(_message.Message):
     approval). Required for PayPal and for on-session card payments that may
     need authentication.
     """
+    validate_only: _builtins.bool
+    """If true, run every check of a real call and return a preview (empty id),
+    but write nothing, call no processor and leave request_id unused.
+    """
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """The amount to charge; must be positive and expressible in the currency.
@@ -1244,10 +1335,11 @@ class CreatePaymentRequest(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         off_session: _builtins.bool = ...,
         return_url: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "capture_method", b"capture_method", "customer_id", b"customer_id", "description", b"description", "metadata", b"metadata", "off_session", b"off_session", "payment_method_id", b"payment_method_id", "request_id", b"request_id", "return_url", b"return_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "capture_method", b"capture_method", "customer_id", b"customer_id", "description", b"description", "metadata", b"metadata", "off_session", b"off_session", "payment_method_id", b"payment_method_id", "request_id", b"request_id", "return_url", b"return_url", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1333,6 +1425,7 @@ class ListPaymentsRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """If set, only payments of this customer are returned."""
     status: Global___PaymentStatus.ValueType
@@ -1347,6 +1440,10 @@ class ListPaymentsRequest(_message.Message):
     """next_page_token from a previous call to get the next page; empty for the
     first page. Other parameters must match the call that gave the token.
     """
+    filter: _builtins.str
+    """Optional filter (see the service comment for the syntax). Fields: customer_id (=), status
+    (=), create_time (<, <=, >, >=).
+    """
     def __init__(
         self,
         *,
@@ -1354,10 +1451,11 @@ class ListPaymentsRequest(_message.Message):
         status: Global___PaymentStatus.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1390,6 +1488,73 @@ class ListPaymentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListPaymentsResponse: _TypeAlias = ListPaymentsResponse  # noqa: Y015
+
+@_typing.final
+class UpdatePaymentRequest(_message.Message):
+    """Request message for BillingService.UpdatePayment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (UUID recommended). A retry with the same key returns the
+    first result; reusing it with different parameters fails with
+    INVALID_ARGUMENT / IDEMPOTENCY_KEY_REUSED.
+    """
+    @_builtins.property
+    def payment(self) -> Global___Payment:
+        """The new values. payment.id names the payment to update (required); only
+        the fields listed in update_mask are read, output-only fields are
+        ignored.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to update. Allowed paths: "description" and "metadata"
+        (replaces the whole map). Any other path, an immutable field such as
+        "amount" included, fails with INVALID_ARGUMENT. Required and non-empty.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        payment: Global___Payment | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment", "request_id", b"request_id", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePaymentRequest: _TypeAlias = UpdatePaymentRequest  # noqa: Y015
+
+@_typing.final
+class UpdatePaymentResponse(_message.Message):
+    """Response message for BillingService.UpdatePayment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payment(self) -> Global___Payment:
+        """The payment after the update."""
+
+    def __init__(
+        self,
+        *,
+        payment: Global___Payment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePaymentResponse: _TypeAlias = UpdatePaymentResponse  # noqa: Y015
 
 @_typing.final
 class CapturePaymentRequest(_message.Message):
@@ -1536,6 +1701,7 @@ class CreateRefundRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID recommended). A retry with the same key returns the
     first result; reusing it with different parameters fails with
@@ -1546,6 +1712,10 @@ class CreateRefundRequest(_message.Message):
     """The succeeded payment to refund. Required."""
     reason: Global___RefundReason.ValueType
     """Why the refund is issued. Optional."""
+    validate_only: _builtins.bool
+    """If true, run every check of a real call and return a preview (empty id),
+    but write nothing, call no processor and leave request_id unused.
+    """
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """The amount to refund, in the payment's currency, at most
@@ -1565,10 +1735,11 @@ class CreateRefundRequest(_message.Message):
         amount: _common_pb2.Money | None = ...,
         reason: Global___RefundReason.ValueType = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "metadata", b"metadata", "payment_id", b"payment_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "metadata", b"metadata", "payment_id", b"payment_id", "reason", b"reason", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1653,6 +1824,7 @@ class ListRefundsRequest(_message.Message):
     PAYMENT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     """The payment whose refunds to list. Required."""
     page_size: _builtins.int
@@ -1663,16 +1835,21 @@ class ListRefundsRequest(_message.Message):
     """next_page_token from a previous call to get the next page; empty for the
     first page. Other parameters must match the call that gave the token.
     """
+    filter: _builtins.str
+    """Optional filter (see the service comment for the syntax). Fields: status (=), create_time
+    (<, <=, >, >=).
+    """
     def __init__(
         self,
         *,
         payment_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "payment_id", b"payment_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "payment_id", b"payment_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1853,6 +2030,52 @@ class Dispute(_message.Message):
 Global___Dispute: _TypeAlias = Dispute  # noqa: Y015
 
 @_typing.final
+class GetDisputeRequest(_message.Message):
+    """Request message for BillingService.GetDispute."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    dispute_id: _builtins.str
+    """Identifier of the dispute to return. Required."""
+    def __init__(
+        self,
+        *,
+        dispute_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispute_id", b"dispute_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDisputeRequest: _TypeAlias = GetDisputeRequest  # noqa: Y015
+
+@_typing.final
+class GetDisputeResponse(_message.Message):
+    """Response message for BillingService.GetDispute."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dispute(self) -> Global___Dispute:
+        """The requested dispute."""
+
+    def __init__(
+        self,
+        *,
+        dispute: Global___Dispute | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dispute", b"dispute"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispute", b"dispute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDisputeResponse: _TypeAlias = GetDisputeResponse  # noqa: Y015
+
+@_typing.final
 class ListDisputesRequest(_message.Message):
     """Request message for BillingService.ListDisputes."""
 
@@ -1861,6 +2084,7 @@ class ListDisputesRequest(_message.Message):
     PAYMENT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     """The payment whose disputes to list; empty lists every dispute."""
     page_size: _builtins.int
@@ -1871,16 +2095,21 @@ class ListDisputesRequest(_message.Message):
     """next_page_token from a previous call to get the next page; empty for the
     first page. Other parameters must match the call that gave the token.
     """
+    filter: _builtins.str
+    """Optional filter (see the service comment for the syntax). Fields: payment_id (=), status (=),
+    create_time (<, <=, >, >=).
+    """
     def __init__(
         self,
         *,
         payment_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "payment_id", b"payment_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "payment_id", b"payment_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,8 +5,10 @@ import warnings
 
 from billing.v1 import billing_service_pb2 as billing_dot_v1_dot_billing__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,26 +18,49 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in billing/v1/billing_service_pb2_grpc.py depends on'
+        + f' but the generated code in billing/v1/billing_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class BillingServiceStub:
+class BillingServiceStub(object):
     """BillingService takes one-off payments: it manages customers, their saved
     payment methods, payments, refunds, and exposes the audit trail.
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. PAYMENT_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. NOT_FOUND with the metadata keys
+    resource_type and resource_id, or IDEMPOTENCY_KEY_REUSED); invalid input
+    adds google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    The creating RPCs take validate_only: the request then runs every check a
+    real call runs (the request's fields, loading the resources it names and
+    their states, the processor being configured) but writes nothing, calls no
+    processor and does not use up its request_id; the response holds a preview
+    of the resource with an empty id. Checks that only the processor can make
+    (a token's validity, a decline) are not covered.
+
+    List RPCs take an optional filter, a small subset of AIP-160: one or more
+    comparisons joined by AND, each `field operator value`. Equality (=) is
+    allowed on the id, status and email fields each list names on its filter
+    field; create_time accepts <, <=, > and >= with an RFC 3339 timestamp in
+    double quotes. Enum
+    values are written by name, in full or without their prefix, quoted or
+    not. For example:
+    status = SUCCEEDED AND create_time >= "2026-01-01T00:00:00Z"
+    OR, NOT, parentheses, functions and fields a list does not name fail with
+    INVALID_ARGUMENT / INVALID_FILTER. A filter is part of the list's
+    parameters: a page_token only works with the filter it was issued for.
     """
 
     def __init__(self, channel):
@@ -69,6 +94,11 @@ class BillingServiceStub:
                 request_serializer=billing_dot_v1_dot_billing__service__pb2.AttachPaymentMethodRequest.SerializeToString,
                 response_deserializer=billing_dot_v1_dot_billing__service__pb2.AttachPaymentMethodResponse.FromString,
                 _registered_method=True)
+        self.GetPaymentMethod = channel.unary_unary(
+                '/billing.v1.BillingService/GetPaymentMethod',
+                request_serializer=billing_dot_v1_dot_billing__service__pb2.GetPaymentMethodRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__service__pb2.GetPaymentMethodResponse.FromString,
+                _registered_method=True)
         self.ListPaymentMethods = channel.unary_unary(
                 '/billing.v1.BillingService/ListPaymentMethods',
                 request_serializer=billing_dot_v1_dot_billing__service__pb2.ListPaymentMethodsRequest.SerializeToString,
@@ -93,6 +123,11 @@ class BillingServiceStub:
                 '/billing.v1.BillingService/ListPayments',
                 request_serializer=billing_dot_v1_dot_billing__service__pb2.ListPaymentsRequest.SerializeToString,
                 response_deserializer=billing_dot_v1_dot_billing__service__pb2.ListPaymentsResponse.FromString,
+                _registered_method=True)
+        self.UpdatePayment = channel.unary_unary(
+                '/billing.v1.BillingService/UpdatePayment',
+                request_serializer=billing_dot_v1_dot_billing__service__pb2.UpdatePaymentRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__service__pb2.UpdatePaymentResponse.FromString,
                 _registered_method=True)
         self.CapturePayment = channel.unary_unary(
                 '/billing.v1.BillingService/CapturePayment',
@@ -124,6 +159,11 @@ class BillingServiceStub:
                 request_serializer=billing_dot_v1_dot_billing__service__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=billing_dot_v1_dot_billing__service__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.GetDispute = channel.unary_unary(
+                '/billing.v1.BillingService/GetDispute',
+                request_serializer=billing_dot_v1_dot_billing__service__pb2.GetDisputeRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__service__pb2.GetDisputeResponse.FromString,
+                _registered_method=True)
         self.ListDisputes = channel.unary_unary(
                 '/billing.v1.BillingService/ListDisputes',
                 request_serializer=billing_dot_v1_dot_billing__service__pb2.ListDisputesRequest.SerializeToString,
@@ -131,22 +171,44 @@ class BillingServiceStub:
                 _registered_method=True)
 
 
-class BillingServiceServicer:
+class BillingServiceServicer(object):
     """BillingService takes one-off payments: it manages customers, their saved
     payment methods, payments, refunds, and exposes the audit trail.
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. PAYMENT_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. NOT_FOUND with the metadata keys
+    resource_type and resource_id, or IDEMPOTENCY_KEY_REUSED); invalid input
+    adds google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    The creating RPCs take validate_only: the request then runs every check a
+    real call runs (the request's fields, loading the resources it names and
+    their states, the processor being configured) but writes nothing, calls no
+    processor and does not use up its request_id; the response holds a preview
+    of the resource with an empty id. Checks that only the processor can make
+    (a token's validity, a decline) are not covered.
+
+    List RPCs take an optional filter, a small subset of AIP-160: one or more
+    comparisons joined by AND, each `field operator value`. Equality (=) is
+    allowed on the id, status and email fields each list names on its filter
+    field; create_time accepts <, <=, > and >= with an RFC 3339 timestamp in
+    double quotes. Enum
+    values are written by name, in full or without their prefix, quoted or
+    not. For example:
+    status = SUCCEEDED AND create_time >= "2026-01-01T00:00:00Z"
+    OR, NOT, parentheses, functions and fields a list does not name fail with
+    INVALID_ARGUMENT / INVALID_FILTER. A filter is part of the list's
+    parameters: a page_token only works with the filter it was issued for.
     """
 
     def CreateCustomer(self, request, context):
         """Creates a customer, the owner of payment methods, payments and
-        subscriptions. The customer is also created at the default processor.
+        subscriptions. Nothing is sent to a processor yet: the customer is created
+        at a processor the first time it is used there (attaching a payment
+        method, paying or subscribing).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,14 +223,16 @@ class BillingServiceServicer:
 
     def UpdateCustomer(self, request, context):
         """Updates the fields of a customer named in update_mask. Fields not in the
-        mask are left unchanged.
+        mask are left unchanged. The change is copied to every processor where
+        the customer already exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListCustomers(self, request, context):
-        """Lists customers, newest first, optionally filtered by email.
+        """Lists customers, newest first, optionally filtered by email and
+        creation time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,8 +246,16 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPaymentMethod(self, request, context):
+        """Returns one payment method by id. Fails with NOT_FOUND if it does not
+        exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPaymentMethods(self, request, context):
-        """Lists a customer's attached payment methods, newest first.
+        """Lists a customer's payment methods (attached and detached), newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,7 +288,18 @@ class BillingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPayments(self, request, context):
-        """Lists payments, newest first, optionally filtered by customer and status.
+        """Lists payments, newest first, optionally filtered by customer, status and
+        creation time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePayment(self, request, context):
+        """Updates the description and/or metadata of a payment, as named in
+        update_mask. Only our record changes: the processor keeps the values sent
+        when the payment was created. Idempotent with request_id and audited
+        ("payment.updated").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -269,6 +352,13 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDispute(self, request, context):
+        """Returns one dispute by id. Fails with NOT_FOUND if it does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDisputes(self, request, context):
         """Lists disputes (chargebacks and inquiries) reported by the processors,
         newest first, optionally of one payment.
@@ -305,6 +395,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     request_deserializer=billing_dot_v1_dot_billing__service__pb2.AttachPaymentMethodRequest.FromString,
                     response_serializer=billing_dot_v1_dot_billing__service__pb2.AttachPaymentMethodResponse.SerializeToString,
             ),
+            'GetPaymentMethod': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPaymentMethod,
+                    request_deserializer=billing_dot_v1_dot_billing__service__pb2.GetPaymentMethodRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__service__pb2.GetPaymentMethodResponse.SerializeToString,
+            ),
             'ListPaymentMethods': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPaymentMethods,
                     request_deserializer=billing_dot_v1_dot_billing__service__pb2.ListPaymentMethodsRequest.FromString,
@@ -329,6 +424,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ListPayments,
                     request_deserializer=billing_dot_v1_dot_billing__service__pb2.ListPaymentsRequest.FromString,
                     response_serializer=billing_dot_v1_dot_billing__service__pb2.ListPaymentsResponse.SerializeToString,
+            ),
+            'UpdatePayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePayment,
+                    request_deserializer=billing_dot_v1_dot_billing__service__pb2.UpdatePaymentRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__service__pb2.UpdatePaymentResponse.SerializeToString,
             ),
             'CapturePayment': grpc.unary_unary_rpc_method_handler(
                     servicer.CapturePayment,
@@ -360,6 +460,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     request_deserializer=billing_dot_v1_dot_billing__service__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=billing_dot_v1_dot_billing__service__pb2.ListAuditEventsResponse.SerializeToString,
             ),
+            'GetDispute': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDispute,
+                    request_deserializer=billing_dot_v1_dot_billing__service__pb2.GetDisputeRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__service__pb2.GetDisputeResponse.SerializeToString,
+            ),
             'ListDisputes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDisputes,
                     request_deserializer=billing_dot_v1_dot_billing__service__pb2.ListDisputesRequest.FromString,
@@ -369,21 +474,40 @@ def add_BillingServiceServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'billing.v1.BillingService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('billing.v1.BillingService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class BillingService:
+class BillingService(object):
     """BillingService takes one-off payments: it manages customers, their saved
     payment methods, payments, refunds, and exposes the audit trail.
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. PAYMENT_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. NOT_FOUND with the metadata keys
+    resource_type and resource_id, or IDEMPOTENCY_KEY_REUSED); invalid input
+    adds google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    The creating RPCs take validate_only: the request then runs every check a
+    real call runs (the request's fields, loading the resources it names and
+    their states, the processor being configured) but writes nothing, calls no
+    processor and does not use up its request_id; the response holds a preview
+    of the resource with an empty id. Checks that only the processor can make
+    (a token's validity, a decline) are not covered.
+
+    List RPCs take an optional filter, a small subset of AIP-160: one or more
+    comparisons joined by AND, each `field operator value`. Equality (=) is
+    allowed on the id, status and email fields each list names on its filter
+    field; create_time accepts <, <=, > and >= with an RFC 3339 timestamp in
+    double quotes. Enum
+    values are written by name, in full or without their prefix, quoted or
+    not. For example:
+    status = SUCCEEDED AND create_time >= "2026-01-01T00:00:00Z"
+    OR, NOT, parentheses, functions and fields a list does not name fail with
+    INVALID_ARGUMENT / INVALID_FILTER. A filter is part of the list's
+    parameters: a page_token only works with the filter it was issued for.
     """
 
     @staticmethod
@@ -522,6 +646,33 @@ class BillingService:
             _registered_method=True)
 
     @staticmethod
+    def GetPaymentMethod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/GetPaymentMethod',
+            billing_dot_v1_dot_billing__service__pb2.GetPaymentMethodRequest.SerializeToString,
+            billing_dot_v1_dot_billing__service__pb2.GetPaymentMethodResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListPaymentMethods(request,
             target,
             options=(),
@@ -646,6 +797,33 @@ class BillingService:
             '/billing.v1.BillingService/ListPayments',
             billing_dot_v1_dot_billing__service__pb2.ListPaymentsRequest.SerializeToString,
             billing_dot_v1_dot_billing__service__pb2.ListPaymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/UpdatePayment',
+            billing_dot_v1_dot_billing__service__pb2.UpdatePaymentRequest.SerializeToString,
+            billing_dot_v1_dot_billing__service__pb2.UpdatePaymentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -808,6 +986,33 @@ class BillingService:
             '/billing.v1.BillingService/ListAuditEvents',
             billing_dot_v1_dot_billing__service__pb2.ListAuditEventsRequest.SerializeToString,
             billing_dot_v1_dot_billing__service__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDispute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/GetDispute',
+            billing_dot_v1_dot_billing__service__pb2.GetDisputeRequest.SerializeToString,
+            billing_dot_v1_dot_billing__service__pb2.GetDisputeResponse.FromString,
             options,
             channel_credentials,
             insecure,

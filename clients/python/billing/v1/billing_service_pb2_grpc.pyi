@@ -32,11 +32,31 @@ class BillingServiceStub:
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. PAYMENT_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. NOT_FOUND with the metadata keys
+    resource_type and resource_id, or IDEMPOTENCY_KEY_REUSED); invalid input
+    adds google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    The creating RPCs take validate_only: the request then runs every check a
+    real call runs (the request's fields, loading the resources it names and
+    their states, the processor being configured) but writes nothing, calls no
+    processor and does not use up its request_id; the response holds a preview
+    of the resource with an empty id. Checks that only the processor can make
+    (a token's validity, a decline) are not covered.
+
+    List RPCs take an optional filter, a small subset of AIP-160: one or more
+    comparisons joined by AND, each `field operator value`. Equality (=) is
+    allowed on the id, status and email fields each list names on its filter
+    field; create_time accepts <, <=, > and >= with an RFC 3339 timestamp in
+    double quotes. Enum
+    values are written by name, in full or without their prefix, quoted or
+    not. For example:
+      status = SUCCEEDED AND create_time >= "2026-01-01T00:00:00Z"
+    OR, NOT, parentheses, functions and fields a list does not name fail with
+    INVALID_ARGUMENT / INVALID_FILTER. A filter is part of the list's
+    parameters: a page_token only works with the filter it was issued for.
     """
 
     @_typing.overload
@@ -45,22 +65,31 @@ class BillingServiceStub:
     def __new__(cls, channel: _aio.Channel) -> BillingServiceAsyncStub: ...
     CreateCustomer: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.CreateCustomerRequest, _billing_service_pb2.CreateCustomerResponse]
     """Creates a customer, the owner of payment methods, payments and
-    subscriptions. The customer is also created at the default processor.
+    subscriptions. Nothing is sent to a processor yet: the customer is created
+    at a processor the first time it is used there (attaching a payment
+    method, paying or subscribing).
     """
     GetCustomer: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetCustomerRequest, _billing_service_pb2.GetCustomerResponse]
     """Returns one customer by id. Fails with NOT_FOUND if it does not exist."""
     UpdateCustomer: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.UpdateCustomerRequest, _billing_service_pb2.UpdateCustomerResponse]
     """Updates the fields of a customer named in update_mask. Fields not in the
-    mask are left unchanged.
+    mask are left unchanged. The change is copied to every processor where
+    the customer already exists.
     """
     ListCustomers: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListCustomersRequest, _billing_service_pb2.ListCustomersResponse]
-    """Lists customers, newest first, optionally filtered by email."""
+    """Lists customers, newest first, optionally filtered by email and
+    creation time.
+    """
     AttachPaymentMethod: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.AttachPaymentMethodRequest, _billing_service_pb2.AttachPaymentMethodResponse]
     """Saves a payment method for a customer from a processor token created on
     the buyer's device (card data never reaches this service).
     """
+    GetPaymentMethod: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetPaymentMethodRequest, _billing_service_pb2.GetPaymentMethodResponse]
+    """Returns one payment method by id. Fails with NOT_FOUND if it does not
+    exist.
+    """
     ListPaymentMethods: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListPaymentMethodsRequest, _billing_service_pb2.ListPaymentMethodsResponse]
-    """Lists a customer's attached payment methods, newest first."""
+    """Lists a customer's payment methods (attached and detached), newest first."""
     DetachPaymentMethod: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.DetachPaymentMethodRequest, _billing_service_pb2.DetachPaymentMethodResponse]
     """Detaches a payment method so it can no longer be charged. The method is
     kept (status DETACHED) so past payments still reference it.
@@ -75,7 +104,15 @@ class BillingServiceStub:
     GetPayment: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetPaymentRequest, _billing_service_pb2.GetPaymentResponse]
     """Returns one payment by id. Fails with NOT_FOUND if it does not exist."""
     ListPayments: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListPaymentsRequest, _billing_service_pb2.ListPaymentsResponse]
-    """Lists payments, newest first, optionally filtered by customer and status."""
+    """Lists payments, newest first, optionally filtered by customer, status and
+    creation time.
+    """
+    UpdatePayment: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.UpdatePaymentRequest, _billing_service_pb2.UpdatePaymentResponse]
+    """Updates the description and/or metadata of a payment, as named in
+    update_mask. Only our record changes: the processor keeps the values sent
+    when the payment was created. Idempotent with request_id and audited
+    ("payment.updated").
+    """
     CapturePayment: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.CapturePaymentRequest, _billing_service_pb2.CapturePaymentResponse]
     """Captures all or part of an authorized payment in REQUIRES_CAPTURE. Any
     uncaptured remainder is released to the buyer.
@@ -96,6 +133,8 @@ class BillingServiceStub:
     """Lists the refunds of a payment, newest first."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListAuditEventsRequest, _billing_service_pb2.ListAuditEventsResponse]
     """Lists the audit trail of a resource, oldest first."""
+    GetDispute: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetDisputeRequest, _billing_service_pb2.GetDisputeResponse]
+    """Returns one dispute by id. Fails with NOT_FOUND if it does not exist."""
     ListDisputes: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListDisputesRequest, _billing_service_pb2.ListDisputesResponse]
     """Lists disputes (chargebacks and inquiries) reported by the processors,
     newest first, optionally of one payment.
@@ -108,32 +147,61 @@ class BillingServiceAsyncStub(BillingServiceStub):
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. PAYMENT_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. NOT_FOUND with the metadata keys
+    resource_type and resource_id, or IDEMPOTENCY_KEY_REUSED); invalid input
+    adds google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    The creating RPCs take validate_only: the request then runs every check a
+    real call runs (the request's fields, loading the resources it names and
+    their states, the processor being configured) but writes nothing, calls no
+    processor and does not use up its request_id; the response holds a preview
+    of the resource with an empty id. Checks that only the processor can make
+    (a token's validity, a decline) are not covered.
+
+    List RPCs take an optional filter, a small subset of AIP-160: one or more
+    comparisons joined by AND, each `field operator value`. Equality (=) is
+    allowed on the id, status and email fields each list names on its filter
+    field; create_time accepts <, <=, > and >= with an RFC 3339 timestamp in
+    double quotes. Enum
+    values are written by name, in full or without their prefix, quoted or
+    not. For example:
+      status = SUCCEEDED AND create_time >= "2026-01-01T00:00:00Z"
+    OR, NOT, parentheses, functions and fields a list does not name fail with
+    INVALID_ARGUMENT / INVALID_FILTER. A filter is part of the list's
+    parameters: a page_token only works with the filter it was issued for.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateCustomer: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.CreateCustomerRequest, _billing_service_pb2.CreateCustomerResponse]  # type: ignore[assignment]
     """Creates a customer, the owner of payment methods, payments and
-    subscriptions. The customer is also created at the default processor.
+    subscriptions. Nothing is sent to a processor yet: the customer is created
+    at a processor the first time it is used there (attaching a payment
+    method, paying or subscribing).
     """
     GetCustomer: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetCustomerRequest, _billing_service_pb2.GetCustomerResponse]  # type: ignore[assignment]
     """Returns one customer by id. Fails with NOT_FOUND if it does not exist."""
     UpdateCustomer: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.UpdateCustomerRequest, _billing_service_pb2.UpdateCustomerResponse]  # type: ignore[assignment]
     """Updates the fields of a customer named in update_mask. Fields not in the
-    mask are left unchanged.
+    mask are left unchanged. The change is copied to every processor where
+    the customer already exists.
     """
     ListCustomers: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListCustomersRequest, _billing_service_pb2.ListCustomersResponse]  # type: ignore[assignment]
-    """Lists customers, newest first, optionally filtered by email."""
+    """Lists customers, newest first, optionally filtered by email and
+    creation time.
+    """
     AttachPaymentMethod: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.AttachPaymentMethodRequest, _billing_service_pb2.AttachPaymentMethodResponse]  # type: ignore[assignment]
     """Saves a payment method for a customer from a processor token created on
     the buyer's device (card data never reaches this service).
     """
+    GetPaymentMethod: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetPaymentMethodRequest, _billing_service_pb2.GetPaymentMethodResponse]  # type: ignore[assignment]
+    """Returns one payment method by id. Fails with NOT_FOUND if it does not
+    exist.
+    """
     ListPaymentMethods: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListPaymentMethodsRequest, _billing_service_pb2.ListPaymentMethodsResponse]  # type: ignore[assignment]
-    """Lists a customer's attached payment methods, newest first."""
+    """Lists a customer's payment methods (attached and detached), newest first."""
     DetachPaymentMethod: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.DetachPaymentMethodRequest, _billing_service_pb2.DetachPaymentMethodResponse]  # type: ignore[assignment]
     """Detaches a payment method so it can no longer be charged. The method is
     kept (status DETACHED) so past payments still reference it.
@@ -148,7 +216,15 @@ class BillingServiceAsyncStub(BillingServiceStub):
     GetPayment: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetPaymentRequest, _billing_service_pb2.GetPaymentResponse]  # type: ignore[assignment]
     """Returns one payment by id. Fails with NOT_FOUND if it does not exist."""
     ListPayments: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListPaymentsRequest, _billing_service_pb2.ListPaymentsResponse]  # type: ignore[assignment]
-    """Lists payments, newest first, optionally filtered by customer and status."""
+    """Lists payments, newest first, optionally filtered by customer, status and
+    creation time.
+    """
+    UpdatePayment: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.UpdatePaymentRequest, _billing_service_pb2.UpdatePaymentResponse]  # type: ignore[assignment]
+    """Updates the description and/or metadata of a payment, as named in
+    update_mask. Only our record changes: the processor keeps the values sent
+    when the payment was created. Idempotent with request_id and audited
+    ("payment.updated").
+    """
     CapturePayment: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.CapturePaymentRequest, _billing_service_pb2.CapturePaymentResponse]  # type: ignore[assignment]
     """Captures all or part of an authorized payment in REQUIRES_CAPTURE. Any
     uncaptured remainder is released to the buyer.
@@ -169,6 +245,8 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Lists the refunds of a payment, newest first."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListAuditEventsRequest, _billing_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Lists the audit trail of a resource, oldest first."""
+    GetDispute: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetDisputeRequest, _billing_service_pb2.GetDisputeResponse]  # type: ignore[assignment]
+    """Returns one dispute by id. Fails with NOT_FOUND if it does not exist."""
     ListDisputes: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListDisputesRequest, _billing_service_pb2.ListDisputesResponse]  # type: ignore[assignment]
     """Lists disputes (chargebacks and inquiries) reported by the processors,
     newest first, optionally of one payment.
@@ -180,11 +258,31 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. PAYMENT_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. NOT_FOUND with the metadata keys
+    resource_type and resource_id, or IDEMPOTENCY_KEY_REUSED); invalid input
+    adds google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    The creating RPCs take validate_only: the request then runs every check a
+    real call runs (the request's fields, loading the resources it names and
+    their states, the processor being configured) but writes nothing, calls no
+    processor and does not use up its request_id; the response holds a preview
+    of the resource with an empty id. Checks that only the processor can make
+    (a token's validity, a decline) are not covered.
+
+    List RPCs take an optional filter, a small subset of AIP-160: one or more
+    comparisons joined by AND, each `field operator value`. Equality (=) is
+    allowed on the id, status and email fields each list names on its filter
+    field; create_time accepts <, <=, > and >= with an RFC 3339 timestamp in
+    double quotes. Enum
+    values are written by name, in full or without their prefix, quoted or
+    not. For example:
+      status = SUCCEEDED AND create_time >= "2026-01-01T00:00:00Z"
+    OR, NOT, parentheses, functions and fields a list does not name fail with
+    INVALID_ARGUMENT / INVALID_FILTER. A filter is part of the list's
+    parameters: a page_token only works with the filter it was issued for.
     """
 
     @_abc_1.abstractmethod
@@ -194,7 +292,9 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.CreateCustomerResponse, _abc.Awaitable[_billing_service_pb2.CreateCustomerResponse]]:
         """Creates a customer, the owner of payment methods, payments and
-        subscriptions. The customer is also created at the default processor.
+        subscriptions. Nothing is sent to a processor yet: the customer is created
+        at a processor the first time it is used there (attaching a payment
+        method, paying or subscribing).
         """
 
     @_abc_1.abstractmethod
@@ -212,7 +312,8 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.UpdateCustomerResponse, _abc.Awaitable[_billing_service_pb2.UpdateCustomerResponse]]:
         """Updates the fields of a customer named in update_mask. Fields not in the
-        mask are left unchanged.
+        mask are left unchanged. The change is copied to every processor where
+        the customer already exists.
         """
 
     @_abc_1.abstractmethod
@@ -221,7 +322,9 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _billing_service_pb2.ListCustomersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.ListCustomersResponse, _abc.Awaitable[_billing_service_pb2.ListCustomersResponse]]:
-        """Lists customers, newest first, optionally filtered by email."""
+        """Lists customers, newest first, optionally filtered by email and
+        creation time.
+        """
 
     @_abc_1.abstractmethod
     def AttachPaymentMethod(
@@ -234,12 +337,22 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def GetPaymentMethod(
+        self,
+        request: _billing_service_pb2.GetPaymentMethodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.GetPaymentMethodResponse, _abc.Awaitable[_billing_service_pb2.GetPaymentMethodResponse]]:
+        """Returns one payment method by id. Fails with NOT_FOUND if it does not
+        exist.
+        """
+
+    @_abc_1.abstractmethod
     def ListPaymentMethods(
         self,
         request: _billing_service_pb2.ListPaymentMethodsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.ListPaymentMethodsResponse, _abc.Awaitable[_billing_service_pb2.ListPaymentMethodsResponse]]:
-        """Lists a customer's attached payment methods, newest first."""
+        """Lists a customer's payment methods (attached and detached), newest first."""
 
     @_abc_1.abstractmethod
     def DetachPaymentMethod(
@@ -278,7 +391,21 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _billing_service_pb2.ListPaymentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.ListPaymentsResponse, _abc.Awaitable[_billing_service_pb2.ListPaymentsResponse]]:
-        """Lists payments, newest first, optionally filtered by customer and status."""
+        """Lists payments, newest first, optionally filtered by customer, status and
+        creation time.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdatePayment(
+        self,
+        request: _billing_service_pb2.UpdatePaymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.UpdatePaymentResponse, _abc.Awaitable[_billing_service_pb2.UpdatePaymentResponse]]:
+        """Updates the description and/or metadata of a payment, as named in
+        update_mask. Only our record changes: the processor keeps the values sent
+        when the payment was created. Idempotent with request_id and audited
+        ("payment.updated").
+        """
 
     @_abc_1.abstractmethod
     def CapturePayment(
@@ -335,6 +462,14 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.ListAuditEventsResponse, _abc.Awaitable[_billing_service_pb2.ListAuditEventsResponse]]:
         """Lists the audit trail of a resource, oldest first."""
+
+    @_abc_1.abstractmethod
+    def GetDispute(
+        self,
+        request: _billing_service_pb2.GetDisputeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.GetDisputeResponse, _abc.Awaitable[_billing_service_pb2.GetDisputeResponse]]:
+        """Returns one dispute by id. Fails with NOT_FOUND if it does not exist."""
 
     @_abc_1.abstractmethod
     def ListDisputes(

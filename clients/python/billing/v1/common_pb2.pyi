@@ -7,7 +7,17 @@ Conventions shared by every message in this package:
   * Amounts are Money values in the currency's minor units (cents for USD).
   * Every mutating request carries a request_id idempotency key.
   * Errors are returned as google.rpc.Status with exactly one
-    google.rpc.ErrorInfo whose domain is "billing.v1".
+    google.rpc.ErrorInfo whose domain is "billing.v1" and whose reason is
+    the name of a billing.v1.ErrorReason value.
+  * Fields carry google.api.field_behavior annotations, and the server
+    enforces them from the schema: a REQUIRED field left empty fails with
+    INVALID_ARGUMENT and a google.rpc.BadRequest field violation naming it;
+    OUTPUT_ONLY fields set in a request are ignored (AIP-203); IMMUTABLE
+    fields are set when a resource is created and never change. Fields
+    without an annotation are optional.
+  * Resources (messages annotated with google.api.resource) are named by
+    their id field alone: "pay_01H...", never "payments/pay_01H..."; the
+    pattern documents the collection the id belongs to.
   * No card data ever passes through this API: only processor tokens and
     the brand, last four digits and expiry of a card.
 """
@@ -68,6 +78,9 @@ Global___Processor: _TypeAlias = Processor  # noqa: Y015
 @_typing.final
 class Money(_message.Message):
     """An amount of money in a single currency, expressed in minor units.
+
+    Money has no field behaviour of its own: whether an amount is required is
+    said by the field that holds it.
 
     The currency's ISO 4217 exponent decides what a minor unit is: 1 USD is
     100 minor units, 1 JPY is 1 minor unit, 1 KWD is 1000 minor units. The
@@ -203,12 +216,17 @@ class AuditEvent(_message.Message):
     id: _builtins.str
     """Unique identifier of the audit event, assigned by the service."""
     caller: _builtins.str
-    """The authenticated caller that caused the change (a service identity), or
-    "webhook:<processor>" when a processor notification caused it.
+    """Who caused the change: the authenticated caller (a service identity) for
+    an API request, "webhook:<processor>" when a processor notification
+    caused it, or "reconciler" for the scheduled reconciliation.
     """
     request_id: _builtins.str
-    """The idempotency key (request_id) of the request that caused the change;
-    empty when the change came from a webhook or a scheduled job.
+    """What identifies the cause of the change: the idempotency key
+    (request_id) of the API request; the processor's event id (for example
+    Stripe's "evt_..." or PayPal's "WH-...") for a webhook; the run id
+    ("reconcile-<time>-<hex>") for a reconciliation pass, except when
+    reconciliation resumes a payment, which keeps the caller and request_id of
+    the request that created it.
     """
     action: _builtins.str
     """What happened, as a short dotted verb, for example "payment.captured" or

@@ -7,7 +7,17 @@ Conventions shared by every message in this package:
   * Amounts are Money values in the currency's minor units (cents for USD).
   * Every mutating request carries a request_id idempotency key.
   * Errors are returned as google.rpc.Status with exactly one
-    google.rpc.ErrorInfo whose domain is "billing.v1".
+    google.rpc.ErrorInfo whose domain is "billing.v1" and whose reason is
+    the name of a billing.v1.ErrorReason value.
+  * Fields carry google.api.field_behavior annotations, and the server
+    enforces them from the schema: a REQUIRED field left empty fails with
+    INVALID_ARGUMENT and a google.rpc.BadRequest field violation naming it;
+    OUTPUT_ONLY fields set in a request are ignored (AIP-203); IMMUTABLE
+    fields are set when a resource is created and never change. Fields
+    without an annotation are optional.
+  * Resources (messages annotated with google.api.resource) are named by
+    their id field alone: "pay_01H...", never "payments/pay_01H..."; the
+    pattern documents the collection the id belongs to.
   * No card data ever passes through this API: only processor tokens and
     the brand, last four digits and expiry of a card.
 """

@@ -599,6 +599,7 @@ class CreatePlanRequest(_message.Message):
     INTERVAL_COUNT_FIELD_NUMBER: _builtins.int
     TRIAL_PERIOD_DAYS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID recommended). A retry with the same key returns the
     first result; reusing it with different parameters fails with
@@ -614,6 +615,10 @@ class CreatePlanRequest(_message.Message):
     """Number of intervals per billing period; 0 means 1."""
     trial_period_days: _builtins.int
     """Default free-trial days for new subscriptions; 0 means no trial."""
+    validate_only: _builtins.bool
+    """If true, run every check of a real call and return a preview (empty id),
+    but write nothing, call no processor and leave request_id unused.
+    """
     @_builtins.property
     def price(self) -> _common_pb2.Money:
         """Price of one unit for one billing period; must be positive. Required."""
@@ -633,10 +638,11 @@ class CreatePlanRequest(_message.Message):
         interval_count: _builtins.int = ...,
         trial_period_days: _builtins.int = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["price", b"price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "interval", b"interval", "interval_count", b"interval_count", "metadata", b"metadata", "name", b"name", "price", b"price", "request_id", b"request_id", "trial_period_days", b"trial_period_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "interval", b"interval", "interval_count", b"interval_count", "metadata", b"metadata", "name", b"name", "price", b"price", "request_id", b"request_id", "trial_period_days", b"trial_period_days", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -721,6 +727,7 @@ class ListPlansRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     INCLUDE_ARCHIVED_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of plans to return. 0 means the server's default page
     size; the server may cap large values.
@@ -731,16 +738,21 @@ class ListPlansRequest(_message.Message):
     """
     include_archived: _builtins.bool
     """True to include archived plans; by default only active plans are listed."""
+    filter: _builtins.str
+    """Optional filter (see BillingService for the syntax). Fields: create_time (<, <=, >,
+    >=).
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         include_archived: _builtins.bool = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_archived", b"include_archived", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "include_archived", b"include_archived", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -860,6 +872,7 @@ class CreateSubscriptionRequest(_message.Message):
     QUANTITY_FIELD_NUMBER: _builtins.int
     TRIAL_PERIOD_DAYS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID recommended). A retry with the same key returns the
     first result; reusing it with different parameters fails with
@@ -871,12 +884,21 @@ class CreateSubscriptionRequest(_message.Message):
     plan_id: _builtins.str
     """The active plan to subscribe to. Required."""
     payment_method_id: _builtins.str
-    """The customer's attached payment method to charge each period. Required."""
+    """The customer's attached payment method to charge each period; its
+    processor bills the subscription. Optional: when empty, the subscription
+    is created at the customer's default processor without a saved payment
+    method, and that processor collects payment its own way (with PayPal the
+    buyer approves the subscription through next_action.redirect_url).
+    """
     quantity: _builtins.int
     """Number of plan units (for example seats); 0 means 1."""
     trial_period_days: _builtins.int
     """Free-trial days for this subscription. Unset means the plan's
     trial_period_days; an explicit 0 means no trial.
+    """
+    validate_only: _builtins.bool
+    """If true, run every check of a real call and return a preview (empty id),
+    but write nothing, call no processor and leave request_id unused.
     """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -892,10 +914,11 @@ class CreateSubscriptionRequest(_message.Message):
         quantity: _builtins.int = ...,
         trial_period_days: _builtins.int | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_trial_period_days", b"_trial_period_days", "trial_period_days", b"trial_period_days"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_trial_period_days", b"_trial_period_days", "customer_id", b"customer_id", "metadata", b"metadata", "payment_method_id", b"payment_method_id", "plan_id", b"plan_id", "quantity", b"quantity", "request_id", b"request_id", "trial_period_days", b"trial_period_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_trial_period_days", b"_trial_period_days", "customer_id", b"customer_id", "metadata", b"metadata", "payment_method_id", b"payment_method_id", "plan_id", b"plan_id", "quantity", b"quantity", "request_id", b"request_id", "trial_period_days", b"trial_period_days", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__trial_period_days: _TypeAlias = _typing.Literal["trial_period_days"]  # noqa: Y015
     _WhichOneofArgType__trial_period_days: _TypeAlias = _typing.Literal["_trial_period_days", b"_trial_period_days"]  # noqa: Y015
@@ -983,6 +1006,7 @@ class ListSubscriptionsRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """If set, only subscriptions of this customer are returned."""
     status: Global___SubscriptionStatus.ValueType
@@ -997,6 +1021,10 @@ class ListSubscriptionsRequest(_message.Message):
     """next_page_token from a previous call to get the next page; empty for the
     first page. Other parameters must match the call that gave the token.
     """
+    filter: _builtins.str
+    """Optional filter (see BillingService for the syntax). Fields: customer_id (=), plan_id (=),
+    status (=), create_time (<, <=, >, >=).
+    """
     def __init__(
         self,
         *,
@@ -1004,10 +1032,11 @@ class ListSubscriptionsRequest(_message.Message):
         status: Global___SubscriptionStatus.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1185,7 +1214,7 @@ class PauseSubscriptionRequest(_message.Message):
     INVALID_ARGUMENT / IDEMPOTENCY_KEY_REUSED.
     """
     subscription_id: _builtins.str
-    """The subscription to pause; it must be ACTIVE or TRIALING. Required."""
+    """The subscription to pause; it must be ACTIVE, TRIALING or PAST_DUE. Required."""
     def __init__(
         self,
         *,
@@ -1333,6 +1362,7 @@ class ListInvoicesRequest(_message.Message):
     SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """If set, only invoices of this customer are returned."""
     subscription_id: _builtins.str
@@ -1345,6 +1375,10 @@ class ListInvoicesRequest(_message.Message):
     """next_page_token from a previous call to get the next page; empty for the
     first page. Other parameters must match the call that gave the token.
     """
+    filter: _builtins.str
+    """Optional filter (see BillingService for the syntax). Fields: customer_id (=),
+    subscription_id (=), status (=), create_time (<, <=, >, >=).
+    """
     def __init__(
         self,
         *,
@@ -1352,10 +1386,11 @@ class ListInvoicesRequest(_message.Message):
         subscription_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,8 +5,10 @@ import warnings
 
 from billing.v1 import subscription_service_pb2 as billing_dot_v1_dot_subscription__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,27 +18,34 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in billing/v1/subscription_service_pb2_grpc.py depends on'
+        + f' but the generated code in billing/v1/subscription_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class SubscriptionServiceStub:
+class SubscriptionServiceStub(object):
     """SubscriptionService runs recurring billing: it manages plans (what is sold
     and at what price), customers' subscriptions to them, and the invoices the
     processor issues each billing period.
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. SUBSCRIPTION_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. SUBSCRIPTION_CANCELED, or NOT_FOUND with
+    the metadata keys resource_type and resource_id); invalid input adds
+    google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    CreatePlan and CreateSubscription take validate_only, and the list RPCs take
+    a filter, with the semantics and syntax described on BillingService.
     """
 
     def __init__(self, channel):
@@ -112,18 +121,22 @@ class SubscriptionServiceStub:
                 _registered_method=True)
 
 
-class SubscriptionServiceServicer:
+class SubscriptionServiceServicer(object):
     """SubscriptionService runs recurring billing: it manages plans (what is sold
     and at what price), customers' subscriptions to them, and the invoices the
     processor issues each billing period.
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. SUBSCRIPTION_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. SUBSCRIPTION_CANCELED, or NOT_FOUND with
+    the metadata keys resource_type and resource_id); invalid input adds
+    google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    CreatePlan and CreateSubscription take validate_only, and the list RPCs take
+    a filter, with the semantics and syntax described on BillingService.
     """
 
     def CreatePlan(self, request, context):
@@ -142,7 +155,8 @@ class SubscriptionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPlans(self, request, context):
-        """Lists plans, newest first; archived plans only when asked for.
+        """Lists plans, newest first; archived plans only when asked for; optionally
+        filtered by creation time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,8 +187,8 @@ class SubscriptionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSubscriptions(self, request, context):
-        """Lists subscriptions, newest first, optionally filtered by customer and
-        status.
+        """Lists subscriptions, newest first, optionally filtered by customer, plan,
+        status and creation time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -217,7 +231,8 @@ class SubscriptionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListInvoices(self, request, context):
-        """Lists invoices, newest first, filtered by customer and/or subscription.
+        """Lists invoices, newest first, optionally filtered by customer,
+        subscription, status and creation time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -295,22 +310,25 @@ def add_SubscriptionServiceServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'billing.v1.SubscriptionService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('billing.v1.SubscriptionService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class SubscriptionService:
+class SubscriptionService(object):
     """SubscriptionService runs recurring billing: it manages plans (what is sold
     and at what price), customers' subscriptions to them, and the invoices the
     processor issues each billing period.
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. SUBSCRIPTION_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. SUBSCRIPTION_CANCELED, or NOT_FOUND with
+    the metadata keys resource_type and resource_id); invalid input adds
+    google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    CreatePlan and CreateSubscription take validate_only, and the list RPCs take
+    a filter, with the semantics and syntax described on BillingService.
     """
 
     @staticmethod

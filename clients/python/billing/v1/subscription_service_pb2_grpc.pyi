@@ -33,11 +33,15 @@ class SubscriptionServiceStub:
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. SUBSCRIPTION_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. SUBSCRIPTION_CANCELED, or NOT_FOUND with
+    the metadata keys resource_type and resource_id); invalid input adds
+    google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    CreatePlan and CreateSubscription take validate_only, and the list RPCs take
+    a filter, with the semantics and syntax described on BillingService.
     """
 
     @_typing.overload
@@ -51,7 +55,9 @@ class SubscriptionServiceStub:
     GetPlan: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.GetPlanRequest, _subscription_service_pb2.GetPlanResponse]
     """Returns one plan by id. Fails with NOT_FOUND if it does not exist."""
     ListPlans: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.ListPlansRequest, _subscription_service_pb2.ListPlansResponse]
-    """Lists plans, newest first; archived plans only when asked for."""
+    """Lists plans, newest first; archived plans only when asked for; optionally
+    filtered by creation time.
+    """
     ArchivePlan: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.ArchivePlanRequest, _subscription_service_pb2.ArchivePlanResponse]
     """Archives a plan so no new subscriptions can use it. Existing
     subscriptions keep renewing on it.
@@ -64,8 +70,8 @@ class SubscriptionServiceStub:
     GetSubscription: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.GetSubscriptionRequest, _subscription_service_pb2.GetSubscriptionResponse]
     """Returns one subscription by id. Fails with NOT_FOUND if it does not exist."""
     ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.ListSubscriptionsRequest, _subscription_service_pb2.ListSubscriptionsResponse]
-    """Lists subscriptions, newest first, optionally filtered by customer and
-    status.
+    """Lists subscriptions, newest first, optionally filtered by customer, plan,
+    status and creation time.
     """
     UpdateSubscription: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.UpdateSubscriptionRequest, _subscription_service_pb2.UpdateSubscriptionResponse]
     """Changes a subscription's plan and/or quantity, prorating as requested."""
@@ -80,7 +86,9 @@ class SubscriptionServiceStub:
     GetInvoice: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.GetInvoiceRequest, _subscription_service_pb2.GetInvoiceResponse]
     """Returns one invoice by id. Fails with NOT_FOUND if it does not exist."""
     ListInvoices: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.ListInvoicesRequest, _subscription_service_pb2.ListInvoicesResponse]
-    """Lists invoices, newest first, filtered by customer and/or subscription."""
+    """Lists invoices, newest first, optionally filtered by customer,
+    subscription, status and creation time.
+    """
 
 @_typing.type_check_only
 class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
@@ -90,11 +98,15 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. SUBSCRIPTION_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. SUBSCRIPTION_CANCELED, or NOT_FOUND with
+    the metadata keys resource_type and resource_id); invalid input adds
+    google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    CreatePlan and CreateSubscription take validate_only, and the list RPCs take
+    a filter, with the semantics and syntax described on BillingService.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -105,7 +117,9 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     GetPlan: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.GetPlanRequest, _subscription_service_pb2.GetPlanResponse]  # type: ignore[assignment]
     """Returns one plan by id. Fails with NOT_FOUND if it does not exist."""
     ListPlans: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.ListPlansRequest, _subscription_service_pb2.ListPlansResponse]  # type: ignore[assignment]
-    """Lists plans, newest first; archived plans only when asked for."""
+    """Lists plans, newest first; archived plans only when asked for; optionally
+    filtered by creation time.
+    """
     ArchivePlan: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.ArchivePlanRequest, _subscription_service_pb2.ArchivePlanResponse]  # type: ignore[assignment]
     """Archives a plan so no new subscriptions can use it. Existing
     subscriptions keep renewing on it.
@@ -118,8 +132,8 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     GetSubscription: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.GetSubscriptionRequest, _subscription_service_pb2.GetSubscriptionResponse]  # type: ignore[assignment]
     """Returns one subscription by id. Fails with NOT_FOUND if it does not exist."""
     ListSubscriptions: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.ListSubscriptionsRequest, _subscription_service_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
-    """Lists subscriptions, newest first, optionally filtered by customer and
-    status.
+    """Lists subscriptions, newest first, optionally filtered by customer, plan,
+    status and creation time.
     """
     UpdateSubscription: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.UpdateSubscriptionRequest, _subscription_service_pb2.UpdateSubscriptionResponse]  # type: ignore[assignment]
     """Changes a subscription's plan and/or quantity, prorating as requested."""
@@ -134,7 +148,9 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     GetInvoice: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.GetInvoiceRequest, _subscription_service_pb2.GetInvoiceResponse]  # type: ignore[assignment]
     """Returns one invoice by id. Fails with NOT_FOUND if it does not exist."""
     ListInvoices: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.ListInvoicesRequest, _subscription_service_pb2.ListInvoicesResponse]  # type: ignore[assignment]
-    """Lists invoices, newest first, filtered by customer and/or subscription."""
+    """Lists invoices, newest first, optionally filtered by customer,
+    subscription, status and creation time.
+    """
 
 class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
     """SubscriptionService runs recurring billing: it manages plans (what is sold
@@ -143,11 +159,15 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every mutating RPC takes a request_id idempotency key and may be retried
     safely with the same key. Errors are returned as google.rpc.Status with
-    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason in
-    UPPER_SNAKE_CASE, e.g. SUBSCRIPTION_NOT_FOUND or IDEMPOTENCY_KEY_REUSED);
-    invalid input adds google.rpc.BadRequest field violations and retryable
-    failures add google.rpc.RetryInfo. A retry with the same request_id while
-    the first call is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+    exactly one google.rpc.ErrorInfo (domain "billing.v1", reason the name of a
+    billing.v1.ErrorReason value, e.g. SUBSCRIPTION_CANCELED, or NOT_FOUND with
+    the metadata keys resource_type and resource_id); invalid input adds
+    google.rpc.BadRequest field violations and retryable failures add
+    google.rpc.RetryInfo. A retry with the same request_id while the first call
+    is still running fails with ABORTED / REQUEST_IN_PROGRESS.
+
+    CreatePlan and CreateSubscription take validate_only, and the list RPCs take
+    a filter, with the semantics and syntax described on BillingService.
     """
 
     @_abc_1.abstractmethod
@@ -174,7 +194,9 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _subscription_service_pb2.ListPlansRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_subscription_service_pb2.ListPlansResponse, _abc.Awaitable[_subscription_service_pb2.ListPlansResponse]]:
-        """Lists plans, newest first; archived plans only when asked for."""
+        """Lists plans, newest first; archived plans only when asked for; optionally
+        filtered by creation time.
+        """
 
     @_abc_1.abstractmethod
     def ArchivePlan(
@@ -211,8 +233,8 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _subscription_service_pb2.ListSubscriptionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_subscription_service_pb2.ListSubscriptionsResponse, _abc.Awaitable[_subscription_service_pb2.ListSubscriptionsResponse]]:
-        """Lists subscriptions, newest first, optionally filtered by customer and
-        status.
+        """Lists subscriptions, newest first, optionally filtered by customer, plan,
+        status and creation time.
         """
 
     @_abc_1.abstractmethod
@@ -263,6 +285,8 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _subscription_service_pb2.ListInvoicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_subscription_service_pb2.ListInvoicesResponse, _abc.Awaitable[_subscription_service_pb2.ListInvoicesResponse]]:
-        """Lists invoices, newest first, filtered by customer and/or subscription."""
+        """Lists invoices, newest first, optionally filtered by customer,
+        subscription, status and creation time.
+        """
 
 def add_SubscriptionServiceServicer_to_server(servicer: SubscriptionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
