@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from billing_service.domain.common import AuditEvent, RequestOrigin
+from billing_service.domain.errors import PaymentDeclined
 from billing_service.domain.payments import FINAL_PAYMENT_STATUSES, Payment, PaymentStatus, Refund, RefundStatus
 from billing_service.domain.subscriptions import Subscription, SubscriptionStatus
 from billing_service.service_layer import payments, subscriptions
@@ -184,7 +185,12 @@ class _Pass:
                 return ""
             adapter = self.deps.processor(payment.processor)
             if self.now <= resend_deadline(adapter, payment.created_at):
-                after = await payments.resume_payment(self.deps, context_of(origin, payment.id), payment.id)
+                try:
+                    after = await payments.resume_payment(self.deps, context_of(origin, payment.id), payment.id)
+                except PaymentDeclined:
+                    # resume_payment recorded the decline (FAILED) before raising it as its
+                    # caller's answer: the payment is settled, not a failure of the pass.
+                    return "resumed"
                 return "resumed" if after.status is not PaymentStatus.PENDING else ""
             quiet = quiet_after_deadline(adapter, payment.created_at)
             if self.now < quiet:
