@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,8 +34,15 @@ def stripe_dashboard() -> Iterator[DashboardStripe]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Prints what the model test explored (examples x steps, rules fired), for the record."""
-    from tests.model.test_model import STATS
+    """Prints what the model test explored (examples x steps, rules fired), and writes it to
+    ``var/model-test.json`` for the record (one entry per machine of this run)."""
+    from tests.model.test_model import SCALE, STATS
 
+    if not STATS:
+        return
     for name, stats in STATS.items():
         terminalreporter.write_line(stats.line(name))
+    record = {"scale": SCALE, "machines": {name: stats.record() for name, stats in STATS.items()}}
+    out = Path(__file__).resolve().parents[2] / "var" / "model-test.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -26,7 +26,13 @@ from billing_service.domain.common import Processor
 from billing_service.domain.money import Money
 from billing_service.domain.payments import ProcessorPaymentState, ProcessorRefundState
 from billing_service.domain.subscriptions import ProrationBehavior, SubscriptionStatus
-from billing_service.service_layer.ports import PaymentRequest, RefundRequest, SubscriptionChange, SubscriptionRequest
+from billing_service.service_layer.ports import (
+    Clock,
+    PaymentRequest,
+    RefundRequest,
+    SubscriptionChange,
+    SubscriptionRequest,
+)
 from tests.imitations.stripe_api import Obj, RecordedRequest, StripeApiError, StripeImitation
 
 T = TypeVar("T")
@@ -246,6 +252,12 @@ class DashboardStripe(StripeImitation):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lost: list[_LostResponses] = []
+        self.clock: Clock | None = None
+
+    def _now(self) -> int:
+        # Stripe's clock and ours agree: objects and events are stamped with the model's manual
+        # clock (lookups by creation time and the reconciler's event cursor compare the two).
+        return int(self.clock.now().timestamp()) if self.clock is not None else super()._now()
 
     def lose_responses_next(self, path_prefix: str, times: int = 1) -> None:
         """The next ``times`` requests under ``path_prefix`` act, then answer 502."""

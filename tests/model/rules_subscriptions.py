@@ -12,8 +12,8 @@ from hypothesis.stateful import initialize, precondition, rule
 from billing_service.domain.errors import ProcessorError
 from billing_service.domain.subscriptions import Plan
 from billing_service.service_layer import subscriptions as su
+from billing_service.service_layer.idempotency import RequestContext
 from tests.helpers import rid
-from tests.model.known_defects import is_open
 from tests.model.machine import ModelBase, counted
 from tests.model.processors import StripeApiError
 from tests.model.world import SUBSCRIPTIONS
@@ -47,7 +47,8 @@ class SubscriptionRules(ModelBase):
             assert created.ok, created
             plan_id = created.response.plan.id  # type: ignore[union-attr]
             plan = self.world.run(su.get_plan(self.world.deps, plan_id))
-            self.world.run(su.ensure_processor_plan(self.world.deps, plan, self.processor))
+            ctx = RequestContext("model", "model.plans", plan_id, plan_id)
+            self.world.run(su.ensure_processor_plan(self.world.deps, plan, self.processor, ctx=ctx))
             self.plan_ids.append(plan_id)
 
     def price_of(self, plan_id: str) -> str:
@@ -59,8 +60,6 @@ class SubscriptionRules(ModelBase):
     @counted
     def create_subscription(self, plan: int, quantity: int, trial: bool, mode: str) -> None:
         """CreateSubscription (with or without a trial)."""
-        if is_open("subscription_create_unlinked") and mode not in ("plain", "dup"):
-            mode = "plain"  # a create whose answer is lost is never linked by reconciliation
         request = spb.CreateSubscriptionRequest(
             request_id=rid(), customer_id=self.customer_id, plan_id=self.plan_ids[plan],
             payment_method_id=self.methods["ok"], quantity=quantity,
@@ -79,8 +78,6 @@ class SubscriptionRules(ModelBase):
     def update_subscription(self, i: int, plan: int, quantity: int, proration: int, mode: str) -> None:
         """UpdateSubscription: another plan and/or quantity."""
         sub = self.pick(self.subscriptions, i)
-        if is_open("subscription_change_unrecorded") and mode not in ("plain", "dup"):
-            mode = "plain"  # a change whose answer is lost is never learned from the processor
         request = spb.UpdateSubscriptionRequest(
             request_id=rid(), subscription_id=sub.id, plan_id=self.plan_ids[plan], quantity=quantity,
             proration_behavior=proration,  # type: ignore[arg-type]
@@ -124,8 +121,6 @@ class SubscriptionRules(ModelBase):
     @counted
     def dashboard_subscription(self, i: int, action: str, plan: int, quantity: int) -> None:
         """An operator switches a subscription's plan or quantity, or cancels it, at the processor."""
-        if action == "change" and is_open("dashboard_plan_change"):
-            return
         processor_id = self.pick(self.processor_subscriptions(), i)
         try:
             if action == "change":

@@ -90,6 +90,30 @@ FOUND: dict[str, tuple[Processor, str]] = {
         state.retry(i=0)
         """,
     ),
+    "subscription_create_unknown_past_window": (
+        Processor.FAKE,
+        """
+        state.create_subscription(mode='after', plan=0, quantity=1, trial=False)
+        state.in_flight(action='deadline', i=0)
+        state.time_passes(seconds=86460)
+        """,
+    ),
+    "subscription_create_unknown_past_window_stripe": (
+        Processor.STRIPE,
+        """
+        state.create_subscription(mode='after', plan=0, quantity=1, trial=False)
+        state.in_flight(action='deadline', i=0)
+        state.time_passes(seconds=86460)
+        """,
+    ),
+    "dashboard_refund_lost_webhook_stripe": (
+        Processor.STRIPE,
+        """
+        state.create_payment(behaviour='ok', currency=0, manual=False, mode='plain')
+        state.dashboard_payment(action='refund', i=0, portion=None)
+        state.time_passes(seconds=86400)
+        """,
+    ),
     "subscription_create_unlinked": (
         Processor.STRIPE,
         """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -63,9 +64,11 @@ def _settings(processor: Processor) -> settings:
 
 def _run(machine: type[ModelBase], env: Env, name: str) -> None:
     machine.env = env
+    start = time.perf_counter()
     try:
         run_state_machine_as_test(machine, settings=_settings(machine.processor))
     finally:
+        env.stats.wall_seconds = time.perf_counter() - start
         STATS[name] = env.stats
 
 

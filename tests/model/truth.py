@@ -108,10 +108,10 @@ async def fake_truth(fake: DashboardFake) -> Truth:
     for p in ledger.payments.values():
         truth.payments[p.id] = PaymentTruth(
             p.id, p.status, p.amount_captured, p.amount_capturable, p.amount_refunded, p.amount_refund_pending,
-            key=keys.get(p.id, ""),
+            our_id=p.our_id, key=keys.get(p.id, ""),
         )  # fmt: skip
     for r in ledger.refunds.values():
-        truth.refunds[r.id] = RefundTruth(r.id, r.payment_id, r.status, r.amount.amount_minor)
+        truth.refunds[r.id] = RefundTruth(r.id, r.payment_id, r.status, r.amount.amount_minor, our_id=r.our_id)
     for s in ledger.subscriptions.values():
         truth.subscriptions[s.id] = SubscriptionTruth(
             s.id, s.status, s.period_end, s.cancel_at_period_end, s.price.id, s.quantity

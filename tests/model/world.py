@@ -30,24 +30,23 @@ import stripe
 from billing.v1 import billing_service_pb2_grpc, subscription_service_pb2_grpc
 from google.protobuf.message import Message
 
-from billing_service.adapters.mongo.inbox import MongoWebhookInbox
 from billing_service.adapters.processors.retry import RetryPolicy
 from billing_service.adapters.processors.stripe import StripePaymentProcessor, StripeSettings
 from billing_service.bootstrap import Runtime, bootstrap
 from billing_service.config import Settings
 from billing_service.domain.common import Processor
+from billing_service.domain.processor_events import VerifiedEvent
 from billing_service.entrypoints.grpc_api.server import GrpcServer
 from billing_service.entrypoints.webhooks.app import Sidecar, create_app
 from billing_service.entrypoints.webhooks.handlers import HANDLERS, Handler, Json
-from billing_service.entrypoints.webhooks.inbox import ParsedEvent, record
-from billing_service.entrypoints.webhooks.stripe import StripeWebhookVerifier
 from billing_service.entrypoints.webhooks.worker import InboxWorkers, WorkerSettings
 from billing_service.service_layer import webhooks as wh
 from billing_service.service_layer.clock import ManualClock
 from billing_service.service_layer.core import Deps
+from billing_service.service_layer.event_intake import record
 from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.ports import PaymentProcessor, WebhookStatus
-from billing_service.service_layer.reconcile import ReconcileReport, reconcile_once
+from billing_service.service_layer.reconcile import EVENTS_OVERLAP, ReconcileReport, reconcile_once
 from tests.helpers import rich
 from tests.model.processors import DashboardFake, DashboardStripe, GatedProcessor
 
@@ -139,6 +138,8 @@ class World:
         self._event_seq = itertools.count(1)
         self._stripe_seq = -1
         self.tasks: list[asyncio.Task[Any]] = []
+        # The reconciler loop runs from the service's start: its events cursor starts there.
+        self.cursors: dict[str, str] = {"events": (self.clock.now() - EVENTS_OVERLAP).isoformat()}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -154,8 +155,11 @@ class World:
         else:
             assert self.stripe_api is not None
             self.stripe_api.reset()
+            self.stripe_api.clock = self.clock
             self._stripe_seq = -1
-            stripe_settings = StripeSettings(STRIPE_KEY, api_base=self.stripe_api.base_url, timeout_seconds=10)
+            stripe_settings = StripeSettings(
+                STRIPE_KEY, api_base=self.stripe_api.base_url, timeout_seconds=10, webhook_secrets=(WHSEC,)
+            )
             policy = RetryPolicy(2, base_delay=0.001, max_delay=0.002)
             inner = StripePaymentProcessor(stripe_settings, retry_policy=policy)
         self.gate = GatedProcessor(inner)
@@ -175,17 +179,16 @@ class World:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.server.port}")
         self.billing = billing_service_pb2_grpc.BillingServiceStub(self.channel)
         self.subs = subscription_service_pb2_grpc.SubscriptionServiceStub(self.channel)
-        database = self.store.database
-        self.inbox = MongoWebhookInbox(database.client, database.name)
-        await self.inbox.ensure_indexes()
+        self.runtime.start_events()  # the event outbox's sequencer, retention and tailer, as `serve` runs them
+        self.inbox = self.runtime.inbox
         self.workers = InboxWorkers(
             self.deps, self.inbox,
             WorkerSettings(workers=0, lease_seconds=30, max_attempts=6, retry_base_seconds=1, retry_max_seconds=8),
             handlers={**HANDLERS, **FAKE_HANDLERS},
         )  # fmt: skip
         sidecar = Sidecar(
-            inbox=self.inbox, clock=self.clock, ping=self.store.ping, stripe=StripeWebhookVerifier(secrets=(WHSEC,)),
-            paypal=None, max_body_bytes=512 * 1024, workers=None, stats_interval_seconds=0,
+            inbox=self.inbox, clock=self.clock, ping=self.store.ping, verifiers=dict(self.runtime.processors),
+            max_body_bytes=512 * 1024, workers=None, stats_interval_seconds=0,
         )  # fmt: skip
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(sidecar)), base_url="http://sidecar")
 
@@ -199,6 +202,8 @@ class World:
         await self.http.aclose()
         await self.channel.close(None)
         await self.server.stop(0)
+        if self.runtime.event_tasks is not None:
+            await self.runtime.event_tasks.stop()  # their change streams end before the database goes
         with contextlib.suppress(Exception):
             await self.store.database.client.drop_database(self.store.database.name)
         await self.runtime.aclose()
@@ -266,7 +271,7 @@ class World:
             response = await self.http.post("/webhooks/stripe", content=raw, headers=headers)
             assert response.status_code == 200, (response.status_code, response.text)
             return
-        await record(self.inbox, self.clock, Processor.FAKE, ParsedEvent(event.event_id, event.type, event.body), raw)
+        await record(self.inbox, self.clock, Processor.FAKE, VerifiedEvent(event.event_id, event.type, event.body), raw)
 
     async def process_webhooks(self, limit: int) -> int:
         """Runs the inbox worker on up to ``limit`` due events; returns how many it ran."""
@@ -299,7 +304,11 @@ class World:
             if errors is not None:
                 errors.append(f"{resource_id}: {getattr(exc, 'reason', type(exc).__name__)} {exc}")
 
-        return await reconcile_once(self.deps, on_error=on_error)
+        report = await reconcile_once(
+            self.deps, budget=None, cursors=self.cursors, event_feed=self.runtime.event_feed, on_error=on_error
+        )
+        self.cursors = report.cursors  # kept between passes, as the reconciler loop keeps them with its lease
+        return report
 
     def clear_faults(self) -> None:
         """Forgets processor faults no call consumed."""
