@@ -73,6 +73,14 @@ FOUND: dict[str, tuple[Processor, str]] = {
         state.in_flight(action='crash', i=0)
         """,
     ),
+    "reconcile_refund_refused_is_error": (
+        Processor.FAKE,
+        """
+        state.create_payment(behaviour='ok', currency=0, manual=False, mode='plain')
+        state.dashboard_payment(action='refund', i=0, portion=None)
+        state.refund(i=0, mode='lost', portion=2)
+        """,
+    ),
     "stripe_refund_scale": (
         Processor.STRIPE,
         """
