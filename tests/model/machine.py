@@ -299,7 +299,7 @@ class ModelBase(RuleBasedStateMachine):
         if action == "crash":
             if not flight.crashed:
                 flight.crashed = True
-                self.world.clock.advance(timedelta(seconds=LEASE_SECONDS + 1))
+                self.advance(timedelta(seconds=LEASE_SECONDS + 1))
             return
         if action == "release" and flight.crashed:
             return  # a dead executor never acts again
@@ -330,9 +330,19 @@ class ModelBase(RuleBasedStateMachine):
             and any(s.status is SubscriptionStatus.INCOMPLETE and not s.processor_id for s in self.subscriptions)
         ):
             return  # such a subscription could then be linked only by an event list the fake does not keep
-        self.world.clock.advance(timedelta(seconds=seconds))
+        self.advance(timedelta(seconds=seconds))
         if self.world.fake is not None:
             self.world.run(self.world.fake.process_renewals())
+
+    def advance(self, delta: timedelta) -> None:
+        """Moves the clock on. A call held at the processor for longer than the adapter's
+        timeouts (the lease's term: 3 attempts of 20 s at Stripe) times out when released: no
+        live executor's call outlasts them, and while it lasts, its heartbeat (which runs on
+        real time, not on the model's clock) would renew its lease."""
+        self.world.clock.advance(delta)
+        for flight in self.inflight:
+            if self.lease_lapsed(flight):
+                flight.hold.timed_out = True
 
     @rule(replicas=st.sampled_from([1, 2]))
     @counted

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from billing_service.adapters.processors.fake import FakePaymentProcessor
 from billing_service.domain.common import Processor
+from billing_service.domain.errors import ProcessorError
 from billing_service.domain.money import Money
 from billing_service.domain.payments import ProcessorPaymentState, ProcessorRefundState
 from billing_service.domain.subscriptions import ProrationBehavior, SubscriptionStatus
@@ -56,10 +57,20 @@ class Hold:
     released: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # the call left the gate, one way or another
     taken: bool = False
+    # Set by the model once the clock passed the adapter's timeouts while the call was held:
+    # no call stays at the processor longer, so on release it fails as a timeout (before the
+    # effect: nothing reached the processor; after it: the answer is lost).
+    timed_out: bool = False
 
     def release(self) -> None:
         """Lets the held call go on."""
         self.released.set()
+
+
+def _timeout() -> ProcessorError:
+    return ProcessorError(
+        "the processor call timed out (held by the model)", reason="PROCESSOR_UNREACHABLE", retryable=True
+    )
 
 
 class GatedProcessor:
@@ -93,6 +104,8 @@ class GatedProcessor:
         try:
             if hold.phase == "before":
                 await self._wait(hold)
+                if hold.timed_out:
+                    raise _timeout()
                 return await call()
             try:
                 result = await call()
@@ -100,6 +113,8 @@ class GatedProcessor:
                 await self._wait(hold)
                 raise
             await self._wait(hold)
+            if hold.timed_out:
+                raise _timeout()
             return result
         finally:
             hold.finished.set()

@@ -81,6 +81,18 @@ FOUND: dict[str, tuple[Processor, str]] = {
         state.refund(i=0, mode='lost', portion=2)
         """,
     ),
+    # Found by the long run after the merge; a model artifact, not a service defect: a call held
+    # before the processor for 24 h reached it after reconciliation had settled the payment
+    # absent (FAILED). No call outlasts the adapter's timeouts: such a call now times out.
+    "held_call_outlasts_its_timeouts": (
+        Processor.FAKE,
+        """
+        state.create_payment(behaviour='ok', currency=0, manual=False, mode='before')
+        state.refund(i=0, mode='plain', portion=None)
+        state.time_passes(seconds=86400)
+        state.reconcile(replicas=1)
+        """,
+    ),
     "stripe_refund_scale": (
         Processor.STRIPE,
         """

@@ -23,7 +23,7 @@ from tests.model.rules_subscriptions import SubscriptionRules
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 SCALE = float(os.environ.get("BILLING_MODEL_SCALE", "1"))
-EXAMPLES = {Processor.FAKE: 40, Processor.STRIPE: 20}
+EXAMPLES = {Processor.FAKE: 20, Processor.STRIPE: 8}
 STEPS = int(os.environ.get("BILLING_MODEL_STEPS", "40"))
 SURVEY = os.environ.get("BILLING_MODEL_SURVEY", "") == "1"
 STATS: dict[str, Stats] = {}
