@@ -93,6 +93,22 @@ FOUND: dict[str, tuple[Processor, str]] = {
         state.reconcile(replicas=1)
         """,
     ),
+    "subscription_cancel_during_unknown_create": (
+        Processor.FAKE,
+        """
+        state.create_subscription(mode='lost', plan=0, quantity=3, trial=True)
+        state.subscription_lifecycle(action='cancel_at_period_end', i=0, mode='plain')
+        state.retry(i=0)
+        """,
+    ),
+    "subscription_cancel_during_unknown_create_stripe": (
+        Processor.STRIPE,
+        """
+        state.create_subscription(mode='lost', plan=0, quantity=3, trial=True)
+        state.subscription_lifecycle(action='cancel_at_period_end', i=0, mode='plain')
+        state.retry(i=0)
+        """,
+    ),
     "stripe_refund_scale": (
         Processor.STRIPE,
         """
