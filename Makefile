@@ -43,8 +43,11 @@ fmt: install
 test: install lint typecheck proto-check clients-install
 	BILLING_CLIENT_TOOLCHAINS=required $(VENV)/bin/pytest -q -p no:cacheprovider
 
+# Extra arguments, e.g. BENCH_ARGS="--only applied,history --baseline-root /tmp/base" (docs/PERFORMANCE.md).
+BENCH_ARGS ?=
+
 bench: install
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools var .mypy_cache .ruff_cache .pytest_cache $(TS_DIR)/node_modules $(TS_DIR)/dist

@@ -118,11 +118,15 @@ async def closed_loop(
 class Child:
     """A child process that prints ``READY <info>`` on stdout once it serves."""
 
-    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+    def __init__(
+        self, args: list[str], *, env: dict[str, str] | None = None, timeout: float = 60.0, root: Path = ROOT
+    ) -> None:
+        # ``python -m`` imports from the working directory first: run in ``root`` so another
+        # checkout (a baseline of earlier code) really runs its own code.
         self.proc = subprocess.Popen(
             [sys.executable, *args],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=None,
             text=True,

@@ -22,7 +22,7 @@ from billing.v1 import common_pb2
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from benchmarks.harness import WATCH, Child, Result, closed_loop
+from benchmarks.harness import ROOT, WATCH, Child, Result, closed_loop
 from billing_service.adapters.mongo.codecs import encode
 from billing_service.adapters.mongo.store import MongoBillingStore, idempotency_key
 from billing_service.domain.common import AuditEvent, Processor
@@ -45,13 +45,15 @@ def channel(port: int, *, own_connection: bool = False) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
 
 
-def start_service(mongo_uri: str, database: str, *, port: int = 0, reuseport: bool = False, profile: str = "") -> Child:
+def start_service(
+    mongo_uri: str, database: str, *, port: int = 0, reuseport: bool = False, profile: str = "", root: Path = ROOT
+) -> Child:
     args = ["-m", "benchmarks.serve", "service", "--mongo-uri", mongo_uri, "--database", database, "--port", str(port)]
     if reuseport:
         args.append("--reuseport")
     if profile:
         args += ["--profile", profile]
-    child = Child(args)
+    child = Child(args, root=root)
     WATCH["server" if "server" not in WATCH else f"server{len(WATCH)}"] = child.proc.pid
     return child
 

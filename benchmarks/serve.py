@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,10 @@ async def serve_service(args: argparse.Namespace) -> None:
 
         profiler = Profiler(interval=0.0005, async_mode="disabled")
     port = await server.start()
-    runtime.start_events()
+    # BENCH_NO_EVENT_TASKS=1: no sequencer, retention or tailer (the outbox is still written
+    # in every commit): shows what the event log's background work costs the write path.
+    if os.environ.get("BENCH_NO_EVENT_TASKS") != "1":
+        runtime.start_events()
     if profiler is not None:
         profiler.start()
     print(f"READY {port}", flush=True)

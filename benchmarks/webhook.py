@@ -46,6 +46,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from bson import Binary
 
@@ -162,24 +163,42 @@ class HttpConnections:
 
 
 class Sidecar:
-    """``billing-service webhooks serve`` as a child process (optionally under pyinstrument)."""
+    """``billing-service webhooks serve`` as a child process (optionally under pyinstrument).
 
-    def __init__(self, mongo_uri: str, database: str, *, workers: int, profile: str = "") -> None:
+    Args:
+        workers: ``BILLING_WEBHOOK_WORKERS`` (-1: leave it unset, the sidecar's default).
+        extra_env: More environment (a processor's key and API base, worker settings).
+        root: The checkout whose ``billing_service`` runs (another git worktree, for a
+            baseline of earlier code measured in the same run); this one by default.
+    """
+
+    def __init__(
+        self,
+        mongo_uri: str,
+        database: str,
+        *,
+        workers: int,
+        profile: str = "",
+        extra_env: dict[str, str] | None = None,
+        root: Path = ROOT,
+        base_env: dict[str, str] | None = None,
+    ) -> None:
         env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
+            **(os.environ if base_env is None else base_env),
+            "PYTHONPATH": str(root),
             "MONGODB_URI": mongo_uri,
             "BILLING_MONGODB_DATABASE": database,
             "STRIPE_WEBHOOK_SECRET": SECRET,
             "BILLING_WEBHOOK_ADDRESS": "127.0.0.1:0",
-            "BILLING_WEBHOOK_WORKERS": str(workers),
+            **({"BILLING_WEBHOOK_WORKERS": str(workers)} if workers >= 0 else {}),
             "BILLING_WEBHOOK_METRICS_PORT": "0",
             "BILLING_LOG_LEVEL": "ERROR",  # the probe's forged delivery would log a warning
+            **(extra_env or {}),
         }
         prefix = ["-m", "pyinstrument", "-i", "0.0005", "-r", "text", "-o", profile] if profile else []
         self.proc = subprocess.Popen(
             [sys.executable, *prefix, "-m", "billing_service", "webhooks", "serve"],
-            cwd=ROOT,
+            cwd=root,
             env=env,
             stdout=subprocess.PIPE,
             stderr=None,
@@ -263,7 +282,9 @@ async def _sidecar_point(cfg: Config, path: str, workers: int, c: int, signer: S
             else:
                 raise AssertionError("the sidecar accepted a forged signature")
             await probe.aclose()
-            return await _http_point(cfg, path, sidecar.port, c, signer)
+            result = await _http_point(cfg, path, sidecar.port, c, signer)
+            result.extra["store"] = "fresh"
+            return result
         finally:
             sidecar.stop()
             WATCH.pop("sidecar", None)
@@ -301,7 +322,9 @@ async def _floor_point(cfg: Config, c: int) -> Result:
         try:
             floor = StoreFloor(store, "bench_webhook")
             await floor.inbox.ensure_indexes()
-            return await closed_loop("webhook", "store_floor", c, floor.op(c), seconds=cfg.seconds, warmup=cfg.warmup)
+            result = await closed_loop("webhook", "store_floor", c, floor.op(c), seconds=cfg.seconds, warmup=cfg.warmup)
+            result.extra["store"] = "fresh"
+            return result
         finally:
             await store.aclose()
 
@@ -321,6 +344,7 @@ async def webhook_path(cfg: Config, mongo_uri: str) -> list[Result]:
             results.append(await _sidecar_point(cfg, "sidecar", 0, c, signer))
             WATCH["bare"] = bare.proc.pid
             results.append(await _http_point(cfg, "bare_endpoint", int(bare.info), c, signer))
+            results[-1].extra["store"] = "none"
             WATCH.pop("bare", None)
             results.append(await _floor_point(cfg, c))
             results.append(await _sidecar_point(cfg, "sidecar_workers", 4, c, signer))

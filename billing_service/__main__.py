@@ -1,4 +1,4 @@
-"""Command line: ``billing-service serve | run | webhooks | reconcile``."""
+"""Command line: ``billing-service serve | run | webhooks | reconcile | events``."""
 
 from __future__ import annotations
 
@@ -38,8 +38,15 @@ def _config_error(exc: ConfigError) -> int:
 
 
 async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
-    from billing_service.bootstrap import bootstrap, build_reconciler, build_subscription_sampler
+    from billing_service.bootstrap import (
+        bootstrap,
+        build_janitor,
+        build_push_tasks,
+        build_reconciler,
+        build_subscription_sampler,
+    )
     from billing_service.entrypoints.grpc_api.auth import build_auth
+    from billing_service.entrypoints.grpc_api.event_service import render_event
     from billing_service.entrypoints.grpc_api.server import GrpcServer
 
     # Before anything starts: unreadable TLS files or unknown permissions are config errors.
@@ -71,6 +78,8 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
         interceptors=interceptors,
     )
     reconciler = build_reconciler(runtime)
+    push = build_push_tasks(runtime, render_event)  # None with BILLING_EVENTS_PUSH=false
+    janitor = build_janitor(runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -80,6 +89,9 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
         runtime.start_events()
         sampler.start()
         reconciler.start()
+        if push is not None:
+            push.start()
+        janitor.start()
         host = settings.grpc_address.rsplit(":", 1)[0]
         mode = "live" if settings.live else "test"
         print(
@@ -101,6 +113,10 @@ async def _serve(settings: Settings, *, mongodb_uri: str | None = None) -> None:
     finally:
         # Each step is bounded so one stuck dependency cannot keep the process from exiting.
         await _bounded("reconciler", reconciler.stop())
+        if push is not None:  # attempts in flight get the grace period (an attempt's timeout is at most 25 s)
+            grace = settings.shutdown_grace_seconds
+            await _bounded("push delivery", push.stop(grace_seconds=grace), grace + 5)
+        await _bounded("janitor", janitor.stop())
         await _bounded("subscription sampler", sampler.stop())
         if metrics_server is not None:
             metrics_server.close()
@@ -203,9 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         help="compare every record with its processor and report the differences, changing nothing "
         "(exit status 1 when any record differs or could not be checked)",
     )
+    from billing_service.entrypoints import events_cli
     from billing_service.entrypoints.webhooks import cli as webhooks_cli
 
     webhooks_cli.add_parser(sub)
+    events_cli.add_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging("INFO")  # before the settings, so a configuration error is a JSON line too
     try:
@@ -218,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "webhooks":
         try:
             return webhooks_cli.run(args, settings)
+        except ConfigError as exc:
+            return _config_error(exc)
+    if args.command == "events":
+        try:
+            return events_cli.run(args, settings)
         except ConfigError as exc:
             return _config_error(exc)
     if args.command == "run":

@@ -3,8 +3,8 @@
 :func:`bootstrap` builds a :class:`Runtime`: the store (the embedded server when no URI is
 set), the processor adapters (the fake's state included) wrapped in their metrics, the
 use cases' ``Deps``, idempotency, the leases, the webhook inbox and the reconciler's event
-feed. The ``build_*`` functions build the background jobs and the webhook sidecar's pieces
-from a runtime. ``__main__`` and the CLI subcommands call them and hand the entrypoints
+feed. The ``build_*`` functions build the background jobs (reconciler, janitor, sampler)
+and the webhook sidecar's pieces from a runtime. ``__main__`` and the CLI subcommands call them and hand the entrypoints
 what they need.
 
 This module and ``adapters/`` are the only code that touches the raw database client or
@@ -18,11 +18,19 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from billing_service.adapters.mongo.counts import subscription_counter
 from billing_service.adapters.mongo.embedded import EmbeddedMongo
+from billing_service.adapters.mongo.event_delivery import (
+    MongoEventDeliveries,
+    MongoEventEndpoints,
+    MongoPushLeases,
+    StaticSecretKeys,
+    StoredSecretKeys,
+    ensure_push_indexes,
+)
 from billing_service.adapters.mongo.inbox import MongoWebhookInbox
 from billing_service.adapters.mongo.leases import MongoLeases
 from billing_service.adapters.mongo.store import MongoBillingStore
@@ -33,15 +41,19 @@ from billing_service.observability.processor import InstrumentedProcessor
 from billing_service.service_layer.clock import SystemClock
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.event_intake import event_feed
+from billing_service.service_layer.event_ports import EventLog
 from billing_service.service_layer.event_stream import Ring, Tailer
 from billing_service.service_layer.event_tasks import Retention, Sequencer
 from billing_service.service_layer.events import EventDeps
 from billing_service.service_layer.idempotency import Idempotency
 from billing_service.service_layer.ports import Clock, Leases, PaymentProcessor, WebhookVerifier
+from billing_service.service_layer.push_ports import EventRenderer, PushServices, SecretKeys
 from billing_service.service_layer.reconcile import DEFAULT_BUDGET, EventFeed
 
 if TYPE_CHECKING:
     from billing_service.adapters.processors._fake_state import FakeStateStore
+    from billing_service.entrypoints.janitor import JanitorLoop
+    from billing_service.entrypoints.push_delivery import PushDeliveryTasks
     from billing_service.entrypoints.reconciler import ReconcilerLoop
     from billing_service.entrypoints.webhooks.app import Sidecar
 
@@ -243,10 +255,14 @@ async def bootstrap(
         uri = embedded.uri
     store = MongoBillingStore.connect(uri, settings.mongodb_database)
     client = store.database.client
-    inbox = MongoWebhookInbox(client, settings.mongodb_database)
+    # Finished events carry purge_at = finish + retention (TTL index; the janitor sweeps too).
+    inbox = MongoWebhookInbox(
+        client, settings.mongodb_database, retention=timedelta(days=settings.webhook_retention_days)
+    )
     try:
         await store.ensure_indexes()
         await inbox.ensure_indexes()
+        await ensure_push_indexes(client, settings.mongodb_database)
     except Exception:
         await store.aclose()
         if embedded is not None:
@@ -274,6 +290,8 @@ async def bootstrap(
         clock=clock,
         retention=timedelta(days=settings.events_retention_days),
     )
+    # Every replica serves the push RPCs; BILLING_EVENTS_PUSH decides only who delivers.
+    deps.push = build_push_services(settings, store, clock, store.events, retention=deps.events.retention)
     deps.audit_hooks.append(KpiRecorder(metrics))
     deps.drift_hooks.append(DriftRecorder(metrics))
     idempotency = Idempotency(
@@ -317,6 +335,66 @@ def build_reconciler(
         budget=budget,
         owner=replica_name(),
     )
+
+
+def build_push_services(
+    settings: Settings, store: MongoBillingStore, clock: Clock, log_reader: EventLog, *, retention: timedelta
+) -> PushServices:
+    """Push delivery's services on the store's database (``ensure_push_indexes`` makes its indexes).
+
+    Without ``BILLING_EVENTS_SECRET_KEY`` (refused in live mode) the endpoints' secrets are
+    derived from a key kept in the store, and a warning says so when it is first used.
+    """
+    client, name = store.database.client, store.database.name
+    key = settings.events_key
+    keys: SecretKeys = StaticSecretKeys(key) if key else StoredSecretKeys(client, name)
+    return PushServices(
+        endpoints=MongoEventEndpoints(client, name), deliveries=MongoEventDeliveries(client, name),
+        log=log_reader, keys=keys, leases=MongoPushLeases(client, name), clock=clock,
+        page_secret=store.page_token_secret, allow_http=settings.push_allows_http, retention=retention,
+    )  # fmt: skip
+
+
+def build_push_tasks(runtime: Runtime, render: EventRenderer) -> PushDeliveryTasks | None:
+    """Push delivery's fan-out and worker for ``serve``; None with ``BILLING_EVENTS_PUSH=false``.
+
+    Args:
+        render: Builds the POSTed body of an event (the gRPC layer's ``BillingEvent`` JSON).
+    """
+    from billing_service.adapters.push_sender import HttpxPushSender
+    from billing_service.entrypoints.push_delivery import PushDeliveryTasks
+
+    settings = runtime.settings
+    if not settings.events_push or runtime.deps.push is None:
+        return None
+    sender = HttpxPushSender(
+        timeout_seconds=settings.events_delivery_timeout_seconds, max_connections=settings.events_delivery_concurrency
+    )
+    return PushDeliveryTasks(
+        runtime.deps.push, sender, render, owner=replica_name(), concurrency=settings.events_delivery_concurrency,
+        observer=runtime.metrics,
+    )  # fmt: skip
+
+
+def build_janitor(runtime: Runtime, interval: float | None = None) -> JanitorLoop:
+    """The janitor loop of ``serve``: finished inbox events, expired idempotency records, old leases.
+
+    Args:
+        interval: Seconds between passes; ``settings.janitor_interval_seconds`` when None
+            (0 disables the loop).
+    """
+    from billing_service.adapters.mongo.janitor import MongoJanitor, SweepReport
+    from billing_service.entrypoints.janitor import JanitorLoop
+
+    every = runtime.settings.janitor_interval_seconds if interval is None else interval
+    database = runtime.store.database
+    janitor = MongoJanitor(database.client, database.name, runtime.inbox)
+    owner = replica_name()
+
+    async def sweep(now: datetime) -> SweepReport:
+        return await janitor.sweep_with_lease(owner=owner, now=now, lease_seconds=max(every * 2, 60.0))
+
+    return JanitorLoop(sweep, runtime.deps.clock, every)
 
 
 def build_subscription_sampler(runtime: Runtime) -> SubscriptionSampler:

@@ -6,6 +6,8 @@ Nothing here reads the environment at import time. Secrets are wrapped in
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from collections import Counter
@@ -31,6 +33,8 @@ MIN_TOKEN_LENGTH = 32
 # Shannon estimate of a token's characters, in bits. 32 random hex characters (128 bits)
 # measure 93 bits at worst over 100,000 draws; a 32-character token over 5 letters, 74.
 MIN_TOKEN_BITS = 80
+#: Finished webhook events are kept at least this long (Stripe's Events API reaches back 30 days).
+MIN_WEBHOOK_RETENTION_DAYS = 31
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class Settings:
     log_level: str = "INFO"
     webhook_address: str = "127.0.0.1:8081"
     webhook_max_body_bytes: int = 512 * 1024
-    webhook_workers: int = 4
+    webhook_workers: int = 16
     webhook_max_attempts: int = 8
     webhook_lease_seconds: float = 60.0
     webhook_retry_base_seconds: float = 2.0
@@ -87,6 +91,8 @@ class Settings:
     paypal_cert_ca_file: Path | None = None
     metrics_port: int = 0
     reconcile_interval_seconds: float = 300.0
+    janitor_interval_seconds: float = 300.0
+    webhook_retention_days: float = 35.0
     webhook_metrics_port: int = 0
     auth_mode: str = "none"
     auth_tokens: tuple[tuple[str, Secret], ...] = ()
@@ -99,6 +105,10 @@ class Settings:
     fake_state: str = "store"
     events_retention_days: float = 30.0
     events_ring_size: int = 10_000
+    events_secret_key: Secret = Secret("")
+    events_push: bool = True
+    events_delivery_timeout_seconds: float = 10.0
+    events_delivery_concurrency: int = 16
 
     @property
     def stripe_mode(self) -> str:
@@ -116,6 +126,30 @@ class Settings:
     def live(self) -> bool:
         """True when real money can move."""
         return self.stripe_mode == "live" or (bool(self.paypal_client_id) and self.paypal_environment == "live")
+
+    @property
+    def events_key(self) -> bytes:
+        """``BILLING_EVENTS_SECRET_KEY`` decoded (empty when unset).
+
+        Raises:
+            ConfigError: Not base64, or shorter than 32 bytes (the message never shows it).
+        """
+        raw = self.events_secret_key.value
+        if not raw:
+            return b""
+        try:
+            key = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_" if "-" in raw or "_" in raw else None,
+                                   validate=True)  # fmt: skip
+        except (ValueError, binascii.Error):
+            raise ConfigError("BILLING_EVENTS_SECRET_KEY must be base64 (e.g. openssl rand -base64 32)") from None
+        if len(key) < 32:
+            raise ConfigError("BILLING_EVENTS_SECRET_KEY must decode to at least 32 bytes (openssl rand -base64 32)")
+        return key
+
+    @property
+    def push_allows_http(self) -> bool:
+        """Plain http push endpoints are accepted only outside production and live mode."""
+        return not self.live and self.environment != "production"
 
     @property
     def enabled_processors(self) -> list[Processor]:
@@ -164,6 +198,19 @@ class Settings:
             raise ConfigError("BILLING_IDEMPOTENCY_TTL_HOURS must be at least 24")
         self._validate_webhooks()
         self._validate_auth()
+        self._validate_events()
+
+    def _validate_events(self) -> None:
+        """Refuses push delivery settings that are unsafe or cannot work."""
+        _ = self.events_key  # validates the key's encoding and length
+        if self.live and self.events_push and not self.events_secret_key:
+            raise ConfigError(
+                "live mode with push delivery requires BILLING_EVENTS_SECRET_KEY (or BILLING_EVENTS_PUSH=false)"
+            )
+        if not 0 < self.events_delivery_timeout_seconds <= 25:
+            raise ConfigError("BILLING_EVENTS_DELIVERY_TIMEOUT_SECONDS must be between 0 and 25 (a claim lasts 30 s)")
+        if self.events_delivery_concurrency < 1:
+            raise ConfigError("BILLING_EVENTS_DELIVERY_CONCURRENCY must be at least 1")
 
     def _validate_webhooks(self) -> None:
         """Refuses webhook sidecar settings that cannot work."""
@@ -175,6 +222,12 @@ class Settings:
             raise ConfigError("BILLING_WEBHOOK_MAX_ATTEMPTS must be at least 1")
         if self.webhook_lease_seconds < 1 or self.webhook_poll_seconds <= 0:
             raise ConfigError("BILLING_WEBHOOK_LEASE_SECONDS and BILLING_WEBHOOK_POLL_SECONDS must be positive")
+        # A purged event's id no longer blocks a redelivery, so the inbox keeps finished events
+        # longer than Stripe keeps events for backfill (30 days) and any processor retries.
+        if self.webhook_retention_days < MIN_WEBHOOK_RETENTION_DAYS:
+            raise ConfigError(f"BILLING_WEBHOOK_RETENTION_DAYS must be at least {MIN_WEBHOOK_RETENTION_DAYS}")
+        if self.janitor_interval_seconds < 0:
+            raise ConfigError("BILLING_JANITOR_INTERVAL_SECONDS must not be negative")
         if not 0 < self.webhook_retry_base_seconds <= self.webhook_retry_max_seconds:
             raise ConfigError("BILLING_WEBHOOK_RETRY_BASE_SECONDS must be positive and at most ..._MAX_SECONDS")
         if not 0 < self.stripe_webhook_tolerance_seconds <= 3600:
@@ -260,7 +313,7 @@ class Settings:
             log_level=get("BILLING_LOG_LEVEL", "INFO").upper(),
             webhook_address=get("BILLING_WEBHOOK_ADDRESS", "127.0.0.1:8081"),
             webhook_max_body_bytes=int(number("BILLING_WEBHOOK_MAX_BODY_BYTES", 512 * 1024)),
-            webhook_workers=int(number("BILLING_WEBHOOK_WORKERS", 4)),
+            webhook_workers=int(number("BILLING_WEBHOOK_WORKERS", 16)),
             webhook_max_attempts=int(number("BILLING_WEBHOOK_MAX_ATTEMPTS", 8)),
             webhook_lease_seconds=number("BILLING_WEBHOOK_LEASE_SECONDS", 60),
             webhook_retry_base_seconds=number("BILLING_WEBHOOK_RETRY_BASE_SECONDS", 2),
@@ -270,6 +323,8 @@ class Settings:
             paypal_cert_ca_file=Path(get("PAYPAL_CERT_CA_FILE")) if get("PAYPAL_CERT_CA_FILE") else None,
             metrics_port=int(number("BILLING_METRICS_PORT", 0)),
             reconcile_interval_seconds=number("BILLING_RECONCILE_INTERVAL_SECONDS", 300),
+            janitor_interval_seconds=number("BILLING_JANITOR_INTERVAL_SECONDS", 300),
+            webhook_retention_days=number("BILLING_WEBHOOK_RETENTION_DAYS", 35),
             webhook_metrics_port=int(number("BILLING_WEBHOOK_METRICS_PORT", 0)),
             auth_mode=get("BILLING_AUTH_MODE", "none").lower(),
             auth_tokens=parse_auth_tokens(get("BILLING_AUTH_TOKENS")),
@@ -282,6 +337,10 @@ class Settings:
             events_retention_days=number("BILLING_EVENTS_RETENTION_DAYS", 30),
             events_ring_size=int(number("BILLING_EVENTS_RING_SIZE", 10_000)),
             fake_state=get("BILLING_FAKE_STATE", "store").lower(),
+            events_secret_key=Secret(get("BILLING_EVENTS_SECRET_KEY")),
+            events_push=flag("BILLING_EVENTS_PUSH", True),
+            events_delivery_timeout_seconds=number("BILLING_EVENTS_DELIVERY_TIMEOUT_SECONDS", 10),
+            events_delivery_concurrency=int(number("BILLING_EVENTS_DELIVERY_CONCURRENCY", 16)),
         )
         settings.validate()
         return settings

@@ -179,7 +179,8 @@ _TYPES: Final = (
     EventType(
         "invoice.payment_failed",
         "invoice",
-        "a payment attempt of the invoice failed (status unchanged); needs the invoice mirror to record attempts",
+        "a payment attempt failed: attempt_count rose on an unpaid invoice (status unchanged, or open -> "
+        "uncollectible); Stripe and the fake, not PayPal (no invoice for a failed cycle)",
     ),
     _updated("invoice", "amounts or lines changed"),
     _created("dispute", "a processor opened a dispute (status needs_response)"),

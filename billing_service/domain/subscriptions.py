@@ -9,6 +9,7 @@ from enum import StrEnum
 from billing_service.domain.common import Processor
 from billing_service.domain.errors import IllegalTransition, InvalidArgument
 from billing_service.domain.money import Money
+from billing_service.domain.payments import PaymentFailure
 
 
 class Interval(StrEnum):
@@ -311,7 +312,15 @@ class InvoiceLine:
 
 @dataclass
 class ProcessorInvoiceState:
-    """A processor's invoice in our terms (mirrored, never computed by us)."""
+    """A processor's invoice in our terms (mirrored, never computed by us).
+
+    Attributes:
+        attempt_count: Payment attempts the processor made for the invoice so far, the
+            successful one included (Stripe's ``attempt_count``); 0 when none or unknown.
+        last_failure: Why the latest failed attempt failed (decline code and message only,
+            never card data), when the processor says; None otherwise.
+        next_attempt_at: When the processor retries next (Stripe's ``next_payment_attempt``).
+    """
 
     processor_id: str
     processor_subscription_id: str
@@ -322,11 +331,21 @@ class ProcessorInvoiceState:
     period_end: datetime | None
     lines: list[InvoiceLine] = field(default_factory=list)
     created_at: datetime | None = None
+    attempt_count: int = 0
+    last_failure: PaymentFailure | None = None
+    next_attempt_at: datetime | None = None
 
 
 @dataclass
 class Invoice:
-    """A mirrored processor invoice for one subscription period."""
+    """A mirrored processor invoice for one subscription period.
+
+    Attributes:
+        attempt_count: The processor's payment attempts so far (never decreases).
+        last_failure: Why the latest failed attempt failed, when the processor said.
+        last_failure_time: When the mirror recorded the latest failed attempt.
+        next_attempt_time: When the processor retries next; None when it will not.
+    """
 
     id: str
     subscription_id: str
@@ -341,22 +360,59 @@ class Invoice:
     lines: list[InvoiceLine]
     created_at: datetime
     updated_at: datetime
+    attempt_count: int = 0
+    last_failure: PaymentFailure | None = None
+    last_failure_time: datetime | None = None
+    next_attempt_time: datetime | None = None
     version: int = 0
 
     def apply_processor_state(self, state: ProcessorInvoiceState, now: datetime) -> bool:
-        """Converges on the processor's invoice; never moves backwards."""
+        """Converges on the processor's invoice; never moves backwards.
+
+        The status follows the invoice state machine and the attempt count only grows, so a
+        stale report (read before ours, or a duplicate) changes nothing it has already seen.
+        Use :meth:`failed_attempt` before this call to tell whether the report adds a failed
+        payment attempt.
+        """
         if state.status != self.status and state.status not in _INVOICE_MOVES[self.status]:
             return False
-        changed = (state.status, state.amount_due, state.amount_paid, state.lines) != (
-            self.status,
-            self.amount_due,
-            self.amount_paid,
-            self.lines,
-        )
+        failed = self.failed_attempt(state)
+        before = (self.status, self.amount_due, self.amount_paid, self.lines, self.attempt_count, self.last_failure)
+        before_next = self.next_attempt_time
         self.status = state.status
         self.amount_due = state.amount_due
         self.amount_paid = state.amount_paid
         self.lines = list(state.lines)
+        if state.attempt_count >= self.attempt_count:  # a report older than our count keeps ours
+            self.next_attempt_time = state.next_attempt_at
+        if self.status in (InvoiceStatus.PAID, InvoiceStatus.VOID):
+            self.next_attempt_time = None  # nothing is retried any more
+        if failed:
+            self.last_failure = state.last_failure
+            self.last_failure_time = now
+        elif state.attempt_count == self.attempt_count and self.last_failure is None and state.last_failure:
+            self.last_failure = state.last_failure  # the reason came after the count (read later)
+        self.attempt_count = max(self.attempt_count, state.attempt_count)
+        after = (self.status, self.amount_due, self.amount_paid, self.lines, self.attempt_count, self.last_failure)
+        changed = before != after or before_next != self.next_attempt_time
         if changed:
             self.updated_at = now
         return changed
+
+    def failed_attempt(self, state: ProcessorInvoiceState) -> bool:
+        """True when ``state`` reports a failed payment attempt this mirror has not recorded.
+
+        The count rose and the invoice is still unpaid (open, or uncollectible after the
+        last retry). A count that rose to a paid invoice was the successful attempt; any
+        failed ones before it that we never saw are not reported after the fact.
+        """
+        if state.status != self.status and state.status not in _INVOICE_MOVES[self.status]:
+            return False
+        unpaid = state.status in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE)
+        return unpaid and state.attempt_count > self.attempt_count
+
+    @staticmethod
+    def first_seen_failed(state: ProcessorInvoiceState) -> bool:
+        """True when an invoice mirrored for the first time already has a failed attempt."""
+        unpaid = state.status in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE)
+        return unpaid and state.attempt_count > 0

@@ -14,6 +14,7 @@ from billing_service.service_layer.executions import claim_before_writes, fenced
 from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.pagination import decode_token, encode_token, page_size
 from billing_service.service_layer.ports import BillingStore, Change, Clock, E, Page, PaymentProcessor, T
+from billing_service.service_layer.push_ports import PushServices
 
 if TYPE_CHECKING:
     from billing_service.service_layer.events import EventDeps
@@ -57,6 +58,7 @@ class Deps:
         drift_hooks: Called with every drift found (metrics).
         lease_seconds: Idempotency lease term, also for records held by a cancel or the reconciler.
         events: The event log and consumers (EventService); None where nothing reads events.
+        push: Push delivery of events (endpoints, deliveries); None where it is not wired.
     """
 
     store: BillingStore
@@ -67,6 +69,7 @@ class Deps:
     drift_hooks: list[Callable[[Drift], None]] = field(default_factory=list)
     lease_seconds: float = 60.0
     events: EventDeps | None = None
+    push: PushServices | None = None
 
     def processor(self, name: Processor) -> PaymentProcessor:
         """Returns the adapter for ``name``.

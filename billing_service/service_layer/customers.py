@@ -51,15 +51,11 @@ class CreateCustomer:
         validate_metadata(self.metadata)
 
 
-async def create_customer(deps: Deps, ctx: RequestContext, cmd: CreateCustomer) -> Customer:
-    """Creates a customer. Processor-side customers are created lazily on first use."""
-    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
-    existing = None if unwritten(ctx.resource_id) else await deps.store.get(Customer, ctx.resource_id)
-    if existing is not None:  # a resumed request that already wrote its customer
-        return existing
+def new_customer(deps: Deps, cmd: CreateCustomer, customer_id: str) -> Customer:
+    """The customer ``create_customer`` stores (also its ``validate_only`` preview)."""
     now = deps.clock.now()
-    customer = Customer(
-        id=ctx.resource_id,
+    return Customer(
+        id=customer_id,
         email=cmd.email,
         name=cmd.name,
         description=cmd.description,
@@ -68,6 +64,15 @@ async def create_customer(deps: Deps, ctx: RequestContext, cmd: CreateCustomer) 
         created_at=now,
         updated_at=now,
     )
+
+
+async def create_customer(deps: Deps, ctx: RequestContext, cmd: CreateCustomer) -> Customer:
+    """Creates a customer. Processor-side customers are created lazily on first use."""
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    existing = None if unwritten(ctx.resource_id) else await deps.store.get(Customer, ctx.resource_id)
+    if existing is not None:  # a resumed request that already wrote its customer
+        return existing
+    customer = new_customer(deps, cmd, ctx.resource_id)
     event = audit(deps, ctx, "customer.created", "customer", customer.id, "", "active")
     await commit(deps, [Insert(customer)], [event], answer=customer)
     return customer

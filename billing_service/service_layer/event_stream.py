@@ -58,8 +58,11 @@ class Doorbell:
 
     async def wait(self, seconds: float) -> None:
         """Returns when rung or after ``seconds``, and clears the bell."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that lands as the event is set, and the waiting loop would outlive its stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._event.wait()
         self._event.clear()
 
     async def follow(self, source: AsyncIterator[None]) -> None:
@@ -135,7 +138,8 @@ class Ring:
         if self._last > position and self._started:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: see Doorbell.wait
+                await self._changed.wait()
 
 
 class Tailer:

@@ -330,11 +330,12 @@ class Idempotency:
             log.warning("a request's answer differs from the one its last commit stored; storing the final one")
         if execution.pending is not None:
             # Nothing was written for the request (e.g. a final error before any change):
-            # claim and complete the record at once.
-            try:
-                await self._store.commit([], [], fences=[execution.claim_fence(self._clock.now(), result)])
-            except ClaimConflict:
-                log.warning("another execution claimed this request first; its answer stands")
+            # claim and complete the record at once. When a concurrent duplicate claimed it
+            # first, its answer stands and this one's is never returned: ClaimConflict makes
+            # ``run`` look the record up again and replay it (or answer IN_PROGRESS). Without
+            # that, a duplicate that read the resource after the winner changed it (a capture
+            # seeing SUCCEEDED) would answer an error the first request never got.
+            await self._store.commit([], [], fences=[execution.claim_fence(self._clock.now(), result)])
             return
         await asyncio.shield(
             self._store.idempotency_complete(execution.key, execution.owner, response=result.response,

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from billing_service.domain.common import AuditEvent, validate_metadata, validate_text
+from billing_service.domain.common import AuditEvent, RequestOrigin, validate_metadata, validate_text
 from billing_service.domain.customers import Customer, PaymentMethod
 from billing_service.domain.errors import (
     BillingError,
@@ -255,6 +255,42 @@ async def _release_held_money(deps: Deps, ctx: RequestContext, payment: Payment)
     return await record_payment_state(deps, ctx, payment.id, fresh, f"payment.{fresh.status.value}")
 
 
+async def new_payment(
+    deps: Deps, cmd: CreatePayment, payment_id: str, *, origin: RequestOrigin | None = None
+) -> tuple[Payment, Customer, PaymentMethod]:
+    """Loads and checks what a new payment needs; builds it PENDING, writing nothing.
+
+    ``create_payment`` records what this returns, and its ``validate_only`` preview returns
+    it, so the two cannot check different things.
+    """
+    customer, method = await deps.store.get_pair(Customer, cmd.customer_id, PaymentMethod, cmd.payment_method_id)
+    if customer is None:
+        raise NotFound("customer", cmd.customer_id, field_path="customer_id")
+    if method is None:
+        raise NotFound("payment_method", cmd.payment_method_id, field_path="payment_method_id")
+    if method.customer_id != customer.id:
+        raise InvalidArgument.field("payment_method_id", "does not belong to this customer")
+    method.ensure_usable()
+    deps.processor(method.processor)  # fail before writing if it is not configured
+    now = deps.clock.now()
+    payment = Payment(
+        id=payment_id,
+        customer_id=customer.id,
+        payment_method_id=method.id,
+        processor=method.processor,
+        amount=cmd.amount,
+        capture_method=cmd.capture_method,
+        status=PaymentStatus.PENDING,
+        description=cmd.description,
+        metadata=dict(cmd.metadata),
+        created_at=now,
+        updated_at=now,
+        off_session=cmd.off_session,
+        origin=origin,
+    )
+    return payment, customer, method
+
+
 async def create_payment(deps: Deps, ctx: RequestContext, cmd: CreatePayment) -> Payment:
     """Records a payment, has the processor confirm it, and records the outcome.
 
@@ -265,31 +301,7 @@ async def create_payment(deps: Deps, ctx: RequestContext, cmd: CreatePayment) ->
     # A fresh execution's resource id is stored nowhere yet: nothing to resume.
     payment = None if unwritten(ctx.resource_id) else await deps.store.get(Payment, ctx.resource_id)
     if payment is None:
-        customer, method = await deps.store.get_pair(Customer, cmd.customer_id, PaymentMethod, cmd.payment_method_id)
-        if customer is None:
-            raise NotFound("customer", cmd.customer_id, field_path="customer_id")
-        if method is None:
-            raise NotFound("payment_method", cmd.payment_method_id, field_path="payment_method_id")
-        if method.customer_id != customer.id:
-            raise InvalidArgument.field("payment_method_id", "does not belong to this customer")
-        method.ensure_usable()
-        deps.processor(method.processor)  # fail before writing if it is not configured
-        now = deps.clock.now()
-        payment = Payment(
-            id=ctx.resource_id,
-            customer_id=customer.id,
-            payment_method_id=method.id,
-            processor=method.processor,
-            amount=cmd.amount,
-            capture_method=cmd.capture_method,
-            status=PaymentStatus.PENDING,
-            description=cmd.description,
-            metadata=dict(cmd.metadata),
-            created_at=now,
-            updated_at=now,
-            off_session=cmd.off_session,
-            origin=ctx.origin,
-        )
+        payment, customer, method = await new_payment(deps, cmd, ctx.resource_id, origin=ctx.origin)
         event = audit(
             deps, ctx, "payment.created", "payment", payment.id, "", payment.status.value,
             amount_minor=cmd.amount.amount_minor, currency=cmd.amount.currency, processor=method.processor.value,

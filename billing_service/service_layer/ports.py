@@ -9,7 +9,7 @@ crosses a port: adapters translate to and from the domain types below.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -459,8 +459,22 @@ class WebhookInbox(Protocol):
         """Stores a verified event; returns False (changing nothing) for a duplicate delivery."""
         ...
 
+    def subscribe(self, listener: Callable[[InboxEvent], None]) -> None:
+        """Calls ``listener`` (in process, synchronously) with each event stored through this object."""
+        ...
+
     async def claim(self, owner: str, *, now: datetime, lease_seconds: float) -> InboxEvent | None:
         """Leases the oldest event that is due (pending, or whose lease ran out) to ``owner``."""
+        ...
+
+    async def claim_due(self, owner: str, *, now: datetime, lease_seconds: float, limit: int) -> list[InboxEvent]:
+        """Leases up to ``limit`` due events, oldest first, to ``owner`` (a token unique to this claim)."""
+        ...
+
+    async def claim_stored(
+        self, owner: str, events: Sequence[InboxEvent], *, now: datetime, lease_seconds: float
+    ) -> list[InboxEvent]:
+        """Leases events this process just stored, if still untouched; returns the ones won."""
         ...
 
     async def extend(self, inbox_id: str, owner: str, *, until: datetime) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from billing_service.domain.common import AuditEvent, Processor, validate_metadata
+from billing_service.domain.common import AuditEvent, Processor, RequestOrigin, validate_metadata
 from billing_service.domain.errors import BillingError, ConcurrencyConflict, FailedPrecondition, InvalidArgument
 from billing_service.domain.ids import new_id
 from billing_service.domain.money import Money
@@ -145,6 +145,31 @@ async def record_refund_state(
     return result[0]
 
 
+def new_refund(
+    deps: Deps, cmd: CreateRefund, payment: Payment, refund_id: str, *, origin: RequestOrigin | None = None
+) -> Refund:
+    """Reserves the refund's amount on ``payment`` (in memory) and builds the PENDING refund.
+
+    ``create_refund`` writes both; its ``validate_only`` preview runs this on a loaded copy
+    of the payment that is never written back, so the two check the same things.
+    """
+    amount = payment.reserve_refund(cmd.amount)
+    deps.processor(payment.processor)  # fail before writing if it is not configured
+    now = deps.clock.now()
+    return Refund(
+        id=refund_id,
+        payment_id=payment.id,
+        processor=payment.processor,
+        amount=amount,
+        reason=cmd.reason,
+        status=RefundStatus.PENDING,
+        metadata=dict(cmd.metadata),
+        created_at=now,
+        updated_at=now,
+        origin=origin,
+    )
+
+
 async def create_refund(deps: Deps, ctx: RequestContext, cmd: CreateRefund) -> Refund:
     """Reserves the amount on the payment, refunds at the processor, records the result.
 
@@ -160,21 +185,9 @@ async def create_refund(deps: Deps, ctx: RequestContext, cmd: CreateRefund) -> R
 
         async def reserve() -> tuple[Sequence[Change], Sequence[AuditEvent]]:
             payment = await load(deps, Payment, cmd.payment_id, resource="payment", field_path="payment_id")
-            amount = payment.reserve_refund(cmd.amount)
+            new = new_refund(deps, cmd, payment, ctx.resource_id, origin=ctx.origin)
+            amount = new.amount
             reserving[:] = [payment]
-            now = deps.clock.now()
-            new = Refund(
-                id=ctx.resource_id,
-                payment_id=payment.id,
-                processor=payment.processor,
-                amount=amount,
-                reason=cmd.reason,
-                status=RefundStatus.PENDING,
-                metadata=dict(cmd.metadata),
-                created_at=now,
-                updated_at=now,
-                origin=ctx.origin,
-            )
             created[:] = [new]
             events = [
                 audit(

@@ -18,7 +18,6 @@ from datetime import timedelta
 from billing_service.domain.common import AuditEvent, Processor, validate_metadata, validate_text
 from billing_service.domain.customers import Customer, PaymentMethod
 from billing_service.domain.errors import BillingError, InvalidArgument
-from billing_service.domain.ids import new_id
 from billing_service.domain.money import Money
 from billing_service.domain.subscriptions import (
     Interval,
@@ -31,6 +30,7 @@ from billing_service.domain.subscriptions import (
     Subscription,
     SubscriptionStatus,
 )
+from billing_service.service_layer import invoice_mirror
 from billing_service.service_layer.core import Deps, audit, commit, commit_with_retry, list_page, load
 from billing_service.service_layer.customers import MAX_DESCRIPTION, MAX_NAME, ensure_processor_customer
 from billing_service.service_layer.executions import unwritten
@@ -73,15 +73,11 @@ class CreatePlan:
         validate_metadata(self.metadata)
 
 
-async def create_plan(deps: Deps, ctx: RequestContext, cmd: CreatePlan) -> Plan:
-    """Stores a plan; it is mirrored at a processor when first subscribed there."""
-    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
-    existing = None if unwritten(ctx.resource_id) else await deps.store.get(Plan, ctx.resource_id)
-    if existing is not None:
-        return existing
+def new_plan(deps: Deps, cmd: CreatePlan, plan_id: str) -> Plan:
+    """The ACTIVE plan ``create_plan`` stores (also its ``validate_only`` preview)."""
     now = deps.clock.now()
-    plan = Plan(
-        id=ctx.resource_id,
+    return Plan(
+        id=plan_id,
         name=cmd.name,
         description=cmd.description,
         price=cmd.price,
@@ -93,6 +89,15 @@ async def create_plan(deps: Deps, ctx: RequestContext, cmd: CreatePlan) -> Plan:
         created_at=now,
         updated_at=now,
     )
+
+
+async def create_plan(deps: Deps, ctx: RequestContext, cmd: CreatePlan) -> Plan:
+    """Stores a plan; it is mirrored at a processor when first subscribed there."""
+    # A fresh execution's resource id is stored nowhere yet: nothing to resume.
+    existing = None if unwritten(ctx.resource_id) else await deps.store.get(Plan, ctx.resource_id)
+    if existing is not None:
+        return existing
+    plan = new_plan(deps, cmd, ctx.resource_id)
     event = audit(
         deps, ctx, "plan.created", "plan", plan.id, "", plan.status.value,
         amount_minor=plan.price.amount_minor, currency=plan.price.currency,
@@ -340,47 +345,56 @@ async def _end_unstarted(
 _Loaded = tuple[Customer, Plan, PaymentMethod | None]
 
 
+async def new_subscription(deps: Deps, cmd: CreateSubscription, subscription_id: str) -> tuple[Subscription, _Loaded]:
+    """Loads and checks what a new subscription needs; builds it INCOMPLETE, writing nothing.
+
+    ``create_subscription`` records what this returns, and its ``validate_only`` preview
+    returns it, so the two cannot check different things.
+    """
+    customer = await load(deps, Customer, cmd.customer_id, resource="customer", field_path="customer_id")
+    plan = await load(deps, Plan, cmd.plan_id, resource="plan", field_path="plan_id")
+    plan.ensure_active()
+    processor = customer.default_processor
+    method: PaymentMethod | None = None
+    if cmd.payment_method_id:
+        method = await load(
+            deps, PaymentMethod, cmd.payment_method_id, resource="payment_method", field_path="payment_method_id"
+        )
+        if method.customer_id != customer.id:
+            raise InvalidArgument.field("payment_method_id", "does not belong to this customer")
+        method.ensure_usable()
+        processor = method.processor
+    deps.processor(processor)  # fail before writing if it is not configured
+    now = deps.clock.now()
+    trial_days = plan.trial_period_days if cmd.trial_period_days is None else cmd.trial_period_days
+    sub = Subscription(
+        id=subscription_id,
+        customer_id=customer.id,
+        plan_id=plan.id,
+        payment_method_id=cmd.payment_method_id,
+        quantity=cmd.quantity,
+        status=SubscriptionStatus.INCOMPLETE,
+        processor=processor,
+        metadata=dict(cmd.metadata),
+        created_at=now,
+        updated_at=now,
+        trial_end=now + timedelta(days=trial_days) if trial_days else None,
+    )
+    return sub, (customer, plan, method)
+
+
 async def create_subscription(deps: Deps, ctx: RequestContext, cmd: CreateSubscription) -> Subscription:
     """Creates the subscription at the payment method's processor and mirrors it."""
     # A fresh execution's resource id is stored nowhere yet: nothing to resume.
     sub = None if unwritten(ctx.resource_id) else await deps.store.get(Subscription, ctx.resource_id)
     loaded: _Loaded | None = None
     if sub is None:
-        customer = await load(deps, Customer, cmd.customer_id, resource="customer", field_path="customer_id")
-        plan = await load(deps, Plan, cmd.plan_id, resource="plan", field_path="plan_id")
-        plan.ensure_active()
-        processor = customer.default_processor
-        method: PaymentMethod | None = None
-        if cmd.payment_method_id:
-            method = await load(
-                deps, PaymentMethod, cmd.payment_method_id, resource="payment_method", field_path="payment_method_id"
-            )
-            if method.customer_id != customer.id:
-                raise InvalidArgument.field("payment_method_id", "does not belong to this customer")
-            method.ensure_usable()
-            processor = method.processor
-        deps.processor(processor)
-        now = deps.clock.now()
-        trial_days = plan.trial_period_days if cmd.trial_period_days is None else cmd.trial_period_days
-        sub = Subscription(
-            id=ctx.resource_id,
-            customer_id=customer.id,
-            plan_id=plan.id,
-            payment_method_id=cmd.payment_method_id,
-            quantity=cmd.quantity,
-            status=SubscriptionStatus.INCOMPLETE,
-            processor=processor,
-            metadata=dict(cmd.metadata),
-            created_at=now,
-            updated_at=now,
-            trial_end=now + timedelta(days=trial_days) if trial_days else None,
-        )
+        sub, loaded = await new_subscription(deps, cmd, ctx.resource_id)
         event = audit(
             deps, ctx, "subscription.created", "subscription", sub.id, "", sub.status.value,
-            plan_id=plan.id, quantity=sub.quantity, processor=processor.value,
+            plan_id=sub.plan_id, quantity=sub.quantity, processor=sub.processor.value,
         )  # fmt: skip
         await commit(deps, [Insert(sub)], [event])
-        loaded = (customer, plan, method)
     if sub.processor_id or sub.status is SubscriptionStatus.CANCELED:
         return sub  # at the processor already, or ended (refused, canceled) before it got there
     return await _send_to_processor(deps, ctx, sub, loaded=loaded)
@@ -568,54 +582,8 @@ async def resume_subscription(deps: Deps, ctx: RequestContext, subscription_id: 
 
 
 async def sync_invoices(deps: Deps, ctx: RequestContext, sub: Subscription) -> list[Invoice]:
-    """Mirrors the processor's invoices of ``sub`` into the store (insert or converge)."""
-    if not sub.processor_id:
-        return []
-    states = await deps.processor(sub.processor).list_invoices(sub.processor_id)
-    mirrored: list[Invoice] = []
-    for state in states:
-        found = await deps.store.find_one(
-            Invoice, {"processor": sub.processor.value, "processor_id": state.processor_id}
-        )
-        now = deps.clock.now()
-        if found is None:
-            invoice = Invoice(
-                id=new_id("in"),
-                subscription_id=sub.id,
-                customer_id=sub.customer_id,
-                processor=sub.processor,
-                processor_id=state.processor_id,
-                status=state.status,
-                amount_due=state.amount_due,
-                amount_paid=state.amount_paid,
-                period_start=state.period_start,
-                period_end=state.period_end,
-                lines=list(state.lines),
-                created_at=state.created_at or now,
-                updated_at=now,
-            )
-            event = audit(
-                deps, ctx, f"invoice.{invoice.status.value}", "invoice", invoice.id, "", invoice.status.value,
-                subscription_id=sub.id, amount_due=invoice.amount_due.amount_minor,
-            )  # fmt: skip
-            try:
-                await commit(deps, [Insert(invoice)], [event])
-            except Exception:
-                # Another writer mirrored it first (unique processor id); converge on theirs.
-                again = await deps.store.find_one(
-                    Invoice, {"processor": sub.processor.value, "processor_id": state.processor_id}
-                )
-                if again is None:
-                    raise
-                invoice = again
-            mirrored.append(invoice)
-            continue
-        before = found.status.value
-        if found.apply_processor_state(state, now):
-            event = audit(deps, ctx, f"invoice.{found.status.value}", "invoice", found.id, before, found.status.value)
-            await commit(deps, [Update(found)], [event])
-        mirrored.append(found)
-    return mirrored
+    """Mirrors the processor's invoices of ``sub`` (see :mod:`invoice_mirror`)."""
+    return await invoice_mirror.sync_invoices(deps, ctx, sub)
 
 
 async def _creation_context(deps: Deps, sub: Subscription) -> RequestContext | None:

@@ -61,12 +61,14 @@ async def converge_payment(
     payment = await _payment(deps, processor, processor_payment_id, payment_id)
     if payment is None:
         return ORPHAN
-    if not payment.processor_id and processor_payment_id:
-        # The event beat our own write of the processor id: link the record now.
-        state = await deps.processor(processor).get_payment(processor_payment_id)
-        await payments.record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
-        return PROCESSED
-    await payments.refresh_payment(deps, ctx, payment.id)
+    linked = payment.processor_id or processor_payment_id
+    if not linked:
+        return PROCESSED  # nothing at the processor to converge on yet
+    # What refresh_payment does, without reading the payment a second time: the record
+    # step re-reads it inside its version-checked retry loop anyway. When the event beat
+    # our own write of the processor id, this links the record now.
+    state = await deps.processor(processor).get_payment(linked)
+    await payments.record_payment_state(deps, ctx, payment.id, state, f"payment.{state.status.value}")
     return PROCESSED
 
 

@@ -535,7 +535,9 @@ def test_live_mode_refuses_to_start_without_caller_authentication() -> None:
     token_env = live | {"BILLING_AUTH_MODE": "token", "BILLING_AUTH_TOKENS": f"svc:{SHARED_TOKEN}"}
     with pytest.raises(ConfigError, match="only over TLS"):
         Settings.from_env(token_env)
-    assert Settings.from_env(token_env | {"BILLING_TLS_CERT": "/c.pem", "BILLING_TLS_KEY": "/k.pem"}).live
+    tls = {"BILLING_TLS_CERT": "/c.pem", "BILLING_TLS_KEY": "/k.pem"}
+    events_key = {"BILLING_EVENTS_SECRET_KEY": "a2V5LWZvci1wdXNoLWVuZHBvaW50LXNlY3JldHMtMzJi"}  # live push needs it
+    assert Settings.from_env(token_env | tls | events_key).live
 
 
 def test_unknown_permission_name_is_refused() -> None:

@@ -56,6 +56,8 @@ TEST_CARDS: dict[str, tuple[str, str, str]] = {
     "pm_card_chargeDeclinedInsufficientFunds": ("visa", "9995", "decline:insufficient_funds"),
     "pm_card_authenticationRequired": ("visa", "3184", "3ds"),
 }
+# Stripe's default Smart Retries schedule: up to 4 attempts (the first plus 3 retries).
+MAX_INVOICE_ATTEMPTS = 4
 _DECLINE_MESSAGES = {
     "generic_decline": "Your card was declined.",
     "insufficient_funds": "Your card has insufficient funds.",
@@ -601,15 +603,12 @@ class StripeImitation:
         pi["latest_charge"] = charge["id"]
         if charge["status"] == "failed":
             # Off-session, nobody can authenticate: Stripe declines with authentication_required.
-            off_session_3ds = charge["_behaviour"] == "3ds"
-            decline = "authentication_required" if off_session_3ds else charge["_behaviour"].removeprefix("decline:")
-            code = "authentication_required" if off_session_3ds else "card_declined"
-            message = _DECLINE_MESSAGES[decline]
-            error = {"type": "card_error", "code": code, "decline_code": decline, "message": message}
-            pi.update(status="requires_payment_method", last_payment_error={**error, "charge": charge["id"]})
+            error = self._decline(charge, off_session=True)
+            pi.update(status="requires_payment_method", last_payment_error=error)
             self._event("payment_intent.payment_failed", pi, key=key)
             details = {"charge": charge["id"], "payment_intent": self._public(pi), "payment_method": self._public(pm)}
-            raise StripeApiError(402, "card_error", message, code=code, decline_code=decline, **details)
+            code, decline = error["code"], error["decline_code"]
+            raise StripeApiError(402, "card_error", error["message"], code=code, decline_code=decline, **details)
         if capture_method == "manual":
             pi.update(status="requires_capture", amount_capturable=amount)
             self._event("payment_intent.amount_capturable_updated", pi, key=key)
@@ -711,7 +710,8 @@ class StripeImitation:
         inv = self._new(
             "in", "invoice", customer=sub["customer"], currency=currency, status="open", amount_due=max(total, 0),
             amount_paid=0, amount_remaining=max(total, 0), period_start=start, period_end=end, billing_reason=reason,
-            collection_method="charge_automatically", attempted=False, parent=parent, _lines=lines,
+            collection_method="charge_automatically", attempted=False, attempt_count=0, next_payment_attempt=None,
+            parent=parent, _lines=lines, _subscription=sub["id"], _payment_intent=None,
         )  # fmt: skip
         sub["latest_invoice"] = inv["id"]
         self._event("invoice.created", inv, key=key)
@@ -720,14 +720,72 @@ class StripeImitation:
         elif (sub["pause_collection"] or {}).get("behavior") == "void":
             inv["status"] = "void"
         else:
-            customer = self._store.objects[sub["customer"]]
-            pm_id = sub["default_payment_method"] or customer["invoice_settings"]["default_payment_method"]
-            inv["attempted"] = True
-            pm = self._store.objects.get(pm_id) if pm_id else None  # without one the invoice stays open
-            if pm is not None and self._charge(None, customer["id"], pm, total, currency)["status"] == "succeeded":
-                inv.update(status="paid", amount_paid=total, amount_remaining=0)
+            self._attempt_invoice(inv)
         self._event("invoice.paid" if inv["status"] == "paid" else "invoice.payment_failed", inv, key=key)
         return inv
+
+    def _attempt_invoice(self, inv: Obj) -> None:
+        """One off-session payment attempt of an open invoice: the first one, or a retry.
+
+        As at Stripe, every attempt raises ``attempt_count`` and goes through the invoice's one
+        PaymentIntent (made at the first attempt, reused by retries, linked by an
+        InvoicePayment); a decline leaves its reason in the intent's ``last_payment_error``
+        and schedules the next retry (``next_payment_attempt``, three days on, at most
+        ``MAX_INVOICE_ATTEMPTS`` attempts). Without a payment method the attempt fails with
+        nothing charged. The intent's own ``payment_intent.*`` events are not emitted here.
+        """
+        sub = self._store.objects[inv["_subscription"]]
+        customer = self._store.objects[sub["customer"]]
+        pm_id = sub["default_payment_method"] or customer["invoice_settings"]["default_payment_method"]
+        pm = self._store.objects.get(pm_id) if pm_id else None
+        inv.update(attempted=True, attempt_count=inv["attempt_count"] + 1)
+        amount, currency = inv["amount_remaining"], inv["currency"]
+        pi = self._store.objects.get(inv["_payment_intent"] or "")
+        if pi is None:
+            pi = self._new(
+                "pi", "payment_intent", amount=amount, currency=currency, customer=customer["id"],
+                payment_method=pm_id, status="requires_payment_method", capture_method="automatic",
+                confirmation_method="automatic", amount_capturable=0, amount_received=0, amount_refunded=0,
+                description="Subscription update", metadata={}, automatic_payment_methods=None,
+                **dict.fromkeys(_PI_NULLS),
+            )  # fmt: skip
+            inv["_payment_intent"] = pi["id"]
+            transitions = {"canceled_at": None, "paid_at": None}
+            self._new(
+                "inpay", "invoice_payment", invoice=inv["id"], amount_requested=amount, amount_paid=None,
+                currency=currency, is_default=True, status="open", status_transitions=transitions,
+                payment={"type": "payment_intent", "payment_intent": pi["id"]},
+            )  # fmt: skip
+        if pm is None:
+            pi.update(last_payment_error=None)
+        else:
+            charge = self._charge(pi["id"], customer["id"], pm, amount, currency)
+            pi.update(payment_method=pm["id"], latest_charge=charge["id"])
+            if charge["status"] == "succeeded":
+                charge.update(captured=True, amount_captured=amount)
+                pi.update(status="succeeded", amount_received=amount, last_payment_error=None)
+                inv.update(status="paid", amount_paid=inv["amount_paid"] + amount, amount_remaining=0)
+                inv["next_payment_attempt"] = None
+                for payment in self._invoice_payments(inv["id"]):
+                    payment.update(status="paid", amount_paid=amount)
+                    payment["status_transitions"]["paid_at"] = self._now()
+                return
+            pi.update(status="requires_payment_method", last_payment_error=self._decline(charge, off_session=True))
+        more = inv["attempt_count"] < MAX_INVOICE_ATTEMPTS
+        inv["next_payment_attempt"] = self._now() + 3 * 86400 if more else None
+
+    def _invoice_payments(self, invoice_id: str) -> list[Obj]:
+        objects = self._store.objects.values()
+        return [o for o in objects if o["object"] == "invoice_payment" and o["invoice"] == invoice_id]
+
+    @staticmethod
+    def _decline(charge: Obj, *, off_session: bool) -> Obj:
+        """The ``last_payment_error`` of a failed charge (off-session, nobody can authenticate)."""
+        three_ds = charge["_behaviour"] == "3ds" and off_session
+        decline = "authentication_required" if three_ds else charge["_behaviour"].removeprefix("decline:")
+        code = "authentication_required" if three_ds else "card_declined"
+        message = _DECLINE_MESSAGES[decline]
+        return {"type": "card_error", "code": code, "decline_code": decline, "message": message, "charge": charge["id"]}
 
     @staticmethod
     def _line(description: str, amount: int, quantity: int, item_id: str, *, proration: bool) -> Obj:
@@ -876,6 +934,39 @@ class StripeImitation:
                 self._event("customer.subscription.updated", sub, previous)
             return self._public(sub)
 
+    def set_card_behaviour(self, payment_method_id: str, behaviour: str) -> None:
+        """The card starts behaving as ``behaviour`` (``ok``, ``decline:<code>``, ``3ds``), as a
+        card does when its issuer starts declining it (or a customer fixes it)."""
+        with self._lock:
+            self._get("payment_method", obj_id=payment_method_id)["_behaviour"] = behaviour
+
+    def renew(self, subscription_id: str) -> Obj:
+        """The current period ends (a test clock passing ``current_period_end``): the next one
+        is invoiced and charged; paid, the subscription stays active, else it goes past_due."""
+        with self._lock:
+            sub = self._get("subscription", obj_id=subscription_id)
+            if sub["status"] not in ("active", "past_due"):
+                raise RuntimeError(f"subscription {subscription_id} is {sub['status']}, not renewable")
+            previous = {"status": sub["status"], "current_period_start": sub["_period_start"]}
+            inv = self._new_period(sub, sub["_period_end"], "subscription_cycle", None)
+            sub["status"] = "active" if inv["status"] == "paid" else "past_due"
+            self._event("customer.subscription.updated", sub, previous)
+            return self._public(inv)
+
+    def retry_invoice(self, invoice_id: str) -> Obj:
+        """Stripe's next automatic retry of an open invoice (``next_payment_attempt`` reached)."""
+        with self._lock:
+            inv = self._get("invoice", obj_id=invoice_id)
+            if inv["status"] != "open" or inv["next_payment_attempt"] is None:
+                raise RuntimeError(f"invoice {invoice_id} has no retry scheduled")
+            self._attempt_invoice(inv)
+            self._event("invoice.paid" if inv["status"] == "paid" else "invoice.payment_failed", inv)
+            sub = self._store.objects[inv["_subscription"]]
+            if inv["status"] == "paid" and sub["status"] == "past_due" and sub["latest_invoice"] == inv["id"]:
+                sub["status"] = "active"
+                self._event("customer.subscription.updated", sub, {"status": "past_due"})
+            return self._public(inv)
+
     def _resume_subscription(self, sub: Obj, p: Obj, key: str | None) -> Obj:
         """``POST /v1/subscriptions/{id}/resume``: only for Stripe's own ``paused`` status.
 
@@ -937,6 +1028,22 @@ class StripeImitation:
         if p.get("customer"):
             invoices = [i for i in invoices if i["customer"] == p["customer"]]
         return self._list(invoices, p, "/v1/invoices")
+
+    def _get_invoice_payments(self, obj_id: str, action: str, p: Obj, key: str | None) -> Obj:
+        """GET /v1/invoice_payments: newest first, by ``invoice``; expands ``data.payment.payment_intent``."""
+        if obj_id:
+            return self._public(self._get("invoice_payment", "invoice_payment", obj_id=obj_id))
+        payments = [o for o in self._store.objects.values() if o["object"] == "invoice_payment"]
+        if p.get("invoice"):
+            payments = [o for o in payments if o["invoice"] == p["invoice"]]
+        page = self._list(payments, p, "/v1/invoice_payments")
+        for expand in p.get("expand") or []:
+            if expand != "data.payment.payment_intent":
+                raise _invalid(f"This property cannot be expanded ({expand}).", param="expand")
+            for payment in page["data"]:
+                intent = payment["payment"]["payment_intent"]
+                payment["payment"]["payment_intent"] = self._public(self._store.objects[intent])
+        return page
 
     @staticmethod
     def _created_in(items: list[Obj], p: Obj) -> list[Obj]:

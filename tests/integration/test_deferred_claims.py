@@ -162,6 +162,43 @@ async def test_a_final_error_before_any_write_is_stored_and_a_retryable_one_leav
     assert await store.idempotency_get(caller="svc", method="/m", request_id="r6", now=NOW) is None
 
 
+@pytest.mark.parametrize("loser_fails", [True, False], ids=["final-error", "no-write"])
+async def test_a_duplicate_that_finishes_before_writing_replays_the_winners_answer(
+    store: MongoBillingStore, loser_fails: bool
+) -> None:
+    """Two executions of one request: the winner commits its answer while the other still reads.
+
+    The other then sees the resource already changed (a capture finding the payment
+    SUCCEEDED) and fails before any write with a final error, or returns without writing.
+    Both calls must answer what the winner answered: a duplicate never gets one of its own.
+    """
+    clock = ManualClock(NOW)
+    idem, deps = Idempotency(store, clock), deps_for(store, clock)
+    started, won = asyncio.Event(), asyncio.Event()
+    runs: list[str] = []
+
+    async def work(ctx: RequestContext) -> bytes:
+        runs.append(ctx.resource_id)
+        if len(runs) == 1:  # the winner: commits once the duplicate has started
+            await started.wait()
+            created = customer(ctx.resource_id)
+            await commit(deps, [Insert(created)], [event(created.id)], answer=created)
+            won.set()
+            return answer(created)
+        started.set()
+        await won.wait()  # the duplicate reads after the winner's commit, before writing anything
+        if loser_fails:
+            raise NotFound("customer", "cus_gone", field_path="customer_id")
+        return b"the duplicate's own answer"
+
+    first = asyncio.create_task(idem.run(request_id="r7", work=work, answer=answer, **RUN))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    second = await idem.run(request_id="r7", work=work, answer=answer, **RUN)  # type: ignore[arg-type]
+    assert second == await first == f"answer:{runs[0]}".encode()
+    record = await store.idempotency_get(caller="svc", method="/m", request_id="r7", now=NOW)
+    assert record is not None and record.state == "completed" and record.error is None
+
+
 async def test_a_taken_over_deferred_executor_can_neither_commit_nor_send(store: MongoBillingStore) -> None:
     clock = ManualClock(NOW)
     idem, deps = Idempotency(store, clock, lease_seconds=60), deps_for(store, clock)

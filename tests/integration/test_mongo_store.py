@@ -637,3 +637,16 @@ async def test_unreachable_server_is_store_unavailable() -> None:
             await dead.get(Customer, "cus_x")
     finally:
         await dead.aclose()
+
+
+async def test_get_pair_reads_both_or_either_side(store: MongoBillingStore) -> None:
+    cus = customer()
+    pm = payment_method(cus.id)
+    await store.commit([Insert(cus), Insert(pm)], [])
+    assert await store.get_pair(Customer, cus.id, PaymentMethod, pm.id) == (cus, pm)
+    assert await store.get_pair(Customer, cus.id, PaymentMethod, "pm_missing") == (cus, None)
+    assert await store.get_pair(Customer, "cus_missing", PaymentMethod, pm.id) == (None, pm)
+    assert await store.get_pair(Customer, "cus_missing", PaymentMethod, "pm_missing") == (None, None)
+    # The join's working fields never reach the entity.
+    raw = await store.database["customers"].find_one({"_id": cus.id})
+    assert raw is not None and not any(key.startswith("__") for key in raw)

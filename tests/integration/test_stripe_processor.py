@@ -663,3 +663,43 @@ async def test_invoice_pagination(processor: StripePaymentProcessor, stripe_api:
     assert len(stripe_api.requests_to("GET", "/v1/invoices")) == 2
     events = stripe_api.objects("event")
     assert {"customer.subscription.created", "invoice.paid"} <= {e["type"] for e in events}
+
+
+async def test_a_failed_renewal_and_its_retries_show_in_the_invoices_attempts(
+    processor: StripePaymentProcessor, stripe_api: StripeImitation
+) -> None:
+    """attempt_count, the decline (from the invoice's PaymentIntent) and the next retry are read;
+    a healthy invoice costs no extra call."""
+    cus, pm = await setup_card(processor)
+    basic = plan()
+    basic.processor_refs = await processor.create_plan(basic, idempotency_key=key())
+    sub = await processor.create_subscription(
+        SubscriptionRequest("sub_renew", cus, pm, basic, quantity=1, trial_end=None), idempotency_key=key()
+    )
+    [first] = await processor.list_invoices(sub.processor_id)
+    assert (first.status, first.attempt_count, first.last_failure, first.next_attempt_at) == (
+        InvoiceStatus.PAID, 1, None, None,
+    )  # fmt: skip
+    assert not stripe_api.requests_to("GET", "/v1/invoice_payments")
+
+    stripe_api.set_card_behaviour(pm, "decline:insufficient_funds")
+    renewal = stripe_api.renew(sub.processor_id)
+    assert (await processor.get_subscription(sub.processor_id)).status is SubscriptionStatus.PAST_DUE
+    newest = (await processor.list_invoices(sub.processor_id))[0]
+    assert (newest.processor_id, newest.status, newest.attempt_count) == (renewal["id"], InvoiceStatus.OPEN, 1)
+    assert newest.last_failure is not None
+    assert (newest.last_failure.code, newest.last_failure.decline_code) == ("card_declined", "insufficient_funds")
+    assert newest.last_failure.message == "Your card has insufficient funds."
+    assert newest.next_attempt_at is not None and newest.next_attempt_at > datetime.now(UTC)
+    [read] = stripe_api.requests_to("GET", "/v1/invoice_payments")
+    assert read.params["invoice"] == renewal["id"]
+
+    stripe_api.retry_invoice(renewal["id"])
+    assert (await processor.list_invoices(sub.processor_id))[0].attempt_count == 2
+    stripe_api.set_card_behaviour(pm, "ok")
+    stripe_api.retry_invoice(renewal["id"])
+    paid = (await processor.list_invoices(sub.processor_id))[0]
+    assert (paid.status, paid.attempt_count, paid.next_attempt_at) == (InvoiceStatus.PAID, 3, None)
+    assert (await processor.get_subscription(sub.processor_id)).status is SubscriptionStatus.ACTIVE
+    events = [e["type"] for e in stripe_api.objects("event") if e["data"]["object"]["id"] == renewal["id"]]
+    assert events == ["invoice.created", "invoice.payment_failed", "invoice.payment_failed", "invoice.paid"]

@@ -654,6 +654,8 @@ async def test_a_declined_renewal_makes_the_subscription_past_due(fake: FakePaym
     [invoice] = await fake.advance_clock_to(trial_end)
     assert (invoice.status, invoice.amount_due, invoice.amount_paid) == (InvoiceStatus.OPEN, usd(1000), usd(0))
     assert (await fake.get_subscription(sub.processor_id)).status is SubscriptionStatus.PAST_DUE
+    assert invoice.attempt_count == 1 and invoice.last_failure is not None
+    assert invoice.last_failure.decline_code == "insufficient_funds"
     [charge] = fake.charges_created
     assert not charge.succeeded
 

@@ -210,3 +210,24 @@ def test_a_mask_naming_a_field_callers_cannot_change_is_refused(path: str) -> No
         enforce(request)
     assert [v.field for v in err.value.violations] == ["update_mask"]
     assert path in err.value.violations[0].description
+
+
+def test_an_update_needs_the_resources_required_fields_only_when_its_mask_names_them() -> None:
+    from billing.v1 import event_service_pb2
+
+    def update(paths: list[str], **fields: Any) -> event_service_pb2.UpdateEventEndpointRequest:
+        return event_service_pb2.UpdateEventEndpointRequest(
+            request_id="r-1", endpoint=event_service_pb2.EventEndpoint(id="ep_1", **fields),
+            update_mask=field_mask_pb2.FieldMask(paths=paths),
+        )  # fmt: skip
+
+    enforce(update(["description"], description="orders team"))  # url and event_types are not read
+    enforce(update(["url"], url="https://x.example/hook"))
+    with pytest.raises(InvalidArgument) as err:
+        enforce(update(["url", "event_types"]))  # named by the mask, so required
+    assert [v.field for v in err.value.violations] == ["endpoint.url", "endpoint.event_types"]
+    with pytest.raises(InvalidArgument) as err:
+        enforce(event_service_pb2.UpdateEventEndpointRequest(
+            request_id="r-1", endpoint=event_service_pb2.EventEndpoint(description="x"),
+            update_mask=field_mask_pb2.FieldMask(paths=["description"])))  # fmt: skip
+    assert [v.field for v in err.value.violations] == ["endpoint.id"]

@@ -18,6 +18,7 @@ _TXN = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800
 _DAY = 86400.0
 _DISPUTE = (3600.0, _DAY, 3 * _DAY, 7 * _DAY, 14 * _DAY, 30 * _DAY, 60 * _DAY, 90 * _DAY, _INF)
 _LAG = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 3600.0, _INF)
+_PUSH_LAG = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0, 21600.0, 86400.0, 259200.0, _INF)
 
 # name: (type, help, label names, histogram buckets or None)
 BILLING: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] = {
@@ -73,6 +74,15 @@ BILLING: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] =
         ("resource", "outcome"),
         None,
     ),
+    "billing_event_delivery_attempts": ("counter", "Push delivery attempts by outcome", ("outcome",), None),
+    "billing_event_deliveries_dead_lettered": ("counter", "Push deliveries that gave up", (), None),
+    "billing_event_delivery_lag_seconds": (
+        "histogram",
+        "Event entering the log to its successful push delivery",
+        (),
+        _PUSH_LAG,
+    ),
+    "billing_event_fanout_behind_events": ("gauge", "Events the push fan-out has not queued yet", (), None),
 }
 
 WEBHOOKS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] = {

@@ -29,7 +29,9 @@ class MongoLeases:
         """Takes or renews the lease ``name`` for ``owner``; False while someone else holds it."""
         until = now + timedelta(seconds=ttl_seconds)
         try:
-            doc = await self._coll.find_one_and_update(
+            # update_one, not findAndModify: nothing is read back, and findAndModify's cost
+            # grows with the collection on some servers (see docs/PERFORMANCE.md).
+            await self._coll.update_one(
                 {"_id": name, "$or": [{"owner": owner}, {"until": {"$lte": now}}]},
                 {"$set": {"owner": owner, "until": until}},
                 upsert=True,
@@ -38,7 +40,6 @@ class MongoLeases:
             return False  # the upsert lost to a live holder: the filter did not match its document
         except PyMongoError as exc:
             raise StoreUnavailable(f"lease {name}: {type(exc).__name__}") from exc
-        del doc
         return True
 
     async def release(self, name: str, owner: str) -> None:

@@ -342,6 +342,8 @@ class FakeLedger:
         if total > 0 and method.attached:  # a detached method leaves the invoice OPEN
             payment = self.charge(method, invoice.amount_due, CaptureMethod.AUTOMATIC, off_session=True, key=invoice.id)
             invoice.payment_id, paid = payment.id, payment.status is PaymentStatus.SUCCEEDED
+            invoice.attempt_count += 1  # one attempt; the fake does not retry (Stripe's schedule would)
+            invoice.last_failure = None if paid else payment.failure
         if paid:
             invoice.status, invoice.amount_paid = InvoiceStatus.PAID, invoice.amount_due
         return invoice

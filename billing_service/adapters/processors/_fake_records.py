@@ -322,6 +322,8 @@ class InvoiceRecord:
     lines: list[InvoiceLine]
     created_at: datetime
     payment_id: str = ""
+    attempt_count: int = 0
+    last_failure: PaymentFailure | None = None
 
     def state(self) -> ProcessorInvoiceState:
         """The port's view of this invoice."""
@@ -335,4 +337,6 @@ class InvoiceRecord:
             period_end=self.period_end,
             lines=list(self.lines),
             created_at=self.created_at,
+            attempt_count=self.attempt_count,
+            last_failure=self.last_failure,
         )

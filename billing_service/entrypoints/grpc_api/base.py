@@ -51,8 +51,13 @@ def string_fields(message: Message, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
+# String fields that hold a secret for the caller alone: a payment's ``client_secret`` and a
+# push endpoint's signing ``secret`` (CreateEventEndpoint, RotateEventEndpointSecret).
+_SECRET_FIELDS = frozenset({"client_secret", "secret"})
+
+
 def without_client_secrets(message: M) -> M:
-    """A copy of ``message`` with every ``client_secret`` cleared (what may be stored)."""
+    """A copy of ``message`` with every ``client_secret`` and ``secret`` cleared (what may be stored)."""
     clone = type(message)()
     clone.CopyFrom(message)
     _clear_client_secrets(clone)
@@ -62,7 +67,7 @@ def without_client_secrets(message: M) -> M:
 def _clear_client_secrets(message: Message) -> None:
     for desc, value in message.ListFields():
         if desc.message_type is None:
-            if desc.name == "client_secret":
+            if desc.name in _SECRET_FIELDS:
                 message.ClearField(desc.name)  # type: ignore[arg-type]
         elif not desc.message_type.GetOptions().map_entry:
             for item in value if desc.is_repeated else [value]:

@@ -21,6 +21,7 @@ from billing_service.domain.payments import (
     CaptureMethod,
     NextAction,
     Payment,
+    PaymentFailure,
     PaymentStatus,
     Refund,
     RefundReason,
@@ -208,15 +209,15 @@ def _next_action(n: NextAction | None) -> common_pb2.NextAction | None:
     return common_pb2.NextAction(client_secret=n.client_secret, redirect_url=n.redirect_url)
 
 
+def _failure_pb(f: PaymentFailure | None) -> billing_service_pb2.PaymentFailure | None:
+    if f is None:
+        return None
+    return billing_service_pb2.PaymentFailure(code=f.code, decline_code=f.decline_code, message=f.message)
+
+
 def payment_pb(p: Payment) -> billing_service_pb2.Payment:
     """Payment message."""
-    failure = (
-        billing_service_pb2.PaymentFailure(
-            code=p.failure.code, decline_code=p.failure.decline_code, message=p.failure.message
-        )
-        if p.failure
-        else None
-    )
+    failure = _failure_pb(p.failure)
     return billing_service_pb2.Payment(
         id=p.id,
         customer_id=p.customer_id,
@@ -361,4 +362,8 @@ def invoice_pb(i: Invoice) -> subscription_service_pb2.Invoice:
         ],
         create_time=ts(i.created_at),
         update_time=ts(i.updated_at),
+        attempt_count=i.attempt_count,
+        last_payment_failure=_failure_pb(i.last_failure),
+        last_payment_failure_time=ts(i.last_failure_time),
+        next_payment_attempt_time=ts(i.next_attempt_time),
     )

@@ -1,16 +1,19 @@
-"""EventService: WatchEvents, ListEvents, AckEvents, GetEventConsumer (and the push RPCs' slots).
+"""EventService: WatchEvents, ListEvents, AckEvents, GetEventConsumer, and the push RPCs (``events_push``).
 
 One entry per RPC (see :mod:`.runner`). Events are converted here from the log's snapshots
-to the messages the Get RPCs return, without client secrets (``without_client_secrets``).
+to the messages the Get RPCs return, without client secrets (``without_client_secrets``);
+:func:`render_event` is the same message as the JSON body pushed to endpoints.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from billing.v1 import billing_event_pb2, common_pb2, event_service_pb2
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from billing_service.domain.common import Processor
@@ -20,6 +23,7 @@ from billing_service.domain.event_cursor import decode_cursor, encode_cursor
 from billing_service.domain.event_derivation import cause_of
 from billing_service.entrypoints.grpc_api import convert
 from billing_service.entrypoints.grpc_api.base import without_client_secrets
+from billing_service.entrypoints.grpc_api.events_push import PUSH_RPCS
 from billing_service.entrypoints.grpc_api.runner import Read, Runner, Service, Stream, Write
 from billing_service.observability.context import current_caller
 from billing_service.service_layer import events
@@ -30,7 +34,7 @@ from billing_service.service_layer.idempotency import Idempotency, RequestContex
 from billing_service.service_layer.pagination import decode_token, encode_token, page_size
 from billing_service.service_layer.ports import Between
 
-__all__ = ["EVENTS", "EventServicer", "consumer_pb", "event_pb"]
+__all__ = ["EVENTS", "EventServicer", "consumer_pb", "event_pb", "render_event"]
 
 _DEFAULT_HEARTBEAT: Final = 15.0
 _MIN_HEARTBEAT: Final = 1.0
@@ -97,6 +101,16 @@ def event_pb(event: LoggedEvent, log_id: str) -> billing_event_pb2.BillingEvent:
         getattr(out, name).CopyFrom(to_message(event.resource))
     # Client secrets are never stored, so never in a snapshot; cleared once more anyway.
     return without_client_secrets(out)
+
+
+def render_event(event: LoggedEvent, log_id: str) -> bytes:
+    """The body POSTed to push endpoints: the event as proto3 JSON, original field names, compact.
+
+    ``int64`` values are strings, as proto3 JSON prescribes; receivers verify these exact
+    bytes (``billing_client.push``) and parse them into ``billing.v1.BillingEvent``.
+    """
+    fields = json_format.MessageToDict(event_pb(event, log_id), preserving_proto_field_name=True)
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def consumer_pb(state: ConsumerState, log_id: str, now: datetime) -> event_service_pb2.EventConsumer:
@@ -244,31 +258,6 @@ async def _get_consumer(
     )
 
 
-# -- push delivery (issue 12, step 5: built separately) -------------------------------
-
-
-def _push_not_built(name: str, request_type: type[Message]) -> Read[Any, Any, Any]:
-    async def refuse(deps: Deps, request: Message) -> Message:
-        del deps, request
-        raise FailedPrecondition(f"{name}: push delivery is not available in this version of the service")
-
-    return Read(name, request_type, "events:manage", refuse, lambda m: m)
-
-
-_PUSH_RPCS: Final = [
-    _push_not_built(name, getattr(event_service_pb2, f"{name}Request"))
-    for name in (
-        "CreateEventEndpoint",
-        "GetEventEndpoint",
-        "ListEventEndpoints",
-        "UpdateEventEndpoint",
-        "DeleteEventEndpoint",
-        "RotateEventEndpointSecret",
-        "ListEventDeliveries",
-        "ReplayEvents",
-    )
-]
-
 # -- the RPCs -------------------------------------------------------------------------
 
 EVENTS = Service(
@@ -284,7 +273,7 @@ EVENTS = Service(
             "GetEventConsumer", event_service_pb2.GetEventConsumerRequest, "events:read",
             _get_consumer, lambda resp: resp,
         ),
-        *_PUSH_RPCS,
+        *PUSH_RPCS,
     ],
 )  # fmt: skip
 

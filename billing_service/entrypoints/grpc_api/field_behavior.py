@@ -14,7 +14,9 @@ and its enforcement cannot drift:
 - ``update_mask`` paths may name only the resource's updatable fields: a path naming an
   ``IMMUTABLE``, ``OUTPUT_ONLY`` or ``IDENTIFIER`` field (or no field) is refused with
   ``INVALID_ARGUMENT``. (AIP-203 allows ignoring an unchanged immutable field instead; we
-  refuse, so a caller learns at once that the field cannot change.)
+  refuse, so a caller learns at once that the field cannot change.) In an update, the
+  resource's ``REQUIRED`` fields are required only when the mask names them: the others
+  are not read (AIP-134).
 """
 
 from __future__ import annotations
@@ -150,6 +152,25 @@ def _mask_violations(request: Message) -> list[FieldViolation]:
     return [FieldViolation("update_mask", f"cannot update {', '.join(refused)}; allowed: {', '.join(sorted(allowed))}")]
 
 
+def _outside_mask(request: Message, path: str) -> bool:
+    """True for a path inside an update's resource that its update_mask does not name."""
+    descriptor = request.DESCRIPTOR
+    if "update_mask" not in descriptor.fields_by_name or not request.HasField("update_mask"):
+        return False
+    resources = [f for f in descriptor.fields if f.message_type is not None and is_resource(f.message_type)]
+    if len(resources) != 1:
+        return False
+    head, _, rest = path.partition(".")
+    if head != resources[0].name or not rest:
+        return False
+    ident = identifier_field(resources[0].message_type)
+    name = rest.split(".", 1)[0].split("[", 1)[0]
+    if ident is not None and name == ident.name:
+        return False  # the resource's id is always needed
+    paths = cast(Any, request).update_mask.paths
+    return not any(p == name or p.startswith(name + ".") for p in paths)
+
+
 def enforce(request: Message) -> None:
     """Applies the schema's field behaviours to ``request`` (in place).
 
@@ -161,6 +182,7 @@ def enforce(request: Message) -> None:
     """
     violations: list[FieldViolation] = []
     _walk(request, _rules(request.DESCRIPTOR), "", violations)
+    violations = [v for v in violations if not _outside_mask(request, v.field)]
     violations.extend(_mask_violations(request))
     if violations:
         message = "; ".join(f"{v.field}: {v.description}" for v in violations)

@@ -1,11 +1,21 @@
 """Inbox workers: claim stored events with leases and run their handlers.
 
-Each worker loops: claim the oldest due event (an atomic lease in the store, so replicas
-sharing the store never run one event at the same time), run its handler while a
-heartbeat keeps the lease, then record the outcome. A failure is retried with jittered
+One dispatcher per process claims events in batches and runs up to ``workers`` handlers at
+once, each under a heartbeat that keeps its lease, then records the outcome. Events come
+from two places:
+
+* **stored here**: the inbox tells the workers about each event this process stores
+  (``WebhookInbox.subscribe``), and the dispatcher claims those by id, with no query;
+* **found by a query** (:meth:`WebhookInbox.claim_due`): every ``poll_seconds``, and again
+  at once while a query fills the free slots. It finds events stored by other processes
+  (other replicas, ``webhooks backfill``, ``replay``), retries that came due, events whose
+  worker died (their lease lapsed), and events stored here that did not fit the queue.
+
+Every claim writes a fresh owner token, and every later write is fenced by it, so replicas
+sharing the store never run one event at the same time. A failure is retried with jittered
 exponential backoff; after ``max_attempts`` the event is parked as DEAD, where
-``billing-service webhooks replay`` finds it. A worker that dies mid-event simply lets
-its lease lapse, and another worker (or the restarted sidecar) takes the event over.
+``billing-service webhooks replay`` finds it. A worker that dies mid-event lets its lease
+lapse, and another worker (or the restarted sidecar) takes the event over.
 
 Outcomes are counted in :class:`WebhookMetrics` (processed with the received → processed
 lag, failed, dead), and while an event's handler runs the log request id
@@ -15,10 +25,13 @@ lag, failed, dead), and while an event's handler runs the log request id
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import logging
 import random
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,21 +46,26 @@ from billing_service.service_layer.ports import InboxEvent, WebhookInbox, Webhoo
 
 log = logging.getLogger("billing_service.webhooks")
 
+# Events stored here and not yet claimed; beyond this the query finds them instead.
+_OFFERED_MAX = 1000
+# Pause after the store failed a claim, so an outage is not hammered.
+_STORE_BACKOFF_SECONDS = 0.5
+
 
 @dataclass(frozen=True)
 class WorkerSettings:
     """How inbox workers run.
 
     Attributes:
-        workers: Concurrent workers in this process (0: receive only, process nothing).
+        workers: Events handled at once in this process (0: receive only, process nothing).
         lease_seconds: How long a claim is exclusive unless renewed by the heartbeat.
         max_attempts: Attempts before an event is parked as DEAD.
         retry_base_seconds: First retry delay; doubles per attempt (with jitter).
         retry_max_seconds: Ceiling of the retry delay.
-        poll_seconds: Idle wait between claims when nothing new was received here.
+        poll_seconds: Interval of the claim query (events stored here need none).
     """
 
-    workers: int = 4
+    workers: int = 16
     lease_seconds: float = 60.0
     max_attempts: int = 8
     retry_base_seconds: float = 2.0
@@ -67,12 +85,12 @@ def _reason(exc: BaseException) -> str:
 
 
 class InboxWorkers:
-    """A pool of inbox workers sharing one wake-up signal.
+    """One dispatcher and up to ``settings.workers`` concurrent handlers.
 
     Args:
         deps: The use cases' ports (the same the gRPC servicers use).
         inbox: Where events are stored.
-        settings: Pool size, leases and retries.
+        settings: Concurrency, leases and retries.
         handlers: The event table (tests may pass their own).
         metrics: Where outcomes are counted (the app's, so one registry has them all).
     """
@@ -91,88 +109,134 @@ class InboxWorkers:
         self._settings = settings
         self._handlers = handlers
         self.metrics = metrics if metrics is not None else WebhookMetrics()
-        # Parked (idle) workers; wake() resumes one of them. A wake-up finding none parked is
-        # remembered, so a worker that just found nothing claims once more instead of sleeping.
-        self._parked: list[asyncio.Future[None]] = []
-        self._missed_wake = False
+        self._offered: collections.deque[InboxEvent] = collections.deque()
+        self._kick = asyncio.Event()
+        self._query_now = True  # the first round looks for work left by an earlier run
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self._node = secrets.token_hex(4)
+        self._tokens = itertools.count(1)
+        self._subscribed = False
 
     def wake(self) -> None:
-        """Tells one idle worker that an event was just stored.
+        """Says that work may be due: the dispatcher queries unless stored events cover it.
 
-        One, not all: a worker that claims an event keeps claiming until none is due, so
-        one stored event needs one worker, and every other woken worker would only run an
-        empty claim query against the store.
+        The sidecar calls it after each stored delivery; the event itself has normally
+        been offered already (:meth:`offer`), and then no query is needed.
         """
-        while self._parked:
-            waiter = self._parked.pop()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._missed_wake = True
+        if not self._offered:
+            self._query_now = True
+        self._kick.set()
+
+    def offer(self, event: InboxEvent) -> None:
+        """Queues an event this process has just stored, to be claimed by id."""
+        if self._stopping.is_set() or self._dispatcher is None:
+            return
+        if len(self._offered) >= _OFFERED_MAX:
+            self._query_now = True  # the query finds it (and the others left out)
+            return
+        self._offered.append(event)
+        self._kick.set()
 
     def start(self) -> None:
-        """Starts the workers on the running loop."""
-        for n in range(self._settings.workers):
-            owner = f"{self._node}-{n}"
-            self._tasks.append(asyncio.create_task(self._loop(owner), name=f"webhook-worker-{owner}"))
+        """Starts the dispatcher on the running loop and listens for events stored here."""
+        if not self._subscribed:
+            self._inbox.subscribe(self.offer)
+            self._subscribed = True
+        if self._settings.workers > 0 and self._dispatcher is None:
+            self._dispatcher = asyncio.create_task(self._dispatch(), name=f"webhook-dispatcher-{self._node}")
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Lets in-flight events finish within the grace period, then cancels the rest."""
         self._stopping.set()
-        for waiter in self._parked:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._parked.clear()
-        if not self._tasks:
+        self._kick.set()
+        self._offered.clear()
+        if self._dispatcher is not None:
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+            self._dispatcher = None
+        if not self._running:
             return
-        _, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
+        _, pending = await asyncio.wait(set(self._running), timeout=grace_seconds)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        self._tasks.clear()
+        self._running.clear()
 
-    async def _loop(self, owner: str) -> None:
+    def _token(self) -> str:
+        return f"{self._node}-{next(self._tokens)}"
+
+    async def _dispatch(self) -> None:
+        settings = self._settings
+        next_query = 0.0
         while not self._stopping.is_set():
+            free = settings.workers - len(self._running)
+            if free <= 0:
+                # Bounded, so a stop request is seen while every slot is busy.
+                await asyncio.wait(set(self._running), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            claimed: list[InboxEvent] = []
             try:
-                worked = await self.run_once(owner)
+                now = self._deps.clock.now()
+                if self._query_now or time.monotonic() >= next_query:
+                    self._query_now = False
+                    next_query = time.monotonic() + settings.poll_seconds
+                    claimed = await self._inbox.claim_due(
+                        self._token(), now=now, lease_seconds=settings.lease_seconds, limit=free
+                    )
+                    # A full batch: more may be due, look again as soon as a slot is free.
+                    self._query_now = len(claimed) == free
+                elif self._offered:
+                    batch = [self._offered.popleft() for _ in range(min(free, len(self._offered)))]
+                    claimed = await self._inbox.claim_stored(
+                        self._token(), batch, now=now, lease_seconds=settings.lease_seconds
+                    )
+                else:
+                    await self._idle(next_query - time.monotonic())
+                    continue
             except StoreUnavailable:
-                worked = False
+                await self._idle(_STORE_BACKOFF_SECONDS)
+                continue
             except Exception:
-                log.exception("webhook worker error")
-                worked = False
-            if worked:
+                log.exception("webhook dispatcher error")
+                await self._idle(_STORE_BACKOFF_SECONDS)
                 continue
-            if self._missed_wake:
-                self._missed_wake = False
-                continue
-            await self._park()
+            for event in claimed:
+                task = asyncio.create_task(self._run(event), name=f"webhook-{event.event_id}")
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
-    async def _park(self) -> None:
-        """Waits for a wake-up, at most one poll interval."""
-        if self._stopping.is_set():
+    async def _idle(self, seconds: float) -> None:
+        """Waits for a kick (an offer, a wake-up, stop) for at most ``seconds``."""
+        self._kick.clear()
+        if self._offered or self._query_now or self._stopping.is_set():
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self._parked.append(waiter)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(seconds, 0.0)):
+                await self._kick.wait()
+
+    async def _run(self, event: InboxEvent) -> None:
+        token = current_request_id.set(event.event_id)
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._settings.poll_seconds):
-                    await waiter
+            await self._process(event, event.lease_owner)
+        except StoreUnavailable:
+            log.warning("webhook outcome not recorded (store unavailable): event_id=%s", event.event_id)
+        except Exception:
+            log.exception("webhook worker error")
         finally:
-            if waiter in self._parked:
-                self._parked.remove(waiter)
+            current_request_id.reset(token)
 
     async def run_once(self, owner: str) -> bool:
         """Claims and processes one due event; returns False when none was due."""
         clock = self._deps.clock
-        event = await self._inbox.claim(owner, now=clock.now(), lease_seconds=self._settings.lease_seconds)
-        if event is None:
+        claimed = await self._inbox.claim_due(
+            owner, now=clock.now(), lease_seconds=self._settings.lease_seconds, limit=1
+        )
+        if not claimed:
             return False
-        token = current_request_id.set(event.event_id)
+        token = current_request_id.set(claimed[0].event_id)
         try:
-            await self._process(event, owner)
+            await self._process(claimed[0], owner)
         finally:
             current_request_id.reset(token)
         return True

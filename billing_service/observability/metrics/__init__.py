@@ -7,6 +7,7 @@
 - ``kpis``: payment, refund, dispute and churn KPIs from audit events (:class:`KpiRecorder`);
 - ``subscriptions``: subscription gauges sampled from the store (:class:`SubscriptionSampler`);
 - ``reconcile``: reconciliation passes and drift (:class:`DriftRecorder`);
+- ``push``: push delivery of events (:class:`PushMetrics`, the workers' observer);
 - ``webhooks``: the webhook sidecar's deliveries and inbox (:class:`WebhookMetrics`);
 - ``billing``: :class:`BillingMetrics`, every group a billing runtime records.
 
@@ -18,6 +19,7 @@ from ``billing_service.observability.metrics`` without knowing the layout.
 from billing_service.observability.metrics.billing import BillingMetrics
 from billing_service.observability.metrics.kpis import KpiRecorder, PaymentKpiMetrics
 from billing_service.observability.metrics.processor_calls import ProcessorCallMetrics
+from billing_service.observability.metrics.push import PushMetrics
 from billing_service.observability.metrics.reconcile import DriftRecorder, ReconcileMetrics
 from billing_service.observability.metrics.registry import MetricGroup, MetricsServer, serve_metrics
 from billing_service.observability.metrics.rpc import MetricsInterceptor, RpcMetrics
@@ -33,6 +35,7 @@ __all__ = [
     "MetricsServer",
     "PaymentKpiMetrics",
     "ProcessorCallMetrics",
+    "PushMetrics",
     "ReconcileMetrics",
     "RpcMetrics",
     "SubscriptionGauges",

@@ -12,6 +12,7 @@ from typing import Any
 import stripe
 
 from billing_service.adapters.processors.retry import bad_response, is_retryable_http_status
+from billing_service.domain.card_data import mask_card_numbers
 from billing_service.domain.customers import PaymentMethodType
 from billing_service.domain.errors import (
     FieldViolation,
@@ -288,9 +289,13 @@ def invoice_line(line: stripe.InvoiceLineItem, currency: str) -> InvoiceLine:
 
 
 def invoice_state(
-    invoice: stripe.Invoice, processor_subscription_id: str, lines: list[stripe.InvoiceLineItem]
+    invoice: stripe.Invoice,
+    processor_subscription_id: str,
+    lines: list[stripe.InvoiceLineItem],
+    failure: PaymentFailure | None = None,
 ) -> ProcessorInvoiceState:
-    """Translates an Invoice with all its lines (fetched by the caller when paginated)."""
+    """Translates an Invoice with all its lines (fetched by the caller when paginated) and, for
+    an invoice whose latest attempt failed, the reason (see :func:`invoice_payment_failure`)."""
     currency = invoice.currency
     return ProcessorInvoiceState(
         processor_id=invoice.id or "",
@@ -302,6 +307,32 @@ def invoice_state(
         period_end=timestamp(field(invoice, "period_end")),
         lines=[invoice_line(line, currency) for line in lines],
         created_at=timestamp(field(invoice, "created")),
+        attempt_count=max(0, int(field(invoice, "attempt_count") or 0)),
+        last_failure=failure,
+        next_attempt_at=timestamp(field(invoice, "next_payment_attempt")),
+    )
+
+
+def invoice_unpaid_after_attempts(invoice: stripe.Invoice) -> bool:
+    """True when an invoice's payment was tried and it is still unpaid: its latest attempt failed."""
+    return invoice.status in ("open", "uncollectible") and int(field(invoice, "attempt_count") or 0) > 0
+
+
+def invoice_payment_failure(payment: stripe.InvoicePayment | None) -> PaymentFailure | None:
+    """Why an invoice's latest attempt failed: its PaymentIntent's ``last_payment_error``.
+
+    ``payment`` is the invoice's newest InvoicePayment with ``payment.payment_intent``
+    expanded. Only the codes and the message are kept (the error also embeds the payment
+    method, which we never store); a card-number-like run in the message is masked.
+    """
+    intent = field(field(payment, "payment"), "payment_intent")
+    error = None if intent is None or isinstance(intent, str) else field(intent, "last_payment_error")
+    if error is None:
+        return None
+    return PaymentFailure(
+        code=field(error, "code") or "",
+        decline_code=field(error, "decline_code") or "",
+        message=mask_card_numbers(field(error, "message") or ""),
     )
 
 

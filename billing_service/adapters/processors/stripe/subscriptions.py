@@ -10,6 +10,7 @@ from billing_service.adapters.processors.retry import parsed
 from billing_service.adapters.processors.stripe import mapping
 from billing_service.adapters.processors.stripe.client import StripeConnection, subscription_state, unsupported
 from billing_service.domain.errors import FailedPrecondition
+from billing_service.domain.payments import PaymentFailure
 from billing_service.domain.subscriptions import Plan, ProcessorInvoiceState, ProcessorSubscriptionState
 from billing_service.service_layer.ports import SubscriptionChange, SubscriptionRequest
 
@@ -195,15 +196,33 @@ class StripeSubscriptions(StripeConnection):
             page = await self._call("invoices.list", partial(self._v1.invoices.list_async, params))
             for invoice in page.data:
                 lines = await self._invoice_lines(invoice)
+                failed = parsed("stripe", "an invoice", mapping.invoice_unpaid_after_attempts, invoice)
+                failure = await self._latest_failure(invoice) if failed else None
                 result.append(
                     parsed(
                         "stripe", "an invoice", mapping.invoice_state, invoice, processor_subscription_id, lines,
-                        ids={"processor_subscription_id": processor_subscription_id},
+                        failure, ids={"processor_subscription_id": processor_subscription_id},
                     )
                 )  # fmt: skip
             if not page.has_more or not page.data:
                 return result
             after = page.data[-1].id
+
+    async def _latest_failure(self, invoice: stripe.Invoice) -> PaymentFailure | None:
+        """Why the latest attempt of an unpaid invoice failed: one read of its newest payment.
+
+        Since API 2025-03-31 an invoice names no PaymentIntent; its InvoicePayments do, and the
+        intent's ``last_payment_error`` holds the decline. Only invoices whose latest attempt
+        failed are read, so a sync of a healthy subscription makes no extra call.
+        """
+        params: stripe.params.InvoicePaymentListParams = {
+            "invoice": invoice.id or "",
+            "limit": 1,
+            "expand": ["data.payment.payment_intent"],
+        }
+        page = await self._call("invoice_payments.list", partial(self._v1.invoice_payments.list_async, params))
+        newest = page.data[0] if page.data else None
+        return parsed("stripe", "an invoice payment", mapping.invoice_payment_failure, newest)
 
     async def _invoice_lines(self, invoice: stripe.Invoice) -> list[stripe.InvoiceLineItem]:
         """The invoice's lines; the list embedded in an invoice holds only the first few."""

@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from billing.v1 import billing_service_pb2 as _billing_service_pb2
 from billing.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -498,6 +499,10 @@ class Invoice(_message.Message):
     LINES_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPT_COUNT_FIELD_NUMBER: _builtins.int
+    LAST_PAYMENT_FAILURE_FIELD_NUMBER: _builtins.int
+    LAST_PAYMENT_FAILURE_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_PAYMENT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique identifier of the invoice, assigned by the service."""
     subscription_id: _builtins.str
@@ -512,6 +517,12 @@ class Invoice(_message.Message):
     """
     status: Global___InvoiceStatus.ValueType
     """The lifecycle state of the invoice."""
+    attempt_count: _builtins.int
+    """How many times the processor tried to collect the invoice, the successful
+    attempt included (Stripe's attempt_count; 0 before the first attempt).
+    Never decreases. Each rise while the invoice stays unpaid is a failed
+    attempt, reported as an invoice.payment_failed event.
+    """
     @_builtins.property
     def amount_due(self) -> _common_pb2.Money:
         """The total the customer owes for the invoice."""
@@ -540,6 +551,25 @@ class Invoice(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the invoice was last changed (for example paid)."""
 
+    @_builtins.property
+    def last_payment_failure(self) -> _billing_service_pb2.PaymentFailure:
+        """Why the latest failed attempt failed, as the processor said (error code,
+        decline code, message; never card data). Unset when no attempt failed or
+        the processor did not say why.
+        """
+
+    @_builtins.property
+    def last_payment_failure_time(self) -> _timestamp_pb2.Timestamp:
+        """When the service recorded the latest failed attempt (it learns of it by
+        webhook or reconciliation, so this may be later than the attempt itself).
+        """
+
+    @_builtins.property
+    def next_payment_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the processor will try again, if it said; unset when it will not
+        (paid, void) or does not say.
+        """
+
     def __init__(
         self,
         *,
@@ -556,10 +586,14 @@ class Invoice(_message.Message):
         lines: _abc.Iterable[Global___InvoiceLine] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        attempt_count: _builtins.int = ...,
+        last_payment_failure: _billing_service_pb2.PaymentFailure | None = ...,
+        last_payment_failure_time: _timestamp_pb2.Timestamp | None = ...,
+        next_payment_attempt_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount_due", b"amount_due", "amount_paid", b"amount_paid", "create_time", b"create_time", "period_end", b"period_end", "period_start", b"period_start", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount_due", b"amount_due", "amount_paid", b"amount_paid", "create_time", b"create_time", "last_payment_failure", b"last_payment_failure", "last_payment_failure_time", b"last_payment_failure_time", "next_payment_attempt_time", b"next_payment_attempt_time", "period_end", b"period_end", "period_start", b"period_start", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_due", b"amount_due", "amount_paid", b"amount_paid", "create_time", b"create_time", "customer_id", b"customer_id", "id", b"id", "lines", b"lines", "period_end", b"period_end", "period_start", b"period_start", "processor", b"processor", "processor_id", b"processor_id", "status", b"status", "subscription_id", b"subscription_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_due", b"amount_due", "amount_paid", b"amount_paid", "attempt_count", b"attempt_count", "create_time", b"create_time", "customer_id", b"customer_id", "id", b"id", "last_payment_failure", b"last_payment_failure", "last_payment_failure_time", b"last_payment_failure_time", "lines", b"lines", "next_payment_attempt_time", b"next_payment_attempt_time", "period_end", b"period_end", "period_start", b"period_start", "processor", b"processor", "processor_id", b"processor_id", "status", b"status", "subscription_id", b"subscription_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
