@@ -35,11 +35,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from billing_service.domain.common import AuditEvent, RequestOrigin
+from billing_service.domain.errors import BillingError
 from billing_service.domain.payments import FINAL_PAYMENT_STATUSES, Payment, PaymentStatus, Refund, RefundStatus
 from billing_service.domain.subscriptions import Subscription, SubscriptionStatus
 from billing_service.service_layer import payments, subscriptions
 from billing_service.service_layer.core import Deps, Drift, commit_with_retry, load, report_drift
-from billing_service.service_layer.idempotency import Hold, RequestContext, context_of, hold_request
+from billing_service.service_layer.idempotency import Hold, RequestContext, context_of, hold_request, is_final
 from billing_service.service_layer.lookups import (
     lookup_payment,
     lookup_refund,
@@ -153,6 +154,18 @@ class _Pass:
         """Holds a creating request's idempotency record (see ``idempotency.hold_request``)."""
         return hold_request(self.deps.store, self.deps.clock, origin, lease_seconds=self.deps.lease_seconds)
 
+    async def settled_by_refusal(self, kind: type[Payment] | type[Refund], entity_id: str, exc: BillingError) -> bool:
+        """True when ``exc`` is a final refusal already recorded on the resumed record.
+
+        Resuming a payment or refund records a final refusal (a decline, a refund the processor
+        refuses) as FAILED, then raises it as the creating request's answer: for the pass the
+        record is settled, not a failure.
+        """
+        if not is_final(exc):
+            return False
+        entity = await self.deps.store.get(kind, entity_id)  # type: ignore[type-var]
+        return entity is not None and entity.status.value != "pending"
+
     def drift(self, resource: str, resource_id: str, ours: str, theirs: str, *, reported: bool = False) -> str:
         """Records a repaired drift (and reports it unless the use case already did)."""
         found = Drift(resource, resource_id, ours, theirs, repaired=True)
@@ -184,7 +197,12 @@ class _Pass:
                 return ""
             adapter = self.deps.processor(payment.processor)
             if self.now <= resend_deadline(adapter, payment.created_at):
-                after = await payments.resume_payment(self.deps, context_of(origin, payment.id), payment.id)
+                try:
+                    after = await payments.resume_payment(self.deps, context_of(origin, payment.id), payment.id)
+                except BillingError as exc:
+                    if not await self.settled_by_refusal(Payment, payment.id, exc):
+                        raise
+                    return "resumed"
                 return "resumed" if after.status is not PaymentStatus.PENDING else ""
             quiet = quiet_after_deadline(adapter, payment.created_at)
             if self.now < quiet:
@@ -254,7 +272,12 @@ class _Pass:
                 return ""
             adapter = self.deps.processor(refund.processor)
             if self.now <= resend_deadline(adapter, refund.created_at):
-                after = await payments.send_refund(self.deps, context_of(origin, refund.id), refund)
+                try:
+                    after = await payments.send_refund(self.deps, context_of(origin, refund.id), refund)
+                except BillingError as exc:
+                    if not await self.settled_by_refusal(Refund, refund.id, exc):
+                        raise
+                    return "resumed"
                 return "resumed" if after.processor_id or after.status is not RefundStatus.PENDING else ""
             quiet = quiet_after_deadline(adapter, refund.created_at)
             if self.now < quiet:
