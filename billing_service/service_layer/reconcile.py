@@ -49,6 +49,7 @@ from billing_service.service_layer.lookups import (
     refund_origin,
     resend_deadline,
 )
+from billing_service.service_layer.payment_state import record_payment_state
 from billing_service.service_layer.ports import Change, E, Leases, LookupOutcome, Update
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ class _Pass:
                 return await self._not_found(Payment, payment.id, found.outcome, found.retry_after)
             state = found.state
         action = f"payment.{state.status.value}"
-        after = await payments.record_payment_state(self.deps, self.ctx, payment.id, state, action)
+        after = await record_payment_state(self.deps, self.ctx, payment.id, state, action)
         if after.status != before[0]:
             # record_payment_state reported the contradiction itself.
             return self.drift("payment", payment.id, before[0].value, after.status.value, reported=True)
