@@ -26,7 +26,6 @@ from billing_service.adapters.mongo.embedded import EmbeddedMongo
 from billing_service.adapters.mongo.event_delivery import (
     MongoEventDeliveries,
     MongoEventEndpoints,
-    MongoPushLeases,
     StaticSecretKeys,
     StoredSecretKeys,
     ensure_push_indexes,
@@ -350,7 +349,7 @@ def build_push_services(
     keys: SecretKeys = StaticSecretKeys(key) if key else StoredSecretKeys(client, name)
     return PushServices(
         endpoints=MongoEventEndpoints(client, name), deliveries=MongoEventDeliveries(client, name),
-        log=log_reader, keys=keys, leases=MongoPushLeases(client, name), clock=clock,
+        log=log_reader, keys=keys, leases=MongoLeases(client, name), clock=clock,
         page_secret=store.page_token_secret, allow_http=settings.push_allows_http, retention=retention,
     )  # fmt: skip
 

@@ -23,10 +23,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from billing_service.adapters.mongo.event_delivery import (
     MongoEventDeliveries,
     MongoEventEndpoints,
-    MongoPushLeases,
     StaticSecretKeys,
     ensure_push_indexes,
 )
+from billing_service.adapters.mongo.leases import MongoLeases
 from billing_service.adapters.mongo.store import MongoBillingStore
 from billing_service.domain.ids import new_id
 from billing_service.service_layer.clock import ManualClock
@@ -63,7 +63,7 @@ async def push_services(store: MongoBillingStore, clock: ManualClock, *, allow_h
     await ensure_push_indexes(client, name)
     return PushServices(
         endpoints=MongoEventEndpoints(client, name), deliveries=MongoEventDeliveries(client, name),
-        log=store.events, keys=StaticSecretKeys(KEY), leases=MongoPushLeases(client, name),
+        log=store.events, keys=StaticSecretKeys(KEY), leases=MongoLeases(client, name),
         clock=clock, page_secret=store.page_token_secret, allow_http=allow_http,
     )  # fmt: skip
 

@@ -1,7 +1,8 @@
 """Ports of push delivery: endpoints, deliveries, the HTTP sender, the key, leases.
 
-Adapters: ``MongoEventEndpoints``, ``MongoEventDeliveries`` and ``MongoPushLeases``
-(``adapters/mongo/event_delivery.py``), ``HttpxPushSender`` (``adapters/push_sender.py``).
+Adapters: ``MongoEventEndpoints`` and ``MongoEventDeliveries``
+(``adapters/mongo/event_delivery.py``), ``MongoLeases`` (``adapters/mongo/leases.py``, the
+same named leases the reconciler takes), ``HttpxPushSender`` (``adapters/push_sender.py``).
 Events are read by number from the ``EventLog`` port (``event_ports``), never changed here.
 """
 

@@ -41,7 +41,6 @@ __all__ = [
     "REPLAYS",
     "MongoEventDeliveries",
     "MongoEventEndpoints",
-    "MongoPushLeases",
     "StaticSecretKeys",
     "StoredSecretKeys",
     "ensure_push_indexes",
@@ -447,37 +446,6 @@ class MongoEventDeliveries:
                 {"_id": replay_id, "position": old}, {"$set": {"position": new, "done": done}}
             )
         return result.matched_count == 1
-
-
-class MongoPushLeases:
-    """Named leases in the ``leases`` collection, taken with a conditional ``update_one`` upsert.
-
-    The fan-out's lease and each backing-off endpoint's probe lease are taken often, so this
-    avoids ``findAndModify`` (slow on SecantusDB). A lease held by someone else makes the
-    upsert insert a second document with the same ``_id``, which the unique ``_id`` refuses.
-    """
-
-    def __init__(self, client: AsyncMongoClient[Doc], database: str) -> None:
-        self._coll = _database(client, database)[_LEASES]
-
-    async def acquire(self, name: str, owner: str, *, now: datetime, ttl_seconds: float) -> bool:
-        """Takes or renews the lease; False while another owner holds it."""
-        until = now + timedelta(seconds=ttl_seconds)
-        async with unavailable("lease acquire"):
-            try:
-                await self._coll.update_one(
-                    {"_id": name, "$or": [{"owner": owner}, {"until": {"$lte": now}}]},
-                    {"$set": {"owner": owner, "until": until}},
-                    upsert=True,
-                )
-            except DuplicateKeyError:
-                return False
-        return True
-
-    async def release(self, name: str, owner: str) -> None:
-        """Gives the lease up if ``owner`` still holds it."""
-        async with unavailable("lease release"):
-            await self._coll.delete_one({"_id": name, "owner": owner})
 
 
 class StaticSecretKeys:
