@@ -33,6 +33,8 @@ from billing_service.service_layer.ports import (
     RefundLookupResult,
     RefundRequest,
     SubscriptionChange,
+    SubscriptionLookup,
+    SubscriptionLookupResult,
     SubscriptionRequest,
 )
 
@@ -155,6 +157,10 @@ class InstrumentedProcessor:
     async def find_refund(self, lookup: RefundLookup) -> RefundLookupResult:
         """See ``PaymentProcessor``."""
         return await self._call("find_refund", lambda: self.inner.find_refund(lookup))
+
+    async def find_subscription(self, lookup: SubscriptionLookup) -> SubscriptionLookupResult:
+        """See ``PaymentProcessor``."""
+        return await self._call("find_subscription", lambda: self.inner.find_subscription(lookup))
 
     async def create_plan(self, plan: Plan, *, idempotency_key: str) -> dict[str, str]:
         """See ``PaymentProcessor``."""

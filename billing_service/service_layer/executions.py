@@ -49,7 +49,16 @@ log = logging.getLogger(__name__)
 # (every coroutine of the port but its reads): a fresh request's claim is written before
 # any of them is called.
 _READ_VERBS = frozenset(
-    {"get_payment", "get_refund", "find_payment", "find_refund", "get_subscription", "list_invoices", "aclose"}
+    {
+        "get_payment",
+        "get_refund",
+        "find_payment",
+        "find_refund",
+        "get_subscription",
+        "find_subscription",
+        "list_invoices",
+        "aclose",
+    }
 )
 _WRITE_VERBS = (
     frozenset(name for name, verb in vars(PaymentProcessor).items() if inspect.iscoroutinefunction(verb)) - _READ_VERBS

@@ -1,4 +1,4 @@
-"""Finding what a processor did for one of our payments or refunds, by our id.
+"""Finding what a processor did for one of our payments, refunds or subscriptions, by our id.
 
 A create whose answer was lost leaves a record without a processor id. While the
 processor still remembers the request's idempotency key, re-sending the create with that
@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from billing_service.domain.common import RequestOrigin
 from billing_service.domain.customers import Customer
 from billing_service.domain.payments import Payment, Refund
+from billing_service.domain.subscriptions import Subscription
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.ports import (
     PaymentLookup,
@@ -22,10 +23,13 @@ from billing_service.service_layer.ports import (
     PaymentProcessor,
     RefundLookup,
     RefundLookupResult,
+    SubscriptionLookup,
+    SubscriptionLookupResult,
 )
 
 CREATE_PAYMENT = "/billing.v1.BillingService/CreatePayment"
 CREATE_REFUND = "/billing.v1.BillingService/CreateRefund"
+CREATE_SUBSCRIPTION = "/billing.v1.SubscriptionService/CreateSubscription"
 
 # A write is never re-sent later than the processor's key retention minus this margin: an
 # attempt could take that long to land, and the processor must still recognise the key.
@@ -91,3 +95,21 @@ async def lookup_refund(deps: Deps, refund: Refund, payment: Payment, *, quiet_s
         quiet_since=quiet_since,
     )
     return await deps.processor(refund.processor).find_refund(lookup)
+
+
+async def subscription_origin(deps: Deps, sub: Subscription) -> RequestOrigin | None:
+    """The request that created ``sub`` (from its ``subscription.created`` audit event)."""
+    return await _origin_from_audit(deps, sub.id, "subscription.created", CREATE_SUBSCRIPTION)
+
+
+async def lookup_subscription(deps: Deps, sub: Subscription, *, quiet_since: datetime) -> SubscriptionLookupResult:
+    """Asks the subscription's processor for the subscription it created under our id (read-only)."""
+    customer = await deps.store.get(Customer, sub.customer_id)
+    processor_customer = customer.processor_refs.get(sub.processor.value, "") if customer else ""
+    lookup = SubscriptionLookup(
+        subscription_id=sub.id,
+        processor_customer_id=processor_customer,
+        created_at=sub.created_at,
+        quiet_since=quiet_since,
+    )
+    return await deps.processor(sub.processor).find_subscription(lookup)

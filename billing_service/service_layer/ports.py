@@ -42,6 +42,8 @@ from billing_service.service_layer.processor_port import (
     RefundLookupResult,
     RefundRequest,
     SubscriptionChange,
+    SubscriptionLookup,
+    SubscriptionLookupResult,
     SubscriptionRequest,
     WebhookVerifier,
 )
@@ -72,6 +74,8 @@ __all__ = [
     "RefundLookupResult",
     "RefundRequest",
     "SubscriptionChange",
+    "SubscriptionLookup",
+    "SubscriptionLookupResult",
     "SubscriptionRequest",
     "T",
     "Update",

@@ -139,6 +139,23 @@ class RefundLookup:
     quiet_since: datetime
 
 
+@dataclass(frozen=True)
+class SubscriptionLookup:
+    """Find the processor's subscription created for our subscription id (its create's answer was lost).
+
+    Attributes:
+        processor_customer_id: The customer at this processor ("" when none was created,
+            in which case no subscription can exist there).
+        created_at: When we recorded the subscription; the processor object is not older.
+        quiet_since: As in ``PaymentLookup``.
+    """
+
+    subscription_id: str
+    processor_customer_id: str
+    created_at: datetime
+    quiet_since: datetime
+
+
 class LookupOutcome(StrEnum):
     """What a lookup by our id established."""
 
@@ -162,6 +179,15 @@ class RefundLookupResult:
 
     outcome: LookupOutcome
     state: ProcessorRefundState | None = None
+    retry_after: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SubscriptionLookupResult:
+    """The answer of ``find_subscription``."""
+
+    outcome: LookupOutcome
+    state: ProcessorSubscriptionState | None = None
     retry_after: datetime | None = None
 
 
@@ -291,6 +317,10 @@ class PaymentProcessor(Protocol):
 
     async def get_subscription(self, processor_subscription_id: str) -> ProcessorSubscriptionState:
         """Reads the processor's current view of a subscription."""
+        ...
+
+    async def find_subscription(self, lookup: SubscriptionLookup) -> SubscriptionLookupResult:
+        """Finds the subscription created for our ``subscription_id`` (read-only; never creates anything)."""
         ...
 
     async def update_subscription(

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from billing_service.domain.common import AuditEvent, Processor, validate_metadata, validate_text
 from billing_service.domain.customers import Customer, PaymentMethod
-from billing_service.domain.errors import BillingError, InvalidArgument
+from billing_service.domain.errors import BillingError, InvalidArgument, RequestInProgress
 from billing_service.domain.money import Money
 from billing_service.domain.subscriptions import (
     Interval,
@@ -35,8 +35,16 @@ from billing_service.service_layer.core import Deps, audit, commit, commit_with_
 from billing_service.service_layer.customers import MAX_DESCRIPTION, MAX_NAME, ensure_processor_customer
 from billing_service.service_layer.executions import unwritten
 from billing_service.service_layer.filtering import FilterField, FilterSpec, created, merge_filters
-from billing_service.service_layer.idempotency import RequestContext, is_final
-from billing_service.service_layer.ports import Change, Insert, SubscriptionChange, SubscriptionRequest, Update
+from billing_service.service_layer.idempotency import RequestContext, hold_request, is_final
+from billing_service.service_layer.lookups import lookup_subscription, subscription_origin
+from billing_service.service_layer.ports import (
+    Change,
+    Insert,
+    LookupOutcome,
+    SubscriptionChange,
+    SubscriptionRequest,
+    Update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -546,15 +554,57 @@ async def cancel_subscription(
     if ctx.attempt > 1 and (sub.status is SubscriptionStatus.CANCELED or (at_period_end and sub.cancel_at_period_end)):
         return sub
     sub.ensure_cancelable(at_period_end)
-    if not sub.at_processor:
-        # Never reached its processor (or its creation's outcome is unknown): end it here. If
-        # the creation did reach the processor, recording its answer ends it there too.
+    if sub.at_processor:
+        return await _cancel_at_processor(deps, ctx, sub, at_period_end)
+    if sub.status is not SubscriptionStatus.INCOMPLETE:  # refused at creation: nothing there
         return await _end_unstarted(deps, ctx, sub.id, "subscription.canceled", at_period_end=at_period_end)
+    return await _cancel_unknown_create(deps, ctx, sub, at_period_end)
+
+
+async def _cancel_at_processor(deps: Deps, ctx: RequestContext, sub: Subscription, at_period_end: bool) -> Subscription:
     state = await deps.processor(sub.processor).cancel_subscription(
         sub.processor_id, at_period_end=at_period_end, idempotency_key=ctx.processor_key("cancel")
     )
     action = "subscription.cancel_scheduled" if at_period_end else "subscription.canceled"
     return await record_subscription_state(deps, ctx, sub.id, state, action, known=sub, answers=True)
+
+
+async def _cancel_unknown_create(
+    deps: Deps, ctx: RequestContext, sub: Subscription, at_period_end: bool
+) -> Subscription:
+    """Cancels a subscription whose creation has no processor answer (yet, or lost).
+
+    The creating request's idempotency record is held, so no retry of the create can send
+    it while we decide (a live create answers this cancel REQUEST_IN_PROGRESS), and the
+    processor is asked for a subscription carrying our id. Found: linked, then canceled
+    there like any other. Absent (or a processor that cannot list subscriptions: PayPal's
+    wait for a buyer's approval and bill nothing meanwhile): ended here, still holding, so
+    a later retry of the create finds it CANCELED and never sends it.
+
+    Raises:
+        RequestInProgress: The create is still executing.
+    """
+    origin = await subscription_origin(deps, sub)
+    if origin is None:  # no trace of the creating request (cannot happen for records we wrote)
+        return await _end_unstarted(deps, ctx, sub.id, "subscription.canceled", at_period_end=at_period_end)
+    async with hold_request(deps.store, deps.clock, origin, lease_seconds=deps.lease_seconds) as hold:
+        if not hold.quiet:
+            raise RequestInProgress(
+                f"subscription {sub.id} is still being created; retry the cancel shortly",
+                metadata={"subscription_id": sub.id},
+            )
+        sub = await load(deps, Subscription, sub.id, resource="subscription", field_path="subscription_id")
+        if sub.status is SubscriptionStatus.CANCELED:
+            return sub
+        if not sub.at_processor:
+            found = await lookup_subscription(deps, sub, quiet_since=deps.clock.now())
+            if found.outcome is not LookupOutcome.FOUND or found.state is None:
+                return await _end_unstarted(deps, ctx, sub.id, "subscription.canceled", at_period_end=at_period_end)
+            state = found.state
+            sub = await record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}")
+            if sub.status is SubscriptionStatus.CANCELED:
+                return sub
+        return await _cancel_at_processor(deps, ctx, sub, at_period_end)
 
 
 async def pause_subscription(deps: Deps, ctx: RequestContext, subscription_id: str) -> Subscription:
@@ -601,15 +651,34 @@ async def sync_subscription(deps: Deps, ctx: RequestContext, subscription_id: st
     A subscription that never got its processor id is not sent anywhere with an empty id:
     if its creation's outcome is unknown (the caller never retried), the creation is resumed
     with its original key, which the processor answers with what it did the first time.
+    Past the processor's key window the creation is never re-sent: the processor is asked
+    for a subscription carrying our id instead; found, it is linked; provably absent, ours
+    is ended (nothing was created there); unknown (PayPal cannot list subscriptions), it
+    waits.
     """
     sub = await get_subscription(deps, subscription_id)
     if not sub.processor_id:
         age = deps.clock.now() - sub.created_at
-        if sub.status is not SubscriptionStatus.INCOMPLETE or not RESUME_AFTER < age < PROCESSOR_KEY_WINDOW:
+        if sub.status is not SubscriptionStatus.INCOMPLETE or age <= RESUME_AFTER:
             return sub
+        if age >= PROCESSOR_KEY_WINDOW:
+            return await _settle_past_window(deps, ctx, sub)
         origin = await _creation_context(deps, sub)
         return sub if origin is None else await _send_to_processor(deps, origin, sub)
     state = await deps.processor(sub.processor).get_subscription(sub.processor_id)
+    sub = await record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}", known=sub)
+    await sync_invoices(deps, ctx, sub)
+    return sub
+
+
+async def _settle_past_window(deps: Deps, ctx: RequestContext, sub: Subscription) -> Subscription:
+    """Settles a subscription whose creation's outcome is unknown past the key window, by a lookup."""
+    found = await lookup_subscription(deps, sub, quiet_since=deps.clock.now())
+    if found.outcome is LookupOutcome.ABSENT:
+        return await _end_unstarted(deps, ctx, sub.id, "subscription.canceled", failure_code="not_found_at_processor")
+    if found.outcome is not LookupOutcome.FOUND or found.state is None:
+        return sub
+    state = found.state
     sub = await record_subscription_state(deps, ctx, sub.id, state, f"subscription.{state.status.value}", known=sub)
     await sync_invoices(deps, ctx, sub)
     return sub

@@ -1066,6 +1066,22 @@ class StripeImitation:
             intents = [i for i in intents if i["customer"] == p["customer"]]
         return self._list(self._created_in(intents, p), p, "/v1/payment_intents")
 
+    def _get_subscriptions(self, obj_id: str, action: str, p: Obj, key: str | None) -> Obj:
+        """GET /v1/subscriptions: list, newest first, by ``customer``, ``status`` and ``created``.
+
+        As at Stripe, without ``status`` canceled subscriptions are left out; ``all`` lists
+        every status.
+        """
+        subs = [o for o in self._store.objects.values() if o["object"] == "subscription"]
+        if p.get("customer"):
+            subs = [s for s in subs if s["customer"] == p["customer"]]
+        status = p.get("status")
+        if status is None:
+            subs = [s for s in subs if s["status"] != "canceled"]
+        elif status != "all":
+            subs = [s for s in subs if s["status"] == status]
+        return self._list(self._created_in(subs, p), p, "/v1/subscriptions")
+
     def _get_refunds(self, obj_id: str, action: str, p: Obj, key: str | None) -> Obj:
         """GET /v1/refunds: list, newest first, by ``payment_intent`` or ``charge``."""
         refunds = [o for o in self._store.objects.values() if o["object"] == "refund"]

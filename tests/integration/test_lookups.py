@@ -1,4 +1,4 @@
-"""Lookups by our id (``find_payment`` / ``find_refund``) through the real SDKs against the imitations.
+"""Lookups by our id (``find_payment``, ``find_refund``, ``find_subscription``) through the real SDKs.
 
 A create whose answer was lost leaves us without the processor's id; these verbs find the
 processor object by the id we sent with it, never create anything, and say ABSENT only
@@ -24,11 +24,13 @@ from billing_service.service_layer.ports import (
     PaymentRequest,
     RefundLookup,
     RefundRequest,
+    SubscriptionLookup,
+    SubscriptionRequest,
 )
 from tests.imitations.paypal_api import PayPalImitation
 from tests.imitations.stripe_api import StripeImitation
 from tests.integration.test_paypal_processor import FAST, settings_for, vaulted
-from tests.integration.test_stripe_processor import KEY, customer, key
+from tests.integration.test_stripe_processor import KEY, customer, key, plan
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -95,6 +97,33 @@ async def test_stripe_lookup_pages_through_many_intents(stripe: StripePaymentPro
         await stripe.create_payment(request(f"pay_n{n}", cus, pm, usd), idempotency_key=key())
     found = await stripe.find_payment(lookup("pay_oldest", cus, usd))
     assert found.outcome is LookupOutcome.FOUND
+
+
+def sub_lookup(subscription_id: str, customer_id: str) -> SubscriptionLookup:
+    now = datetime.now(UTC)
+    return SubscriptionLookup(subscription_id, customer_id, now - timedelta(minutes=1), now)
+
+
+async def test_stripe_finds_a_subscription_by_our_id_canceled_ones_included(
+    stripe: StripePaymentProcessor, stripe_imitation: StripeImitation
+) -> None:
+    cus = await stripe.create_customer(customer(), idempotency_key=key())
+    pm = (await stripe.attach_payment_method(cus, "pm_card_visa", idempotency_key=key())).processor_id
+    basic = plan()
+    basic.processor_refs = await stripe.create_plan(basic, idempotency_key=key())
+    made = {}
+    for n in range(3):
+        req = SubscriptionRequest(f"sub_{n}", cus, pm, basic, quantity=1, trial_end=None)
+        made[n] = await stripe.create_subscription(req, idempotency_key=key())
+    await stripe.cancel_subscription(made[1].processor_id, at_period_end=False, idempotency_key=key())
+    found = await stripe.find_subscription(sub_lookup("sub_1", cus))  # canceled: Stripe lists it only with status=all
+    assert found.outcome is LookupOutcome.FOUND and found.state is not None
+    assert found.state.processor_id == made[1].processor_id
+    assert (await stripe.find_subscription(sub_lookup("sub_never_sent", cus))).outcome is LookupOutcome.ABSENT
+    assert (await stripe.find_subscription(sub_lookup("sub_1", ""))).outcome is LookupOutcome.ABSENT
+    listing = stripe_imitation.requests_to("GET", "/v1/subscriptions")
+    assert listing and all(r.params["customer"] == cus and r.params["status"] == "all" for r in listing)
+    assert len(stripe_imitation.requests_to("POST", "/v1/subscriptions")) == 3  # a lookup creates nothing
 
 
 async def test_stripe_finds_a_refund_by_our_id(stripe: StripePaymentProcessor) -> None:
@@ -193,6 +222,19 @@ async def test_paypal_finds_a_refund_in_its_order(
 
 
 # --------------------------------------------------------------------------- fake
+
+
+async def test_the_fake_finds_a_subscription_by_our_id() -> None:
+    fake = FakePaymentProcessor(ManualClock())
+    cus = await fake.create_customer(customer(), idempotency_key="c")
+    pm = (await fake.attach_payment_method(cus, "pm_card_visa", idempotency_key="a")).processor_id
+    basic = plan()
+    basic.processor_refs = await fake.create_plan(basic, idempotency_key="p")
+    made = await fake.create_subscription(SubscriptionRequest("sub_f", cus, pm, basic, 1, None), idempotency_key="s")
+    found = await fake.find_subscription(sub_lookup("sub_f", cus))
+    assert found.outcome is LookupOutcome.FOUND and found.state is not None
+    assert found.state.processor_id == made.processor_id
+    assert (await fake.find_subscription(sub_lookup("sub_g", cus))).outcome is LookupOutcome.ABSENT
 
 
 async def test_the_fake_finds_by_our_id_and_forgets_keys_after_a_day() -> None:

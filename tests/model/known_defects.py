@@ -25,29 +25,6 @@ KNOWN_DEFECTS: dict[str, str] = {
     # is switched: while open, its refund events are delivered, or replayed, after the final
     # pass. The Stripe machine runs the scenario.
     "dashboard_refund_lost_webhook": "issue 10 items 5 and 8 (limit: processors without an event list)",
-    # A CreateSubscription whose answer never came (the caller's deadline cancelled it after
-    # the processor created the subscription) and that nobody retried: reconciliation resumes
-    # the creation with its original key only while the processor remembers it (2 min to
-    # 23 h, subscriptions.sync_subscription); past that, our subscription stays INCOMPLETE
-    # without a processor id while the processor's is ACTIVE and bills. There is no lookup of
-    # a subscription by our id (no port verb); at Stripe the reconciler's event sweep links it
-    # (customer.subscription.created names our id), at a processor without an event list
-    # nothing does. Only the fake machine is switched: while open, it skips clock jumps of
-    # 20 h or more while such a subscription exists (the reconciler loop runs within 23 h).
-    "subscription_create_unknown_past_window": "issue 10 item 7 (limit: processors without an event list)",
-    # Found by the long run after the merge. A CreateSubscription reaches the processor and its
-    # answer is lost (ours INCOMPLETE, no processor id); CancelSubscription then ends ours
-    # CANCELED locally (no call with an empty id), and the create's retry answers OK with the
-    # canceled subscription without resuming the creation. The processor's subscription stays
-    # trialing/active and will bill: nothing cancels it there, since the "canceled there too"
-    # path needs a late answer or a webhook, and reconciliation skips a CANCELED subscription
-    # without a processor id. At Stripe the event sweep brings customer.subscription.created
-    # and it converges (test_found[subscription_cancel_during_unknown_create_stripe]); at a
-    # processor without an event list it never does. A fix: the cancel resumes the creation
-    # with its key (as reconciliation does within 23 h) and cancels what it finds, as
-    # CancelPayment does for payments. While open, the fake machine never cancels a
-    # subscription that is INCOMPLETE without a processor id.
-    "subscription_cancel_during_unknown_create": "found by the model test (issue 10 item 7's code)",
 }
 
 

@@ -24,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from billing_service.domain.common import Processor
 from billing_service.domain.payments import Payment, Refund
-from billing_service.domain.subscriptions import Subscription, SubscriptionStatus
+from billing_service.domain.subscriptions import Subscription
 from tests.model.known_defects import is_open
 from tests.model.processors import DashboardStripe, Hold
 from tests.model.truth import Finding, drift, everything, fake_truth, step_violations, stripe_truth
@@ -323,13 +323,6 @@ class ModelBase(RuleBasedStateMachine):
     @counted
     def time_passes(self, seconds: float) -> None:
         """Time passes: leases lapse, reconciliation's stale window, key windows, renewals."""
-        if (
-            seconds >= 20 * 3600
-            and self.world.fake is not None
-            and is_open("subscription_create_unknown_past_window")
-            and any(s.status is SubscriptionStatus.INCOMPLETE and not s.processor_id for s in self.subscriptions)
-        ):
-            return  # such a subscription could then be linked only by an event list the fake does not keep
         self.advance(timedelta(seconds=seconds))
         if self.world.fake is not None:
             self.world.run(self.world.fake.process_renewals())

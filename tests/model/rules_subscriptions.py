@@ -10,11 +10,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import initialize, precondition, rule
 
 from billing_service.domain.errors import ProcessorError
-from billing_service.domain.subscriptions import Plan, SubscriptionStatus
+from billing_service.domain.subscriptions import Plan
 from billing_service.service_layer import subscriptions as su
 from billing_service.service_layer.idempotency import RequestContext
 from tests.helpers import rid
-from tests.model.known_defects import is_open
 from tests.model.machine import ModelBase, counted
 from tests.model.processors import StripeApiError
 from tests.model.world import SUBSCRIPTIONS
@@ -94,14 +93,6 @@ class SubscriptionRules(ModelBase):
     def subscription_lifecycle(self, i: int, action: str, mode: str) -> None:
         """CancelSubscription (now or at period end), PauseSubscription, ResumeSubscription."""
         sub = self.pick(self.subscriptions, i)
-        unknown = sub.status is SubscriptionStatus.INCOMPLETE and not sub.processor_id
-        if (
-            action.startswith("cancel")
-            and unknown
-            and self.world.fake is not None
-            and is_open("subscription_cancel_during_unknown_create")
-        ):
-            return  # its creation may be at the processor, which nothing would then cancel
         if action.startswith("cancel"):
             request = spb.CancelSubscriptionRequest(
                 request_id=rid(), subscription_id=sub.id, at_period_end=action == "cancel_at_period_end"

@@ -237,7 +237,12 @@ class FakeLedger:
     # -- subscriptions --------------------------------------------------------------
 
     def start_subscription(
-        self, method: PaymentMethodRecord, price: PriceRecord, quantity: int, trial_end: datetime | None
+        self,
+        method: PaymentMethodRecord,
+        price: PriceRecord,
+        quantity: int,
+        trial_end: datetime | None,
+        our_id: str = "",
     ) -> SubscriptionRecord:
         """Starts a subscription: TRIALING until ``trial_end``, else charged for period 0 now."""
         if not price.active:
@@ -250,7 +255,7 @@ class FakeLedger:
         start, end = period_bounds(now, price.interval, price.interval_count, 0)
         sub = SubscriptionRecord(
             self.new_id("sub"), method.customer_id, method.id, price, quantity, _S.ACTIVE,
-            anchor=now, cycle=0, period_start=start, period_end=end,
+            anchor=now, cycle=0, period_start=start, period_end=end, our_id=our_id,
         )  # fmt: skip
         self.subscriptions[sub.id] = sub
         if trial_end is not None:

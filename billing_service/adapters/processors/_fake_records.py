@@ -284,6 +284,7 @@ class SubscriptionRecord:
     cancel_at_period_end: bool = False
     canceled_at: datetime | None = None
     pending_lines: list[InvoiceLine] = field(default_factory=list)
+    our_id: str = ""  # the billing subscription id sent with the create (Stripe keeps it in metadata)
 
     def roll(self) -> None:
         """Moves the schedule to the next period."""

@@ -67,6 +67,8 @@ from billing_service.service_layer.ports import (
     RefundLookupResult,
     RefundRequest,
     SubscriptionChange,
+    SubscriptionLookup,
+    SubscriptionLookupResult,
     SubscriptionRequest,
 )
 
@@ -341,9 +343,22 @@ class FakePaymentProcessor(FakeMachinery):
         def effect() -> ProcessorSubscriptionState:
             method = self._ledger.chargeable_method(request.processor_customer_id, request.processor_payment_method_id)
             price = self._price(request.plan)
-            return self._ledger.start_subscription(method, price, request.quantity, request.trial_end).state()
+            return self._ledger.start_subscription(
+                method, price, request.quantity, request.trial_end, our_id=request.subscription_id
+            ).state()
 
         return await self._write("create_subscription", idempotency_key, params, effect)
+
+    async def find_subscription(self, lookup: SubscriptionLookup) -> SubscriptionLookupResult:
+        """Finds the subscription created for our id; the fake's records are always current."""
+
+        def read() -> SubscriptionLookupResult:
+            for sub in self._ledger.subscriptions.values():
+                if sub.our_id == lookup.subscription_id:
+                    return SubscriptionLookupResult(LookupOutcome.FOUND, sub.state())
+            return SubscriptionLookupResult(LookupOutcome.ABSENT)
+
+        return await self._read("find_subscription", read)
 
     async def get_subscription(self, processor_subscription_id: str) -> ProcessorSubscriptionState:
         """Returns the subscription's current state (after billing any period that has ended).

@@ -22,7 +22,13 @@ from billing_service.domain.subscriptions import (
     ProrationBehavior,
     SubscriptionStatus,
 )
-from billing_service.service_layer.ports import SubscriptionChange, SubscriptionRequest
+from billing_service.service_layer.ports import (
+    LookupOutcome,
+    SubscriptionChange,
+    SubscriptionLookup,
+    SubscriptionLookupResult,
+    SubscriptionRequest,
+)
 
 
 class PayPalSubscriptions(PayPalConnection):
@@ -140,6 +146,15 @@ class PayPalSubscriptions(PayPalConnection):
             created,
             ids={"processor_subscription_id": wire.text_id(created)},
         )
+
+    async def find_subscription(self, lookup: SubscriptionLookup) -> SubscriptionLookupResult:
+        """PayPal cannot list or search subscriptions, so a lost create cannot be looked up: UNKNOWN.
+
+        A subscription created through the API waits in APPROVAL_PENDING until the buyer
+        approves it at the link in the create's answer, so one whose answer was lost bills
+        nothing (see docs/RELIABILITY.md, Known limits).
+        """
+        return SubscriptionLookupResult(LookupOutcome.UNKNOWN)
 
     async def get_subscription(self, processor_subscription_id: str) -> ProcessorSubscriptionState:
         """Reads a subscription."""

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import partial
 
 import stripe
 
 from billing_service.adapters.processors.retry import parsed
 from billing_service.adapters.processors.stripe import mapping
-from billing_service.adapters.processors.stripe.client import StripeConnection, subscription_state, unsupported
+from billing_service.adapters.processors.stripe.client import (
+    StripeConnection,
+    metadata_id,
+    subscription_state,
+    unsupported,
+)
 from billing_service.domain.errors import FailedPrecondition
 from billing_service.domain.payments import PaymentFailure
 from billing_service.domain.subscriptions import Plan, ProcessorInvoiceState, ProcessorSubscriptionState
-from billing_service.service_layer.ports import SubscriptionChange, SubscriptionRequest
+from billing_service.service_layer.ports import (
+    LookupOutcome,
+    SubscriptionChange,
+    SubscriptionLookup,
+    SubscriptionLookupResult,
+    SubscriptionRequest,
+)
 
 _PAGE_SIZE = 100
+# Our record is written before the create is sent; allow for clocks that disagree.
+_CLOCK_SLACK = timedelta(minutes=10)
 
 
 class StripeSubscriptions(StripeConnection):
@@ -113,6 +127,33 @@ class StripeSubscriptions(StripeConnection):
     async def get_subscription(self, processor_subscription_id: str) -> ProcessorSubscriptionState:
         """Retrieves the Subscription."""
         return subscription_state(await self._retrieve_subscription(processor_subscription_id))
+
+    async def find_subscription(self, lookup: SubscriptionLookup) -> SubscriptionLookupResult:
+        """Lists the customer's subscriptions (every status) created since our record and matches our metadata id.
+
+        Stripe's list endpoints read its primary data, so a miss proves absence (unlike
+        Search, which lags).
+        """
+        if not lookup.processor_customer_id:
+            return SubscriptionLookupResult(LookupOutcome.ABSENT)  # no Stripe customer: nothing was created
+        after: str | None = None
+        since = mapping.unix(lookup.created_at - _CLOCK_SLACK)
+        while True:
+            params: stripe.params.SubscriptionListParams = {
+                "customer": lookup.processor_customer_id,
+                "status": "all",  # without it Stripe leaves canceled subscriptions out
+                "created": {"gte": since},
+                "limit": _PAGE_SIZE,
+            }
+            if after:
+                params["starting_after"] = after
+            page = await self._call("subscriptions.list", partial(self._v1.subscriptions.list_async, params))
+            for sub in page.data:
+                if metadata_id(sub, "billing_subscription_id") == lookup.subscription_id:
+                    return SubscriptionLookupResult(LookupOutcome.FOUND, subscription_state(sub))
+            if not page.has_more or not page.data:
+                return SubscriptionLookupResult(LookupOutcome.ABSENT)
+            after = page.data[-1].id
 
     async def _update_subscription(
         self, processor_subscription_id: str, params: stripe.params.SubscriptionUpdateParams, idempotency_key: str
