@@ -23,8 +23,9 @@ from billing_service.domain.subscriptions import Plan, Subscription
 from billing_service.service_layer.core import Deps, load
 from billing_service.service_layer.customers import AttachPaymentMethod, CreateCustomer, new_customer
 from billing_service.service_layer.payments import CreatePayment, CreateRefund, new_payment
+from billing_service.service_layer.plans import CreatePlan, new_plan
 from billing_service.service_layer.refunds import new_refund
-from billing_service.service_layer.subscriptions import CreatePlan, CreateSubscription, new_plan, new_subscription
+from billing_service.service_layer.subscriptions import CreateSubscription, new_subscription
 
 PREVIEW_ID = ""
 

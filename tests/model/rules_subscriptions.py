@@ -11,7 +11,7 @@ from hypothesis.stateful import initialize, precondition, rule
 
 from billing_service.domain.errors import ProcessorError
 from billing_service.domain.subscriptions import Plan
-from billing_service.service_layer import subscriptions as su
+from billing_service.service_layer import plans
 from billing_service.service_layer.idempotency import RequestContext
 from tests.helpers import rid
 from tests.model.machine import ModelBase, counted
@@ -46,13 +46,13 @@ class SubscriptionRules(ModelBase):
             )  # fmt: skip
             assert created.ok, created
             plan_id = created.response.plan.id  # type: ignore[union-attr]
-            plan = self.world.run(su.get_plan(self.world.deps, plan_id))
+            plan = self.world.run(plans.get_plan(self.world.deps, plan_id))
             ctx = RequestContext("model", "model.plans", plan_id, plan_id)
-            self.world.run(su.ensure_processor_plan(self.world.deps, plan, self.processor, ctx=ctx))
+            self.world.run(plans.ensure_processor_plan(self.world.deps, plan, self.processor, ctx=ctx))
             self.plan_ids.append(plan_id)
 
     def price_of(self, plan_id: str) -> str:
-        plan: Plan = self.world.run(su.get_plan(self.world.deps, plan_id))
+        plan: Plan = self.world.run(plans.get_plan(self.world.deps, plan_id))
         return plan.processor_refs[self.processor.value]
 
     @precondition(lambda self: hasattr(self, "methods"))

@@ -15,6 +15,7 @@ from billing_service.domain.event_derivation import cause_of
 from billing_service.domain.ids import new_id
 from billing_service.domain.money import Money
 from billing_service.domain.subscriptions import Interval, Invoice, InvoiceStatus, Subscription, SubscriptionStatus
+from billing_service.service_layer import plans
 from billing_service.service_layer import subscriptions as su
 from billing_service.service_layer.idempotency import RequestContext
 from billing_service.service_layer.ports import WebhookStatus
@@ -33,7 +34,9 @@ async def _subscribed(sidecar: RunningSidecar) -> tuple[Subscription, str]:
     """An active Stripe subscription whose first invoice was paid; its card's processor id."""
     deps = sidecar.runtime.deps
     customer, method = await customer_with_method(sidecar.runtime, Processor.STRIPE, "pm_card_visa")
-    plan = await su.create_plan(deps, ctx("plan"), su.CreatePlan("Pro", "", Money(1500, "USD"), Interval.MONTH, 1, 0))
+    plan = await plans.create_plan(
+        deps, ctx("plan"), plans.CreatePlan("Pro", "", Money(1500, "USD"), Interval.MONTH, 1, 0)
+    )
     sub = await su.create_subscription(
         deps, ctx("sub"), su.CreateSubscription(customer.id, plan.id, method.id, quantity=1, trial_period_days=None)
     )

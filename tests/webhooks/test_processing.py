@@ -20,6 +20,7 @@ from billing_service.domain.payments import Payment, PaymentStatus
 from billing_service.domain.subscriptions import Interval, Subscription, SubscriptionStatus
 from billing_service.entrypoints.grpc_api.server import GrpcServer
 from billing_service.entrypoints.webhooks.cli import backfill_into
+from billing_service.service_layer import plans
 from billing_service.service_layer import subscriptions as subs
 from billing_service.service_layer.ports import WebhookStatus
 from tests.imitations.paypal_api import PayPalImitation
@@ -113,8 +114,8 @@ async def test_succeeded_before_requires_action_ends_succeeded(
 async def _stripe_subscription(sidecar: RunningSidecar) -> Subscription:
     runtime = sidecar.runtime
     customer, method = await customer_with_method(runtime, Processor.STRIPE, "pm_card_visa")
-    plan = await subs.create_plan(
-        runtime.deps, ctx("plan"), subs.CreatePlan("Pro", "", Money(1500, "USD"), Interval.MONTH, 1, 0)
+    plan = await plans.create_plan(
+        runtime.deps, ctx("plan"), plans.CreatePlan("Pro", "", Money(1500, "USD"), Interval.MONTH, 1, 0)
     )
     return await subs.create_subscription(
         runtime.deps, ctx("sub"), subs.CreateSubscription(customer.id, plan.id, method.id, 1, None)

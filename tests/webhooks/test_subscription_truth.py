@@ -14,6 +14,7 @@ from billing_service.domain.customers import Customer, PaymentMethod
 from billing_service.domain.errors import BillingError, IllegalTransition
 from billing_service.domain.money import Money
 from billing_service.domain.subscriptions import Interval, ProrationBehavior, Subscription, SubscriptionStatus
+from billing_service.service_layer import plans
 from billing_service.service_layer import subscriptions as su
 from billing_service.service_layer.ports import SubscriptionRequest, WebhookStatus
 from tests.imitations.paypal_api import PayPalImitation
@@ -24,8 +25,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 
 async def _plan(sidecar: RunningSidecar, amount: int, name: str) -> str:
-    cmd = su.CreatePlan(name, "", Money(amount, "USD"), Interval.MONTH, 1, 0)
-    return (await su.create_plan(sidecar.runtime.deps, ctx("plan"), cmd)).id
+    cmd = plans.CreatePlan(name, "", Money(amount, "USD"), Interval.MONTH, 1, 0)
+    return (await plans.create_plan(sidecar.runtime.deps, ctx("plan"), cmd)).id
 
 
 async def _stored(sidecar: RunningSidecar, subscription_id: str) -> Subscription:
@@ -87,7 +88,9 @@ async def test_a_plan_and_quantity_change_made_in_stripes_dashboard_is_picked_up
     sub = await su.create_subscription(
         deps, ctx("sub"), su.CreateSubscription(customer.id, basic, method.id, quantity=1, trial_period_days=None)
     )
-    pro_plan = await su.ensure_processor_plan(deps, await su.get_plan(deps, pro), Processor.STRIPE, ctx=ctx("plan"))
+    pro_plan = await plans.ensure_processor_plan(
+        deps, await plans.get_plan(deps, pro), Processor.STRIPE, ctx=ctx("plan")
+    )
     remote = stripe_api.objects("subscription")[-1]
     assert remote["id"] == sub.processor_id
     item = remote["items"]["data"][0]["id"]
@@ -141,8 +144,8 @@ async def _unknown_outcome(sidecar: RunningSidecar, stripe_api: StripeImitation)
 
     customer, method = await customer_with_method(sidecar.runtime, Processor.STRIPE, "pm_card_visa")
     basic = await _plan(sidecar, 1000, "Basic")
-    await su.ensure_processor_plan(
-        sidecar.runtime.deps, await su.get_plan(sidecar.runtime.deps, basic), Processor.STRIPE, ctx=ctx("plan")
+    await plans.ensure_processor_plan(
+        sidecar.runtime.deps, await plans.get_plan(sidecar.runtime.deps, basic), Processor.STRIPE, ctx=ctx("plan")
     )
     context = RequestContext("test-caller", su.CREATE_METHOD, str(uuid.uuid4()), f"sub_{uuid.uuid4().hex[:20]}")
     stripe_api.fail_next("/v1/subscriptions", status=503, times=2)
@@ -166,7 +169,7 @@ async def test_a_subscription_canceled_before_its_processor_answered_is_ended_th
 
     # The creation had in fact reached Stripe (its answer was lost): Stripe announces it.
     customer = await sidecar.runtime.store.get(Customer, sub.customer_id)
-    plan = await su.get_plan(deps, sub.plan_id)
+    plan = await plans.get_plan(deps, sub.plan_id)
     method = await sidecar.runtime.store.get(PaymentMethod, sub.payment_method_id)
     assert customer is not None and method is not None
     request = SubscriptionRequest(sub.id, customer.processor_refs["stripe"], method.processor_id, plan, 1, None)

@@ -13,14 +13,14 @@ from billing.v1 import subscription_service_pb2
 from billing_service.domain.errors import InvalidArgument
 from billing_service.entrypoints.grpc_api import convert
 from billing_service.entrypoints.grpc_api.runner import Read, Runner, Service, Write
-from billing_service.service_layer import previews, subscriptions
+from billing_service.service_layer import plans, previews, subscriptions
 from billing_service.service_layer.core import Deps
 from billing_service.service_layer.idempotency import Idempotency
 
 # -- decoders: request -> validated command ------------------------------------------
 
 
-def _create_plan(r: subscription_service_pb2.CreatePlanRequest) -> subscriptions.CreatePlan:
+def _create_plan(r: subscription_service_pb2.CreatePlanRequest) -> plans.CreatePlan:
     convert.enum_in(r.interval, convert.INTERVAL_FROM_PB, "interval")  # type: ignore[arg-type]
     if r.interval_count < 0:
         raise InvalidArgument.field("interval_count", "must not be negative")
@@ -28,7 +28,7 @@ def _create_plan(r: subscription_service_pb2.CreatePlanRequest) -> subscriptions
         raise InvalidArgument.field("trial_period_days", "must not be negative")
     price = convert.money_from_pb(r.price, "price", present=r.HasField("price"))
     assert price is not None
-    cmd = subscriptions.CreatePlan(
+    cmd = plans.CreatePlan(
         name=r.name,
         description=r.description,
         price=price,
@@ -75,18 +75,18 @@ SUBSCRIPTIONS = Service(
     [
         Write(
             "CreatePlan", subscription_service_pb2.CreatePlanRequest, "plans:write", "plan",
-            _create_plan, subscriptions.create_plan,
+            _create_plan, plans.create_plan,
             lambda p: subscription_service_pb2.CreatePlanResponse(plan=convert.plan_pb(p)),
             preview=previews.preview_plan,
         ),
         Read(
             "GetPlan", subscription_service_pb2.GetPlanRequest, "subscriptions:read",
-            lambda deps, r: subscriptions.get_plan(deps, r.plan_id),
+            lambda deps, r: plans.get_plan(deps, r.plan_id),
             lambda p: subscription_service_pb2.GetPlanResponse(plan=convert.plan_pb(p)),
         ),
         Read(
             "ListPlans", subscription_service_pb2.ListPlansRequest, "subscriptions:read",
-            lambda deps, r: subscriptions.list_plans(
+            lambda deps, r: plans.list_plans(
                 deps, include_archived=r.include_archived, page_size=r.page_size, page_token=r.page_token,
                 filter_expr=r.filter,
             ),
@@ -96,7 +96,7 @@ SUBSCRIPTIONS = Service(
         ),
         Write(
             "ArchivePlan", subscription_service_pb2.ArchivePlanRequest, "plans:write", "plan",
-            lambda r: r.plan_id, subscriptions.archive_plan,
+            lambda r: r.plan_id, plans.archive_plan,
             lambda p: subscription_service_pb2.ArchivePlanResponse(plan=convert.plan_pb(p)),
         ),
         Write(
