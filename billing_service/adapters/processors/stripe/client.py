@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, NoReturn, TypeVar, cast
 
 import stripe
@@ -22,6 +23,7 @@ from billing_service.domain.payments import ProcessorPaymentState, ProcessorRefu
 from billing_service.domain.subscriptions import ProcessorSubscriptionState
 
 T = TypeVar("T")
+Listed = TypeVar("Listed", bound=stripe.StripeObject)
 
 _KEY_MODES = {"sk_test_": "test", "rk_test_": "test", "sk_live_": "live", "rk_live_": "live"}
 
@@ -148,6 +150,29 @@ class StripeConnection:
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         return await call_with_retries(f"stripe.{operation}", call, mapping.classify_stripe_error, policy=self._policy)
+
+    async def _find_by_metadata(
+        self,
+        operation: str,
+        list_page: Callable[[str | None], Awaitable[stripe.ListObject[Listed]]],
+        key: str,
+        our_id: str,
+    ) -> Listed | None:
+        """Pages through a Stripe list for the object whose ``metadata[key]`` is ``our_id``.
+
+        ``list_page(starting_after)`` fetches one page. Stripe's list endpoints read its
+        primary data (unlike Search, which lags), so None proves that no listed object
+        carries our id.
+        """
+        after: str | None = None
+        while True:
+            page = await self._call(operation, partial(list_page, after))
+            for obj in page.data:
+                if metadata_id(obj, key) == our_id:
+                    return obj
+            if not page.has_more or not page.data:
+                return None
+            after = str(page.data[-1]["id"])
 
     @staticmethod
     def _key(idempotency_key: str, suffix: str = "") -> stripe.RequestOptions:

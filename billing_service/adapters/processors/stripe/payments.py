@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import timedelta
-from functools import partial
 from typing import Literal, cast
 
 import stripe
@@ -12,7 +12,6 @@ from billing_service.adapters.processors.retry import parsed
 from billing_service.adapters.processors.stripe import mapping
 from billing_service.adapters.processors.stripe.client import (
     StripeConnection,
-    metadata_id,
     object_id,
     payment_state,
     refund_state,
@@ -192,9 +191,9 @@ class StripePayments(StripeConnection):
         """Lists the customer's PaymentIntents created since our record and matches our metadata id."""
         if not lookup.processor_customer_id:
             return PaymentLookupResult(LookupOutcome.ABSENT)  # no Stripe customer: nothing was charged
-        after: str | None = None
         since = mapping.unix(lookup.created_at - _CLOCK_SLACK)
-        while True:
+
+        def page(after: str | None) -> Awaitable[stripe.ListObject[stripe.PaymentIntent]]:
             params: stripe.params.PaymentIntentListParams = {
                 "customer": lookup.processor_customer_id,
                 "created": {"gte": since},
@@ -202,30 +201,32 @@ class StripePayments(StripeConnection):
             }
             if after:
                 params["starting_after"] = after
-            page = await self._call("payment_intents.list", partial(self._v1.payment_intents.list_async, params))
-            for pi in page.data:
-                if metadata_id(pi, "billing_payment_id") == lookup.payment_id:
-                    return PaymentLookupResult(LookupOutcome.FOUND, payment_state(pi))
-            if not page.has_more or not page.data:
-                return PaymentLookupResult(LookupOutcome.ABSENT)
-            after = page.data[-1].id
+            return self._v1.payment_intents.list_async(params)
+
+        pi = await self._find_by_metadata("payment_intents.list", page, "billing_payment_id", lookup.payment_id)
+        return (
+            PaymentLookupResult(LookupOutcome.ABSENT)
+            if pi is None
+            else PaymentLookupResult(LookupOutcome.FOUND, payment_state(pi))
+        )
 
     async def find_refund(self, lookup: RefundLookup) -> RefundLookupResult:
         """Lists the PaymentIntent's refunds and matches our metadata id."""
         if not lookup.processor_payment_id:
             return RefundLookupResult(LookupOutcome.ABSENT)
-        after: str | None = None
-        while True:
+
+        def page(after: str | None) -> Awaitable[stripe.ListObject[stripe.Refund]]:
             params: stripe.params.RefundListParams = {
                 "payment_intent": lookup.processor_payment_id,
                 "limit": _PAGE_SIZE,
             }
             if after:
                 params["starting_after"] = after
-            page = await self._call("refunds.list", partial(self._v1.refunds.list_async, params))
-            for refund in page.data:
-                if metadata_id(refund, "billing_refund_id") == lookup.refund_id:
-                    return RefundLookupResult(LookupOutcome.FOUND, refund_state(refund))
-            if not page.has_more or not page.data:
-                return RefundLookupResult(LookupOutcome.ABSENT)
-            after = page.data[-1].id
+            return self._v1.refunds.list_async(params)
+
+        refund = await self._find_by_metadata("refunds.list", page, "billing_refund_id", lookup.refund_id)
+        return (
+            RefundLookupResult(LookupOutcome.ABSENT)
+            if refund is None
+            else RefundLookupResult(LookupOutcome.FOUND, refund_state(refund))
+        )

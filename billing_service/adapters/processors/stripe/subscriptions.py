@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import timedelta
 from functools import partial
 
@@ -11,7 +12,6 @@ from billing_service.adapters.processors.retry import parsed
 from billing_service.adapters.processors.stripe import mapping
 from billing_service.adapters.processors.stripe.client import (
     StripeConnection,
-    metadata_id,
     subscription_state,
     unsupported,
 )
@@ -129,16 +129,12 @@ class StripeSubscriptions(StripeConnection):
         return subscription_state(await self._retrieve_subscription(processor_subscription_id))
 
     async def find_subscription(self, lookup: SubscriptionLookup) -> SubscriptionLookupResult:
-        """Lists the customer's subscriptions (every status) created since our record and matches our metadata id.
-
-        Stripe's list endpoints read its primary data, so a miss proves absence (unlike
-        Search, which lags).
-        """
+        """Lists the customer's subscriptions (every status) created since our record and matches our metadata id."""
         if not lookup.processor_customer_id:
             return SubscriptionLookupResult(LookupOutcome.ABSENT)  # no Stripe customer: nothing was created
-        after: str | None = None
         since = mapping.unix(lookup.created_at - _CLOCK_SLACK)
-        while True:
+
+        def page(after: str | None) -> Awaitable[stripe.ListObject[stripe.Subscription]]:
             params: stripe.params.SubscriptionListParams = {
                 "customer": lookup.processor_customer_id,
                 "status": "all",  # without it Stripe leaves canceled subscriptions out
@@ -147,13 +143,16 @@ class StripeSubscriptions(StripeConnection):
             }
             if after:
                 params["starting_after"] = after
-            page = await self._call("subscriptions.list", partial(self._v1.subscriptions.list_async, params))
-            for sub in page.data:
-                if metadata_id(sub, "billing_subscription_id") == lookup.subscription_id:
-                    return SubscriptionLookupResult(LookupOutcome.FOUND, subscription_state(sub))
-            if not page.has_more or not page.data:
-                return SubscriptionLookupResult(LookupOutcome.ABSENT)
-            after = page.data[-1].id
+            return self._v1.subscriptions.list_async(params)
+
+        sub = await self._find_by_metadata(
+            "subscriptions.list", page, "billing_subscription_id", lookup.subscription_id
+        )
+        return (
+            SubscriptionLookupResult(LookupOutcome.ABSENT)
+            if sub is None
+            else SubscriptionLookupResult(LookupOutcome.FOUND, subscription_state(sub))
+        )
 
     async def _update_subscription(
         self, processor_subscription_id: str, params: stripe.params.SubscriptionUpdateParams, idempotency_key: str
